@@ -1,0 +1,149 @@
+"""Loading ONNX models (paths or protos, external data, large models) and inferring shapes.
+
+Shape inference runs on a *skeleton* of the model: large initializers become graph inputs
+carrying only their type and shape, so models over the 2 GB protobuf limit infer just as
+small ones do, and symbolic dimensions stay symbolic.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import shape_inference
+
+from .errors import GraphpruneError
+
+# Initializers up to this many elements stay real values in the skeleton, so that shape
+# computations that read them (Reshape targets, Slice bounds) still infer.
+_SMALL_INITIALIZER = 4096
+
+Shape = tuple[int | str | None, ...]
+
+
+def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
+    """Load a model from a path (external data included) or copy a ModelProto.
+
+    The returned proto is ours to change: unnamed or duplicate node names are made unique
+    so that every node can be referred to in groups, plans and reports.
+    """
+    if isinstance(source, onnx.ModelProto):
+        model = onnx.ModelProto()
+        model.CopyFrom(source)
+    else:
+        model = _read(Path(source))
+    if not model.graph.node:
+        raise GraphpruneError("the model has no nodes")
+    _name_nodes(model.graph)
+    return model
+
+
+def _read(path: Path) -> onnx.ModelProto:
+    if not path.is_file():
+        raise GraphpruneError(f"no such file: {path}")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, RuntimeWarning, ValueError) as error:
+        raise GraphpruneError(f"{path} is not a valid ONNX model ({error})") from None
+    if not model.graph.node and not model.graph.input:
+        raise GraphpruneError(f"{path} is not a valid ONNX model (empty graph)")
+    try:
+        onnx.load_external_data_for_model(model, str(path.parent))
+    except (FileNotFoundError, OSError, onnx.checker.ValidationError) as error:
+        raise GraphpruneError(f"missing external data for {path}: {error}") from None
+    return model
+
+
+def _name_nodes(graph: onnx.GraphProto) -> None:
+    taken = {node.name for node in graph.node if node.name}
+    seen: set[str] = set()
+    for index, node in enumerate(graph.node):
+        if node.name and node.name not in seen:
+            seen.add(node.name)
+            continue
+        base = node.name or f"{node.op_type}_{index}"
+        name, suffix = base, 0
+        while name in taken or name in seen:
+            suffix += 1
+            name = f"{base}_{suffix}"
+        node.name = name
+        seen.add(name)
+        taken.add(name)
+
+
+def infer_shapes(
+    model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None
+) -> dict[str, Shape]:
+    """Shapes of every tensor onnx shape inference can reach, symbolic dims as strings.
+
+    `input_shapes` fixes the graph inputs' dims (to count MACs of a concrete run)."""
+    skeleton = _skeleton(model)
+    for info in skeleton.graph.input:
+        if input_shapes and info.name in input_shapes:
+            dims = info.type.tensor_type.shape.dim
+            for dim, size in zip(dims, input_shapes[info.name], strict=True):
+                dim.Clear()
+                dim.dim_value = int(size)
+    try:
+        inferred = shape_inference.infer_shapes(skeleton, strict_mode=False, data_prop=True)
+    except Exception as error:  # onnx raises several unrelated types here
+        raise GraphpruneError(f"shape inference failed: {str(error).splitlines()[0]}") from None
+    shapes: dict[str, Shape] = {}
+    graph = inferred.graph
+    for info in [*graph.input, *graph.value_info, *graph.output]:
+        shape = _shape_of(info.type)
+        if shape is not None:
+            shapes[info.name] = shape
+    for tensor in model.graph.initializer:
+        shapes[tensor.name] = tuple(int(d) for d in tensor.dims)
+    return shapes
+
+
+def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    skeleton = onnx.ModelProto()
+    skeleton.ir_version = model.ir_version
+    skeleton.opset_import.extend(model.opset_import)
+    skeleton.functions.extend(model.functions)
+    graph = skeleton.graph
+    graph.node.extend(model.graph.node)
+    graph.input.extend(model.graph.input)
+    graph.output.extend(model.graph.output)
+    existing_inputs = {info.name for info in model.graph.input}
+    for tensor in model.graph.initializer:
+        count = 1
+        for dim in tensor.dims:
+            count *= dim
+        if count <= _SMALL_INITIALIZER and not _is_external(tensor):
+            graph.initializer.append(tensor)
+        elif tensor.name not in existing_inputs:
+            graph.input.append(
+                onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims)
+            )
+    return skeleton
+
+
+def _is_external(tensor: onnx.TensorProto) -> bool:
+    return tensor.data_location == onnx.TensorProto.EXTERNAL
+
+
+def _shape_of(type_proto: onnx.TypeProto) -> Shape | None:
+    if not type_proto.HasField("tensor_type") or not type_proto.tensor_type.HasField("shape"):
+        return None
+    dims: list[int | str | None] = []
+    for dim in type_proto.tensor_type.shape.dim:
+        if dim.HasField("dim_value"):
+            dims.append(int(dim.dim_value))
+        elif dim.HasField("dim_param"):
+            dims.append(dim.dim_param)
+        else:
+            dims.append(None)
+    return tuple(dims)
+
+
+def opset_version(model: onnx.ModelProto) -> int:
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx"):
+            return int(opset.version)
+    return 1

@@ -1,0 +1,61 @@
+"""Model size and cost: parameters (float constants) and multiply-accumulates of the
+ops that dominate compute (Conv, ConvTranspose, Gemm, MatMul)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+
+from .graph import node_attribute
+from .loading import infer_shapes
+
+_FLOAT_TYPES = {
+    onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
+    onnx.TensorProto.DOUBLE,
+}  # fmt: skip
+
+
+def count_params(model: onnx.ModelProto) -> int:
+    """Elements of floating-point initializers and Constant node values."""
+    total = sum(math.prod(t.dims) for t in model.graph.initializer if t.data_type in _FLOAT_TYPES)
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for attribute in node.attribute:
+                if attribute.name == "value" and attribute.t.data_type in _FLOAT_TYPES:
+                    total += math.prod(attribute.t.dims)
+    return int(total)
+
+
+def count_macs(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> int:
+    """MACs of one run with the given input shapes (unknown shapes count as zero)."""
+    shapes = infer_shapes(model, input_shapes)
+    total = 0
+    for node in model.graph.node:
+        out = shapes.get(node.output[0]) if node.output else None
+        if out is None or not all(isinstance(d, int) for d in out):
+            continue
+        if node.op_type in ("Conv", "ConvTranspose"):
+            weight = shapes.get(node.input[1])
+            if weight is None:
+                continue
+            kernel = math.prod(weight[2:])
+            if node.op_type == "Conv":
+                total += math.prod(out) * weight[1] * kernel
+            else:
+                x = shapes.get(node.input[0])
+                if x and all(isinstance(d, int) for d in x):
+                    total += math.prod(x) * weight[1] * kernel
+        elif node.op_type in ("Gemm", "MatMul"):
+            a = shapes.get(node.input[0])
+            if a and isinstance(a[-1], int):
+                transposed = node_attribute(node, "transA", 0) if node.op_type == "Gemm" else 0
+                k = a[0] if transposed else a[-1]
+                total += math.prod(out) * int(k)
+    return int(total)
+
+
+def param_bytes(model: onnx.ModelProto) -> int:
+    return int(sum(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+                   * math.prod(t.dims) for t in model.graph.initializer))

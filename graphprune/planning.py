@@ -1,0 +1,247 @@
+"""Choosing which channels go: per-group or global ratios, rounding, minimums, grouped-conv
+constraints, ignore patterns, and plans saved to and loaded from JSON."""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .analysis import Analysis, Group
+from .channels import SetCount, SliceConstant, SliceGroupedInput
+from .errors import GraphpruneError
+from .importance import class_scores
+
+
+@dataclass
+class GroupChoice:
+    """What one group keeps; indices are positions in `Group.classes` order."""
+
+    group: int
+    removed: list[int]
+    kept: list[int]
+
+
+@dataclass
+class Plan:
+    choices: list[GroupChoice]
+    removed_classes: np.ndarray
+    options: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def keep_atom(self, analysis: Analysis) -> np.ndarray:
+        return ~np.isin(analysis.class_of, self.removed_classes)
+
+    def to_json(self, analysis: Analysis) -> dict:
+        return {
+            "options": self.options,
+            "groups": [
+                {
+                    "name": analysis.groups[c.group].name,
+                    "sources": analysis.groups[c.group].sources,
+                    "channels": analysis.groups[c.group].channels,
+                    "removed": c.removed,
+                }
+                for c in self.choices
+            ],
+        }
+
+
+def make_plan(
+    analysis: Analysis,
+    ratio: float,
+    criterion: str = "l2",
+    global_ranking: bool = False,
+    round_to: int = 1,
+    min_keep: int = 1,
+    max_group_ratio: float = 0.9,
+    ignore: list[str] | tuple[str, ...] = (),
+    reduction: str = "mean",
+    normalization: str = "mean",
+    seed: int = 0,
+) -> Plan:
+    """Remove `ratio` of the channels of every prunable group (or of all of them, ranked
+    globally), lowest scores first."""
+    if not 0.0 <= ratio < 1.0:
+        raise GraphpruneError(f"ratio must be in [0, 1), got {ratio}")
+    if round_to < 1 or min_keep < 1:
+        raise GraphpruneError("round-to and min-keep must be at least 1")
+    options = {
+        "ratio": ratio, "criterion": criterion, "global": global_ranking, "round_to": round_to,
+        "min_keep": min_keep, "ignore": list(ignore), "reduction": reduction,
+        "normalization": normalization, "seed": seed,
+    }  # fmt: skip
+    scores, fallback = class_scores(analysis, criterion, reduction, normalization, seed)
+    notes = [f"group '{analysis.groups[g].name}' has no BatchNorm scale: scored by l2"
+             for g in fallback]
+    excluded = _ignored(analysis, ignore)
+    partitions, partition_problems = _partitions(analysis)
+    candidates = [
+        g for g in analysis.prunable_groups
+        if g.id not in excluded and g.id not in partition_problems
+    ]
+    notes += [f"group '{analysis.groups[g].name}' ignored: {why}" for g, why in excluded.items()]
+    notes += [f"group '{analysis.groups[g].name}' kept: {why}"
+              for g, why in partition_problems.items()]
+    if global_ranking:
+        counts = _global_counts(candidates, scores, ratio, min_keep, max_group_ratio)
+    else:
+        counts = {g.id: g.channels - math.floor(g.channels * ratio) for g in candidates}
+    choices = []
+    for group in candidates:
+        keep = _round_keep(counts[group.id], group.channels, round_to, min_keep,
+                           partitions.get(group.id))
+        kept = _select(group, scores, keep, partitions.get(group.id))
+        removed = sorted(set(range(group.channels)) - set(kept))
+        if removed:
+            choices.append(GroupChoice(group.id, removed, sorted(kept)))
+    removed_classes = _removed_classes(analysis, choices)
+    removed_classes = _keep_one_per_nonempty(analysis, removed_classes, scores, notes)
+    return Plan(_choices_from(analysis, removed_classes), removed_classes, options, notes)
+
+
+def _ignored(analysis: Analysis, patterns) -> dict[int, str]:
+    if not patterns:
+        return {}
+    view = analysis.view
+    names_by_group: dict[int, set[str]] = {g.id: set(g.sources) for g in analysis.groups}
+    for edit in analysis.edits:
+        node_name = edit.target.node if isinstance(edit, SetCount) else edit.node
+        extra = {node_name}
+        if isinstance(edit, SliceConstant | SliceGroupedInput):
+            storage = view.storage(view.nodes[edit.node].input[edit.input_index])
+            extra.add(storage or "")
+        for gid in np.unique(analysis.group_of_class[analysis.class_of[edit.atoms.ravel()]]):
+            if gid >= 0:
+                names_by_group[int(gid)] |= extra
+    all_names = set(view.nodes) | set(view.initializers)
+    excluded: dict[int, str] = {}
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in all_names):
+            raise GraphpruneError(f"--ignore {pattern!r} matches no node or initializer")
+        for gid, names in names_by_group.items():
+            if gid not in excluded and any(fnmatch.fnmatchcase(n, pattern) for n in names):
+                excluded[gid] = f"matches --ignore {pattern!r}"
+    return excluded
+
+
+def _partitions(analysis: Analysis) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+    """Grouped convs require equal removal per conv group. Returns, per group, its class
+    positions arranged as (conv groups, per conv group), and groups whose constraints we
+    cannot satisfy exactly."""
+    partitions: dict[int, np.ndarray] = {}
+    problems: dict[int, str] = {}
+    for blocks in analysis.equal_blocks:
+        classes = analysis.class_of[blocks]
+        groups = np.unique(analysis.group_of_class[classes])
+        groups = groups[groups >= 0]
+        if len(groups) != 1:
+            for gid in groups:
+                problems[int(gid)] = "a grouped conv mixes channels of several groups"
+            continue
+        group = analysis.groups[int(groups[0])]
+        index = {int(c): i for i, c in enumerate(group.classes)}
+        if len(np.unique(classes)) != classes.size or classes.size != group.channels:
+            problems[group.id] = "grouped conv constraint does not partition the group"
+            continue
+        positions = np.vectorize(index.__getitem__)(classes)
+        previous = partitions.get(group.id)
+        if previous is not None and not _same_partition(previous, positions):
+            problems[group.id] = "two grouped convs partition the group differently"
+            continue
+        partitions[group.id] = positions
+    return partitions, problems
+
+
+def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    return sorted(map(sorted, a.tolist())) == sorted(map(sorted, b.tolist()))
+
+
+def _round_keep(keep: int, channels: int, round_to: int, min_keep: int, partition) -> int:
+    step = round_to
+    if partition is not None:
+        step = math.lcm(step, partition.shape[0])
+    keep = max(keep, min_keep)
+    keep = math.ceil(keep / step) * step
+    return min(keep, channels)
+
+
+def _select(group: Group, scores: np.ndarray, keep: int, partition) -> list[int]:
+    values = scores[group.classes]
+    if partition is None:
+        order = np.argsort(-values, kind="stable")
+        return order[:keep].tolist()
+    per_block = keep // partition.shape[0]
+    kept: list[int] = []
+    for row in partition:
+        order = row[np.argsort(-values[row], kind="stable")]
+        kept += order[:per_block].tolist()
+    return kept
+
+
+def _global_counts(groups: list[Group], scores, ratio, min_keep, max_group_ratio) -> dict[int, int]:
+    """Rank the normalised scores of every candidate class together and remove the lowest
+    `ratio` of them, never more than `max_group_ratio` of one group."""
+    total = sum(g.channels for g in groups)
+    budget = math.floor(total * ratio)
+    entries = sorted(
+        (float(scores[c]), g.id, i) for g in groups for i, c in enumerate(g.classes)
+    )
+    limit = {g.id: min(g.channels - min_keep, math.floor(g.channels * max_group_ratio))
+             for g in groups}
+    removed = dict.fromkeys(limit, 0)
+    for _, gid, _ in entries:
+        if budget == 0:
+            break
+        if removed[gid] < limit[gid]:
+            removed[gid] += 1
+            budget -= 1
+    return {g.id: g.channels - removed[g.id] for g in groups}
+
+
+def _removed_classes(analysis: Analysis, choices: list[GroupChoice]) -> np.ndarray:
+    removed = [analysis.groups[c.group].classes[c.removed] for c in choices]
+    return np.sort(np.concatenate(removed)) if removed else np.zeros(0, dtype=np.int64)
+
+
+def _keep_one_per_nonempty(analysis, removed: np.ndarray, scores, notes) -> np.ndarray:
+    """A Split or Slice output must keep one channel: put back its best one."""
+    removed_set = set(removed.tolist())
+    for atoms in analysis.nonempty:
+        classes = np.unique(analysis.class_of[atoms])
+        if classes.size and all(int(c) in removed_set for c in classes):
+            best = int(classes[np.argmax(scores[classes])])
+            removed_set.discard(best)
+            notes.append("kept one channel so that a split output is not empty")
+    return np.array(sorted(removed_set), dtype=np.int64)
+
+
+def _choices_from(analysis: Analysis, removed_classes: np.ndarray) -> list[GroupChoice]:
+    removed = np.isin(np.arange(analysis.group_of_class.shape[0]), removed_classes)
+    choices = []
+    for group in analysis.groups:
+        mask = removed[group.classes]
+        if mask.any():
+            choices.append(GroupChoice(group.id, np.nonzero(mask)[0].tolist(),
+                                       np.nonzero(~mask)[0].tolist()))
+    return choices
+
+
+def plan_from_json(analysis: Analysis, data: dict) -> Plan:
+    """Re-apply the exact channel choices of an earlier report to this model."""
+    by_name = {g.name: g for g in analysis.groups}
+    choices = []
+    for entry in data.get("groups", []):
+        group = by_name.get(entry["name"])
+        if group is None or group.sources != entry["sources"]:
+            raise GraphpruneError(f"plan group '{entry['name']}' does not exist in this model")
+        if group.channels != entry["channels"] or not group.prunable:
+            raise GraphpruneError(f"plan group '{entry['name']}' does not match this model")
+        removed = sorted(int(i) for i in entry["removed"])
+        if removed and (removed[0] < 0 or removed[-1] >= group.channels):
+            raise GraphpruneError(f"plan group '{entry['name']}' has out-of-range channels")
+        kept = sorted(set(range(group.channels)) - set(removed))
+        choices.append(GroupChoice(group.id, removed, kept))
+    return Plan(choices, _removed_classes(analysis, choices), dict(data.get("options", {})))

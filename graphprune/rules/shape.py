@@ -1,0 +1,282 @@
+"""Ops that move or regroup axes: Transpose, Squeeze, Unsqueeze, Reshape, Flatten,
+DepthToSpace, SpaceToDepth, and Shape (which reads dimensions at runtime).
+
+Reshape and Flatten are mapped exactly from the inferred input and output shapes: the
+axes are split into aligned blocks of equal element count, and the channel atoms are
+reshaped with the data. When a block splits the channel axis into several axes (channel
+shuffle, a decomposed GroupNorm), the channels that share a position along all but one
+output axis are coupled, so removal leaves a rectangular block; the constant that encodes
+that axis' size is rewritten.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..channels import Layout, Target
+from . import rule
+
+if TYPE_CHECKING:
+    from ..analysis import Context
+
+
+@rule("Transpose")
+def transpose(ctx: Context) -> None:
+    """Output axis i is input axis perm[i] (default: reversed)."""
+    x = ctx.layout(0)
+    if x is None:
+        return
+    rank = len(ctx.input_shape(0) or ())
+    perm = list(ctx.attr("perm", list(range(rank))[::-1]))
+    ctx.emit(0, Layout(perm.index(x.axis), x.atoms))
+
+
+@rule("Squeeze", "Unsqueeze")
+def squeeze(ctx: Context) -> None:
+    """Axes come from input 1 (opset 13+) or the attribute; the channel axis shifts by the
+    number of removed or inserted axes before it."""
+    x = ctx.layout(0)
+    if x is None:
+        return
+    in_shape, out_shape = ctx.input_shape(0), ctx.output_shape()
+    if in_shape is None or out_shape is None:
+        ctx.block("shapes unknown")
+        return
+    kept_in = _surviving_axes(ctx, len(in_shape), len(out_shape))
+    if kept_in is None or x.axis not in kept_in:
+        ctx.block("axes unknown" if kept_in is None else "squeezes the channel axis")
+        return
+    ctx.emit(0, Layout(kept_in[x.axis], x.atoms))
+
+
+def _surviving_axes(ctx: Context, in_rank: int, out_rank: int) -> dict[int, int] | None:
+    """Map input axis -> output axis for the axes that survive."""
+    axes = ctx.view.int_list(ctx.node, 1 if ctx.view.opset >= 13 else 99, "axes")
+    if ctx.node.op_type == "Squeeze":
+        if axes is None:
+            shape = ctx.input_shape(0)
+            axes = [i for i, d in enumerate(shape) if d == 1]
+        removed = {a % in_rank for a in axes}
+        survivors = [i for i in range(in_rank) if i not in removed]
+        return {axis: out for out, axis in enumerate(survivors)}
+    if axes is None:
+        return None
+    inserted = {a % out_rank for a in axes}
+    outputs = [i for i in range(out_rank) if i not in inserted]
+    return dict(enumerate(outputs))
+
+
+@rule("Flatten")
+def flatten(ctx: Context) -> None:
+    x = ctx.layout(0)
+    if x is not None:
+        _reshape(ctx, x, shape_input=None)
+
+
+@rule("Reshape")
+def reshape(ctx: Context) -> None:
+    x = ctx.layout(0)
+    if x is None:
+        return
+    if any(i != 0 for i, _ in ctx.tracked()):
+        ctx.block("channels reach the target shape")
+        return
+    _reshape(ctx, x, shape_input=1)
+
+
+def _reshape(ctx: Context, x: Layout, shape_input: int | None) -> None:
+    in_shape, out_shape = ctx.input_shape(0), ctx.output_shape()
+    if in_shape is None or out_shape is None:
+        ctx.block("shapes unknown")
+        return
+    block = _aligned_block(list(in_shape), list(out_shape), x.axis)
+    if block is None:
+        ctx.block(f"cannot align {list(in_shape)} with {list(out_shape)} at the channel axis")
+        return
+    (i0, i1), (o0, o1) = block
+    in_dims, out_dims = in_shape[i0:i1], out_shape[o0:o1]
+    grid = np.broadcast_to(
+        x.atoms.reshape([-1 if a == x.axis else 1 for a in range(i0, i1)]), in_dims
+    ).reshape(out_dims)
+    varying = [a for a in range(grid.ndim) if not _constant_along(grid, a)]
+    if not varying:
+        ctx.block("the channel axis collapses")
+        return
+    keep = _choose_axis(ctx, varying, o0)
+    for position in range(grid.shape[keep]):
+        ctx.couple_all(np.take(grid, position, axis=keep))
+    atoms = np.take(grid, 0, axis=keep).ravel()[0:0]  # placeholder for type checkers
+    index = [0] * grid.ndim
+    index[keep] = slice(None)
+    atoms = grid[tuple(index)]
+    out_axis = o0 + keep
+    if shape_input is not None:
+        target = _shape_entry(ctx, shape_input, out_axis)
+        if isinstance(target, str):
+            ctx.block(target)
+            return
+        if target is not None:
+            ctx.set_count(target, atoms)
+    ctx.emit(0, Layout(out_axis, atoms))
+
+
+def _aligned_block(in_shape: list, out_shape: list, axis: int):
+    """The ranges of input and output axes whose products match and contain `axis`.
+
+    Symbolic dims align only with an identical symbol; trailing size-1 axes join the last
+    block."""
+    i = j = 0
+    while i < len(in_shape) and j < len(out_shape):
+        i0, j0 = i, j
+        a, b = in_shape[i], out_shape[j]
+        i, j = i + 1, j + 1
+        if not isinstance(a, int) or not isinstance(b, int):
+            if a != b or a is None:
+                return None
+        else:
+            while a != b:
+                if a < b and i < len(in_shape) and isinstance(in_shape[i], int):
+                    a *= in_shape[i]
+                    i += 1
+                elif b < a and j < len(out_shape) and isinstance(out_shape[j], int):
+                    b *= out_shape[j]
+                    j += 1
+                else:
+                    return None
+        while i < len(in_shape) and in_shape[i] == 1 and (j >= len(out_shape) or out_shape[j] != 1):
+            i += 1
+        while j < len(out_shape) and out_shape[j] == 1 and (i >= len(in_shape) or in_shape[i] != 1):
+            j += 1
+        if i0 <= axis < i:
+            return (i0, i), (j0, j)
+    return None
+
+
+def _constant_along(grid: np.ndarray, axis: int) -> bool:
+    return bool(np.all(grid == np.take(grid, [0], axis=axis)))
+
+
+REDUCING_CONSUMERS = {"InstanceNormalization", "GroupNormalization", "LayerNormalization"}
+
+
+def _choose_axis(ctx: Context, varying: list[int], offset: int) -> int:
+    """Which output axis keeps distinct channels. A consumer that computes statistics over
+    some axes (a decomposed GroupNorm reshapes to [N, G, -1] and normalizes per group)
+    decides; otherwise the innermost axis, which keeps the finest granularity (channel
+    shuffle keeps every channel removable)."""
+    statistics_over: set[int] = set()
+    for consumer, _ in ctx.view.consumers(ctx.node.output[0]):
+        rank = len(ctx.output_shape() or ())
+        if consumer.op_type in ("InstanceNormalization", "GroupNormalization"):
+            statistics_over |= set(range(2, rank))
+        elif consumer.op_type.startswith("Reduce"):
+            axes = ctx.view.int_list(consumer, 1, "axes") or []
+            statistics_over |= {a % rank for a in axes}
+        elif consumer.op_type == "LayerNormalization":
+            statistics_over |= set(range(int(ctx.view.attribute(consumer, "axis", -1)) % rank, rank))
+    preferred = [a for a in varying if a + offset not in statistics_over]
+    return (preferred or varying)[-1]
+
+
+def _shape_entry(ctx: Context, index: int, entry: int) -> Target | str | None:
+    """Where the target shape's `entry` is stored: a constant, or a constant piece of a
+    Concat that builds the shape (Shape->Gather->Concat chains). None when the entry needs
+    no rewrite (-1 is inferred), a string when it is computed at runtime."""
+    view = ctx.view
+    node, tensor = ctx.node, view.input(ctx.node, index)
+    for _ in range(16):
+        value = view.constant(tensor)
+        if value is not None:
+            current = int(value.reshape(-1)[entry])
+            if current == -1:
+                return None
+            if current == 0:
+                return "target shape copies the channel count (0)"
+            return Target(node.name, input_index=index, entry=entry)
+        producer = view.producer(tensor)
+        if producer is None or producer.op_type != "Concat":
+            return "channel count of the target shape is computed at runtime"
+        offset = 0
+        for piece_index, piece in enumerate(producer.input):
+            shape = view.shape(piece)
+            if not shape or not isinstance(shape[0], int):
+                return "target shape pieces have unknown sizes"
+            if offset + shape[0] > entry:
+                node, index, tensor, entry = producer, piece_index, piece, entry - offset
+                break
+            offset += shape[0]
+        else:
+            return "target shape entry not found"
+    return "target shape chain too deep"
+
+
+@rule("DepthToSpace")
+def depth_to_space(ctx: Context) -> None:
+    """Output channel c gathers input channels {c + k * C/b^2} (DCR) or {c * b^2 + k} (CRD)
+    for k < b^2: they are removed together."""
+    x = ctx.layout(0)
+    if x is None:
+        return
+    if x.axis != 1:
+        ctx.block("channels off axis 1")
+        return
+    area = int(ctx.attr("blocksize")) ** 2
+    mode = ctx.attr("mode", b"DCR")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    grid = x.atoms.reshape(area, -1).T if mode == "DCR" else x.atoms.reshape(-1, area)
+    for row in grid:
+        ctx.couple_all(row)
+    ctx.emit(0, Layout(1, grid[:, 0]))
+
+
+@rule("SpaceToDepth")
+def space_to_depth(ctx: Context) -> None:
+    """Output channel (i * b + j) * C + c is input channel c at block offset (i, j)."""
+    x = ctx.layout(0)
+    if x is None:
+        return
+    if x.axis != 1:
+        ctx.block("channels off axis 1")
+        return
+    ctx.emit(0, Layout(1, np.tile(x.atoms, int(ctx.attr("blocksize")) ** 2)))
+
+
+@rule("Shape")
+def shape(ctx: Context) -> None:
+    """The output holds the input's dims; reading the channel dim at runtime would see the
+    pruned count, which only an exact rewrite of the consumer could account for. Reading
+    other dims (Gather or Slice of other entries) is harmless."""
+    x = ctx.layout(0)
+    if x is None:
+        return
+    start = int(ctx.attr("start", 0))
+    rank = len(ctx.input_shape(0) or ())
+    end = int(ctx.attr("end", rank))
+    start, end, _ = slice(start, end).indices(rank)
+    if not start <= x.axis < end:
+        return
+    entry = x.axis - start
+    for consumer, _ in ctx.view.consumers(ctx.node.output[0]):
+        if not _reads_other_entries(ctx, consumer, entry):
+            ctx.block(f"channel count read at runtime by {consumer.op_type} '{consumer.name}'")
+            return
+
+
+def _reads_other_entries(ctx: Context, consumer, entry: int) -> bool:
+    view = ctx.view
+    if consumer.op_type == "Gather":
+        indices = view.constant(consumer.input[1])
+        return indices is not None and entry not in {int(i) for i in indices.reshape(-1)}
+    if consumer.op_type == "Slice":
+        starts = view.int_list(consumer, 1, "starts")
+        ends = view.int_list(consumer, 2, "ends")
+        if starts is None or ends is None or len(starts) != 1:
+            return False
+        rank = len(ctx.output_shape() or ()) and ctx.output_shape()[0]
+        if not isinstance(rank, int):
+            return False
+        start, end, step = slice(starts[0], ends[0]).indices(rank)
+        return entry not in range(start, end, step)
+    return False
