@@ -37,6 +37,9 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
     if not model.graph.node:
         raise GraphpruneError("the model has no nodes")
     _name_nodes(model.graph)
+    from .folding import fold_constants
+
+    fold_constants(model)
     return model
 
 

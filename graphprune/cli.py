@@ -1,0 +1,183 @@
+"""The `graphprune` command line: analyze, prune, --version.
+
+Every expected failure prints one line `graphprune: error: ...` and exits 1 (usage errors
+exit 2); the input model is never written; outputs are written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from . import __version__, analyze, load, prune, save
+from .errors import GraphpruneError
+from .importance import CRITERIA, NORMALIZATIONS, REDUCTIONS
+from .metrics import count_macs, count_params
+from .planning import make_plan, plan_from_json
+from .report import analysis_json, analysis_text, groups_json
+from .saving import write_text_atomically
+from .validation import bench, compare, input_shapes, load_inputs, random_inputs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except GraphpruneError as error:
+        print(f"graphprune: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("graphprune: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="graphprune", description="Structural channel pruning for ONNX models."
+    )
+    parser.add_argument("--version", action="version", version=f"graphprune {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    a = commands.add_parser("analyze", help="list the groups of coupled channels")
+    a.add_argument("model")
+    a.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    a.set_defaults(run=_analyze)
+
+    p = commands.add_parser("prune", help="remove channels and validate the result")
+    p.add_argument("model")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--ratio", type=float, default=None, help="fraction of channels to remove")
+    p.add_argument("--criterion", choices=CRITERIA, default="l2")
+    p.add_argument("--reduction", choices=REDUCTIONS, default="mean")
+    p.add_argument("--normalization", choices=NORMALIZATIONS, default="mean")
+    p.add_argument("--global", dest="global_ranking", action="store_true",
+                   help="rank channels of all groups together")
+    p.add_argument("--max-group-ratio", type=float, default=0.9,
+                   help="with --global: most a single group may lose")
+    p.add_argument("--round-to", type=int, default=1, help="kept channels per group: multiple of N")
+    p.add_argument("--min-keep", type=int, default=1, help="channels every group keeps")
+    p.add_argument("--ignore", nargs="+", default=[], metavar="NAME",
+                   help="node or initializer names (glob patterns) to leave untouched")
+    p.add_argument("--plan", help="re-apply the exact channels of an earlier report")
+    p.add_argument("--inputs", help="NPZ of inputs for validation, keyed by input name")
+    p.add_argument("--input-shape", nargs="+", default=[], metavar="NAME=D,D,...",
+                   help="shapes for random validation inputs (symbolic dims)")
+    p.add_argument("--report", help="write a JSON report here")
+    p.add_argument("--bench", action="store_true", help="time both models in onnxruntime")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=_prune)
+    return parser
+
+
+def _analyze(args) -> int:
+    model = load(args.model)
+    analysis = analyze(model)
+    print(json.dumps(analysis_json(analysis), indent=2) if args.json else analysis_text(analysis))
+    return 0
+
+
+def _prune(args) -> int:
+    if args.ratio is None and args.plan is None:
+        raise GraphpruneError("give --ratio R or --plan PLAN.json")
+    if Path(args.output).resolve() == Path(args.model).resolve():
+        raise GraphpruneError("the output path is the input model; choose another")
+    timings = {}
+    started = time.perf_counter()
+    model = load(args.model)
+    shapes = input_shapes(model, _parse_shapes(args.input_shape))
+    feeds = load_inputs(args.inputs) if args.inputs else random_inputs(model, shapes, args.seed)
+    if args.inputs:
+        shapes = {name: tuple(value.shape) for name, value in feeds.items()}
+    timings["load_s"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    analysis = analyze(model, progress=not args.quiet)
+    timings["analyze_s"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    if args.plan:
+        plan = plan_from_json(analysis, _read_json(args.plan).get("plan", {}))
+    else:
+        plan = make_plan(
+            analysis, args.ratio, criterion=args.criterion, global_ranking=args.global_ranking,
+            round_to=args.round_to, min_keep=args.min_keep,
+            max_group_ratio=args.max_group_ratio, ignore=args.ignore,
+            reduction=args.reduction, normalization=args.normalization, seed=args.seed,
+        )  # fmt: skip
+    timings["plan_s"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    pruned = prune(analysis, plan)
+    timings["rewrite_s"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    validation = compare(model, pruned, feeds)
+    timings["validate_s"] = time.perf_counter() - started
+    report = {
+        "graphprune": __version__,
+        "model": str(args.model),
+        "output": str(args.output),
+        "plan": plan.to_json(analysis),
+        "params": _before_after(count_params(model), count_params(pruned)),
+        "macs": _before_after(count_macs(model, shapes), count_macs(pruned, shapes)),
+        "input_shapes": {k: list(v) for k, v in shapes.items()},
+        "validation": validation,
+        "groups": groups_json(analysis, plan),
+        "notes": plan.notes,
+    }
+    if args.bench:
+        report["bench"] = bench(model, pruned, feeds)
+    report["timings"] = {k: round(v, 4) for k, v in timings.items()}
+    save(pruned, args.output)
+    if args.report:
+        write_text_atomically(args.report, json.dumps(report, indent=2) + "\n")
+    _print_summary(report)
+    return 0
+
+
+def _before_after(before: int, after: int) -> dict:
+    return {"before": before, "after": after,
+            "removed_fraction": round(1 - after / before, 6) if before else 0.0}
+
+
+def _print_summary(report: dict) -> None:
+    params, macs = report["params"], report["macs"]
+    worst = max((o["max_rel"] for o in report["validation"]["outputs"]), default=0.0)
+    pruned_groups = sum(1 for g in report["groups"] if g["removed"])
+    print(f"pruned {pruned_groups} of {len(report['groups'])} groups -> {report['output']}")
+    print(f"params {params['before']:,} -> {params['after']:,} "
+          f"(-{params['removed_fraction']:.1%}), MACs {macs['before']:,} -> {macs['after']:,} "
+          f"(-{macs['removed_fraction']:.1%})")
+    print(f"validated on {report['validation']['execution_provider']}: output shapes unchanged, "
+          f"max relative deviation {worst:.3g}")
+    if "bench" in report:
+        b = report["bench"]
+        print(f"latency {b['latency_ms_before']:.3f} ms -> {b['latency_ms_after']:.3f} ms "
+              f"({b['speedup']:.2f}x)")
+
+
+def _parse_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
+    shapes = {}
+    for item in items:
+        name, _, dims = item.rpartition("=")
+        try:
+            shapes[name] = tuple(int(d) for d in dims.replace("x", ",").split(","))
+        except ValueError:
+            raise GraphpruneError(f"bad --input-shape {item!r} (expected NAME=1,3,224,224)") from None
+    return shapes
+
+
+def _read_json(path: str) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise GraphpruneError(f"cannot read plan {path}: {error}") from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Human and machine summaries of an analysis and of a pruning run."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from .analysis import Analysis
+from .planning import Plan
+
+
+def groups_json(analysis: Analysis, plan: Plan | None = None) -> list[dict]:
+    choices = {c.group: c for c in plan.choices} if plan else {}
+    rows = []
+    for group in analysis.groups:
+        row = {
+            "id": group.id,
+            "name": group.name,
+            "sources": group.sources,
+            "channels": group.channels,
+            "prunable": group.prunable,
+            "reasons": group.reasons,
+        }
+        if plan is not None:
+            choice = choices.get(group.id)
+            row["kept"] = choice.kept if choice else list(range(group.channels))
+            row["removed"] = choice.removed if choice else []
+        rows.append(row)
+    return rows
+
+
+def analysis_json(analysis: Analysis) -> dict:
+    prunable = analysis.prunable_groups
+    return {
+        "nodes": len(analysis.view.nodes),
+        "groups": len(analysis.groups),
+        "prunable_groups": len(prunable),
+        "prunable_channels": sum(g.channels for g in prunable),
+        "total_channels": sum(g.channels for g in analysis.groups),
+        "barriers": barrier_counts(analysis),
+        "group_list": groups_json(analysis),
+    }
+
+
+def barrier_counts(analysis: Analysis) -> dict[str, int]:
+    """How many groups each kind of reason stops (the op or cause before the colon)."""
+    counts: Counter[str] = Counter()
+    for group in analysis.groups:
+        for reason in group.reasons:
+            counts[reason.split("'")[0].strip() or reason] += 1
+    return dict(counts.most_common())
+
+
+def analysis_text(analysis: Analysis) -> str:
+    summary = analysis_json(analysis)
+    lines = [
+        f"{summary['nodes']} nodes, {summary['groups']} channel groups, "
+        f"{summary['prunable_groups']} prunable "
+        f"({summary['prunable_channels']} of {summary['total_channels']} channels)",
+        "",
+        f"{'group':>5}  {'channels':>8}  {'status':<10}  name / reason",
+    ]
+    for group in analysis.groups:
+        status = "prunable" if group.prunable else "kept"
+        lines.append(f"{group.id:>5}  {group.channels:>8}  {status:<10}  {group.name}")
+        for reason in group.reasons:
+            lines.append(f"{'':>29}  - {reason}")
+    return "\n".join(lines)
