@@ -92,7 +92,7 @@ def _small(dims) -> bool:
     count = 1
     for d in dims:
         count *= d
-    return count <= 64
+    return count <= 65536
 
 
 def _record(name, entries, known, partial, folded) -> None:

@@ -97,6 +97,9 @@ def _reshape(ctx: Context, x: Layout, shape_input: int | None) -> None:
         return
     (i0, i1), (o0, o1) = block
     in_dims, out_dims = in_shape[i0:i1], out_shape[o0:o1]
+    if not all(isinstance(d, int) for d in (*in_dims, *out_dims)):
+        ctx.block("the channel axis is reshaped together with a symbolic dim")
+        return
     grid = np.broadcast_to(
         x.atoms.reshape([-1 if a == x.axis else 1 for a in range(i0, i1)]), in_dims
     ).reshape(out_dims)
@@ -107,7 +110,6 @@ def _reshape(ctx: Context, x: Layout, shape_input: int | None) -> None:
     keep = _choose_axis(ctx, varying, o0)
     for position in range(grid.shape[keep]):
         ctx.couple_all(np.take(grid, position, axis=keep))
-    atoms = np.take(grid, 0, axis=keep).ravel()[0:0]  # placeholder for type checkers
     index = [0] * grid.ndim
     index[keep] = slice(None)
     atoms = grid[tuple(index)]
