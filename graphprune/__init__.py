@@ -1,13 +1,13 @@
 """graphprune: structural channel pruning for ONNX models exported from any framework.
 
-    import graphprune as gp
+import graphprune as gp
 
-    model = gp.load("model.onnx")
-    analysis = gp.analyze(model)
-    plan = gp.plan(analysis, ratio=0.5, criterion="l2")
-    pruned = gp.prune(analysis, plan)
-    result = gp.validate(model, pruned)
-    gp.save(pruned, "model.pruned.onnx")
+model = gp.load("model.onnx")
+analysis = gp.analyze(model)
+plan = gp.plan(analysis, ratio=0.5, criterion="l2")
+pruned = gp.prune(analysis, plan)
+result = gp.validate(model, pruned)
+gp.save(pruned, "model.pruned.onnx")
 """
 
 from __future__ import annotations
@@ -27,8 +27,19 @@ from .validation import compare, input_shapes, random_inputs
 
 __version__ = "0.1.0"
 __all__ = [
-    "Analysis", "Group", "GraphView", "GraphpruneError", "Plan", "analyze", "load", "mask",
-    "plan", "plan_from_json", "prune", "save", "validate",
+    "Analysis",
+    "GraphView",
+    "GraphpruneError",
+    "Group",
+    "Plan",
+    "analyze",
+    "load",
+    "mask",
+    "plan",
+    "plan_from_json",
+    "prune",
+    "save",
+    "validate",
 ]  # fmt: skip
 
 

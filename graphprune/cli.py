@@ -54,18 +54,36 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--criterion", choices=CRITERIA, default="l2")
     p.add_argument("--reduction", choices=REDUCTIONS, default="mean")
     p.add_argument("--normalization", choices=NORMALIZATIONS, default="mean")
-    p.add_argument("--global", dest="global_ranking", action="store_true",
-                   help="rank channels of all groups together")
-    p.add_argument("--max-group-ratio", type=float, default=0.9,
-                   help="with --global: most a single group may lose")
+    p.add_argument(
+        "--global",
+        dest="global_ranking",
+        action="store_true",
+        help="rank channels of all groups together",
+    )
+    p.add_argument(
+        "--max-group-ratio",
+        type=float,
+        default=0.9,
+        help="with --global: most a single group may lose",
+    )
     p.add_argument("--round-to", type=int, default=1, help="kept channels per group: multiple of N")
     p.add_argument("--min-keep", type=int, default=1, help="channels every group keeps")
-    p.add_argument("--ignore", nargs="+", default=[], metavar="NAME",
-                   help="node or initializer names (glob patterns) to leave untouched")
+    p.add_argument(
+        "--ignore",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="node or initializer names (glob patterns) to leave untouched",
+    )
     p.add_argument("--plan", help="re-apply the exact channels of an earlier report")
     p.add_argument("--inputs", help="NPZ of inputs for validation, keyed by input name")
-    p.add_argument("--input-shape", nargs="+", default=[], metavar="NAME=D,D,...",
-                   help="shapes for random validation inputs (symbolic dims)")
+    p.add_argument(
+        "--input-shape",
+        nargs="+",
+        default=[],
+        metavar="NAME=D,D,...",
+        help="shapes for random validation inputs (symbolic dims)",
+    )
     p.add_argument("--report", help="write a JSON report here")
     p.add_argument("--bench", action="store_true", help="time both models in onnxruntime")
     p.add_argument("--seed", type=int, default=0)
@@ -141,8 +159,11 @@ def _prune(args) -> int:
 
 
 def _before_after(before: int, after: int) -> dict:
-    return {"before": before, "after": after,
-            "removed_fraction": round(1 - after / before, 6) if before else 0.0}
+    return {
+        "before": before,
+        "after": after,
+        "removed_fraction": round(1 - after / before, 6) if before else 0.0,
+    }
 
 
 def _print_summary(report: dict) -> None:
@@ -150,15 +171,21 @@ def _print_summary(report: dict) -> None:
     worst = max((o["max_rel"] for o in report["validation"]["outputs"]), default=0.0)
     pruned_groups = sum(1 for g in report["groups"] if g["removed"])
     print(f"pruned {pruned_groups} of {len(report['groups'])} groups -> {report['output']}")
-    print(f"params {params['before']:,} -> {params['after']:,} "
-          f"(-{params['removed_fraction']:.1%}), MACs {macs['before']:,} -> {macs['after']:,} "
-          f"(-{macs['removed_fraction']:.1%})")
-    print(f"validated on {report['validation']['execution_provider']}: output shapes unchanged, "
-          f"max relative deviation {worst:.3g}")
+    print(
+        f"params {params['before']:,} -> {params['after']:,} "
+        f"(-{params['removed_fraction']:.1%}), MACs {macs['before']:,} -> {macs['after']:,} "
+        f"(-{macs['removed_fraction']:.1%})"
+    )
+    print(
+        f"validated on {report['validation']['execution_provider']}: output shapes unchanged, "
+        f"max relative deviation {worst:.3g}"
+    )
     if "bench" in report:
         b = report["bench"]
-        print(f"latency {b['latency_ms_before']:.3f} ms -> {b['latency_ms_after']:.3f} ms "
-              f"({b['speedup']:.2f}x)")
+        print(
+            f"latency {b['latency_ms_before']:.3f} ms -> {b['latency_ms_after']:.3f} ms "
+            f"({b['speedup']:.2f}x)"
+        )
 
 
 def _parse_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
@@ -168,7 +195,9 @@ def _parse_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
         try:
             shapes[name] = tuple(int(d) for d in dims.replace("x", ",").split(","))
         except ValueError:
-            raise GraphpruneError(f"bad --input-shape {item!r} (expected NAME=1,3,224,224)") from None
+            raise GraphpruneError(
+                f"bad --input-shape {item!r} (expected NAME=1,3,224,224)"
+            ) from None
     return shapes
 
 

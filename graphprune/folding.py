@@ -28,8 +28,9 @@ _MAX_ELEMENTS = 1 << 24
 def fold_constants(model: onnx.ModelProto) -> int:
     """Fold in place; returns how many tensors became initializers."""
     graph = model.graph
-    known: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer
-                                    if _small(t.dims)}
+    known: dict[str, np.ndarray] = {
+        t.name: numpy_helper.to_array(t) for t in graph.initializer if _small(t.dims)
+    }
     partial: dict[str, list[int | None]] = {}
     shapes = None
     opsets = list(model.opset_import)
@@ -64,8 +65,12 @@ def fold_constants(model: onnx.ModelProto) -> int:
         if value is not None and value.size <= _MAX_ELEMENTS:
             known[node.output[0]] = value
             folded[node.output[0]] = value
-    used = {name for node in graph.node if node.op_type != "Constant"
-            and not all(o in known for o in node.output) for name in node.input}
+    used = {
+        name
+        for node in graph.node
+        if node.op_type != "Constant" and not all(o in known for o in node.output)
+        for name in node.input
+    }
     used |= {o.name for o in graph.output}
     replacements = {name: value for name, value in folded.items() if name in used}
     if not replacements:
@@ -82,8 +87,12 @@ def fold_constants(model: onnx.ModelProto) -> int:
                 node.input[index] = renamed[name]
     for output in graph.output:
         if output.name in renamed:
-            graph.node.add(op_type="Identity", input=[renamed[output.name]],
-                           output=[output.name], name=f"{output.name}_identity")
+            graph.node.add(
+                op_type="Identity",
+                input=[renamed[output.name]],
+                output=[output.name],
+                name=f"{output.name}_identity",
+            )
     _remove_dead_nodes(graph)
     return len(renamed)
 
@@ -112,17 +121,19 @@ def _index_partial(node, entries, known) -> list[int | None] | None:
         picked = [entries[int(i)] for i in indices.reshape(-1)]
         return picked if indices.ndim == 1 else (picked if picked[0] is None else None)
     bounds = [known.get(name) if name else None for name in node.input[1:3]]
-    if any(b is None for b in bounds) or len(node.input) > 4 and node.input[4]:
+    if any(b is None for b in bounds) or (len(node.input) > 4 and node.input[4]):
         return None
     start, end = int(bounds[0][0]), int(bounds[1][0])
     return entries[slice(start, end)]
 
 
 def _evaluate(node, known, opsets) -> np.ndarray | None:
-    inputs = [onnx.helper.make_tensor_value_info(name, onnx.TensorProto.UNDEFINED, None)
-              for name in node.input if name]
-    outputs = [onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.UNDEFINED,
-                                                  None)]
+    inputs = [
+        onnx.helper.make_tensor_value_info(name, onnx.TensorProto.UNDEFINED, None)
+        for name in node.input
+        if name
+    ]
+    outputs = [onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.UNDEFINED, None)]
     graph = onnx.helper.make_graph([node], "fold", inputs, outputs)
     model = onnx.helper.make_model(graph, opset_imports=opsets)
     try:
@@ -156,8 +167,10 @@ def _remove_dead_nodes(graph: onnx.GraphProto) -> None:
     needed = {o.name for o in graph.output}
     keep = []
     for node in reversed(graph.node):
-        subgraph_reads = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                             for a in node.attribute)
+        subgraph_reads = any(
+            a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+            for a in node.attribute
+        )
         if subgraph_reads or any(o in needed for o in node.output if o):
             keep.append(node)
             needed |= {name for name in node.input if name}

@@ -142,14 +142,16 @@ class GraphView:
             return node.input[index]
         return None
 
-    def int_list(self, node: onnx.NodeProto, input_index: int, attribute: str) -> list[int] | None:
+    def int_list(
+        self, node: onnx.NodeProto, input_index: int | None, attribute: str | None
+    ) -> list[int] | None:
         """An integer list given as a constant input (newer opsets) or an attribute."""
-        name = self.input(node, input_index)
+        name = None if input_index is None else self.input(node, input_index)
         if name is not None:
             value = self.constant(name)
             return None if value is None else [int(v) for v in np.asarray(value).reshape(-1)]
-        value = self.attribute(node, attribute)
-        return None if value is None else [int(v) for v in value]
+        value = None if attribute is None else self.attribute(node, attribute)
+        return None if value is None else [int(v) for v in np.atleast_1d(value)]
 
     def op_nodes(self) -> Iterator[onnx.NodeProto]:
         yield from self.order

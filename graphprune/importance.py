@@ -52,8 +52,9 @@ def class_scores(
             use_l2 = np.isin(analysis.group_of_class, fallback)
             scores = np.where(use_l2, l2, scores)
     else:
-        scores = _reduce(analysis, n_classes, {"weight"}, p=1 if criterion == "l1" else 2,
-                         reduction=reduction)
+        scores = _reduce(
+            analysis, n_classes, {"weight"}, p=1 if criterion == "l1" else 2, reduction=reduction
+        )
     scores = np.nan_to_num(scores, nan=0.0)
     return _normalize(analysis, scores, normalization), fallback
 
@@ -75,7 +76,11 @@ def _reduce(analysis: Analysis, n_classes: int, roles: set[str], p: int, reducti
             rows = magnitude.reshape(groups, magnitude.shape[0] // groups, per_group, -1)
             per_position = rows.sum(axis=(1, 3)).ravel()
         else:
-            per_position = np.moveaxis(magnitude, edit.axis, 0).reshape(magnitude.shape[edit.axis], -1).sum(axis=1)
+            per_position = (
+                np.moveaxis(magnitude, edit.axis, 0)
+                .reshape(magnitude.shape[edit.axis], -1)
+                .sum(axis=1)
+            )
         classes = analysis.class_of[edit.atoms.ravel()]
         per_class = np.bincount(classes, weights=per_position, minlength=n_classes)
         touched = np.bincount(classes, minlength=n_classes) > 0

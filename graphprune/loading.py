@@ -89,10 +89,22 @@ def infer_shapes(
             for dim, size in zip(dims, input_shapes[info.name], strict=True):
                 dim.Clear()
                 dim.dim_value = int(size)
-    try:
-        inferred = shape_inference.infer_shapes(skeleton, strict_mode=False, data_prop=True)
-    except Exception as error:  # onnx raises several unrelated types here
-        raise GraphpruneError(f"shape inference failed: {str(error).splitlines()[0]}") from None
+    inferred = _infer(skeleton)
+    # Some ops have no shape inference in onnx (function ops such as GroupNormalization):
+    # their output has the data input's shape; state it and infer again downstream.
+    for _ in range(4):
+        known = {info.name for info in [*inferred.graph.value_info, *inferred.graph.input]}
+        stated = [
+            _copy_type(inferred, node.input[0], node.output[0])
+            for node in inferred.graph.node
+            if node.op_type in _SHAPE_PRESERVING
+            and node.output[0] not in known
+            and node.input[0] in known
+        ]
+        if not stated:
+            break
+        skeleton.graph.value_info.extend(stated)
+        inferred = _infer(skeleton)
     shapes: dict[str, Shape] = {}
     graph = inferred.graph
     for info in [*graph.input, *graph.value_info, *graph.output]:
@@ -102,6 +114,26 @@ def infer_shapes(
     for tensor in model.graph.initializer:
         shapes[tensor.name] = tuple(int(d) for d in tensor.dims)
     return shapes
+
+
+_SHAPE_PRESERVING = {"GroupNormalization", "LayerNormalization", "RMSNormalization"}
+
+
+def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception as error:  # onnx raises several unrelated types here
+        raise GraphpruneError(f"shape inference failed: {str(error).splitlines()[0]}") from None
+
+
+def _copy_type(model: onnx.ModelProto, source: str, name: str) -> onnx.ValueInfoProto:
+    for info in [*model.graph.value_info, *model.graph.input]:
+        if info.name == source:
+            copy = onnx.ValueInfoProto()
+            copy.CopyFrom(info)
+            copy.name = name
+            return copy
+    raise KeyError(source)
 
 
 def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:

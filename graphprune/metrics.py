@@ -57,5 +57,9 @@ def count_macs(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]])
 
 
 def param_bytes(model: onnx.ModelProto) -> int:
-    return int(sum(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
-                   * math.prod(t.dims) for t in model.graph.initializer))
+    return int(
+        sum(
+            np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize * math.prod(t.dims)
+            for t in model.graph.initializer
+        )
+    )

@@ -74,25 +74,29 @@ def make_plan(
         "normalization": normalization, "seed": seed,
     }  # fmt: skip
     scores, fallback = class_scores(analysis, criterion, reduction, normalization, seed)
-    notes = [f"group '{analysis.groups[g].name}' has no BatchNorm scale: scored by l2"
-             for g in fallback]
+    notes = [
+        f"group '{analysis.groups[g].name}' has no BatchNorm scale: scored by l2" for g in fallback
+    ]
     excluded = _ignored(analysis, ignore)
     partitions, partition_problems = _partitions(analysis)
     candidates = [
-        g for g in analysis.prunable_groups
+        g
+        for g in analysis.prunable_groups
         if g.id not in excluded and g.id not in partition_problems
     ]
     notes += [f"group '{analysis.groups[g].name}' ignored: {why}" for g, why in excluded.items()]
-    notes += [f"group '{analysis.groups[g].name}' kept: {why}"
-              for g, why in partition_problems.items()]
+    notes += [
+        f"group '{analysis.groups[g].name}' kept: {why}" for g, why in partition_problems.items()
+    ]
     if global_ranking:
         counts = _global_counts(candidates, scores, ratio, min_keep, max_group_ratio)
     else:
         counts = {g.id: g.channels - math.floor(g.channels * ratio) for g in candidates}
     choices = []
     for group in candidates:
-        keep = _round_keep(counts[group.id], group.channels, round_to, min_keep,
-                           partitions.get(group.id))
+        keep = _round_keep(
+            counts[group.id], group.channels, round_to, min_keep, partitions.get(group.id)
+        )
         kept = _select(group, scores, keep, partitions.get(group.id))
         removed = sorted(set(range(group.channels)) - set(kept))
         if removed:
@@ -186,11 +190,10 @@ def _global_counts(groups: list[Group], scores, ratio, min_keep, max_group_ratio
     `ratio` of them, never more than `max_group_ratio` of one group."""
     total = sum(g.channels for g in groups)
     budget = math.floor(total * ratio)
-    entries = sorted(
-        (float(scores[c]), g.id, i) for g in groups for i, c in enumerate(g.classes)
-    )
-    limit = {g.id: min(g.channels - min_keep, math.floor(g.channels * max_group_ratio))
-             for g in groups}
+    entries = sorted((float(scores[c]), g.id, i) for g in groups for i, c in enumerate(g.classes))
+    limit = {
+        g.id: min(g.channels - min_keep, math.floor(g.channels * max_group_ratio)) for g in groups
+    }
     removed = dict.fromkeys(limit, 0)
     for _, gid, _ in entries:
         if budget == 0:
@@ -224,8 +227,9 @@ def _choices_from(analysis: Analysis, removed_classes: np.ndarray) -> list[Group
     for group in analysis.groups:
         mask = removed[group.classes]
         if mask.any():
-            choices.append(GroupChoice(group.id, np.nonzero(mask)[0].tolist(),
-                                       np.nonzero(~mask)[0].tolist()))
+            choices.append(
+                GroupChoice(group.id, np.nonzero(mask)[0].tolist(), np.nonzero(~mask)[0].tolist())
+            )
     return choices
 
 

@@ -41,7 +41,7 @@ def _zero(edit: Edit, value: np.ndarray, keep_atom: np.ndarray) -> np.ndarray:
         rows = value.shape[0] // groups
         for group in range(groups):
             removed = ~keep_atom[edit.atoms[group]]
-            value[group * rows:(group + 1) * rows][:, removed] = 0
+            value[group * rows : (group + 1) * rows][:, removed] = 0
         return value
     index = [slice(None)] * value.ndim
     index[edit.axis] = ~keep_atom[edit.atoms]
@@ -109,8 +109,10 @@ def _apply(edit: Edit, value: np.ndarray, keep_atom: np.ndarray) -> np.ndarray:
         if len(set(counts.tolist())) != 1:
             raise GraphpruneError(f"grouped conv '{edit.node}' would lose unequal channels")
         rows_per_group = value.shape[0] // edit.atoms.shape[0]
-        parts = [np.compress(keep[g], value[g * rows_per_group:(g + 1) * rows_per_group], axis=1)
-                 for g in range(edit.atoms.shape[0])]
+        parts = [
+            np.compress(keep[g], value[g * rows_per_group : (g + 1) * rows_per_group], axis=1)
+            for g in range(edit.atoms.shape[0])
+        ]
         return np.concatenate(parts, axis=0)
     flat = value.reshape(-1).copy()
     flat[edit.target.entry] = int(keep_atom[edit.atoms].sum())
@@ -186,6 +188,7 @@ def _restore_model_fields(model: onnx.ModelProto, original: onnx.ModelProto, pla
             model.metadata_props.add(key=prop.key, value=prop.value)
     if plan_json is not None:
         model.metadata_props.add(
-            key=PLAN_METADATA_KEY, value=json.dumps(plan_json, sort_keys=True, separators=(",", ":"))
+            key=PLAN_METADATA_KEY,
+            value=json.dumps(plan_json, sort_keys=True, separators=(",", ":")),
         )
     del model.graph.value_info[:]

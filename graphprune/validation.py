@@ -19,7 +19,7 @@ import onnx
 from .errors import GraphpruneError
 
 os.environ.setdefault("ORT_LOGGING_LEVEL", "3")
-import onnxruntime as ort  # noqa: E402
+import onnxruntime as ort
 
 ort.set_default_logger_severity(3)
 
@@ -51,14 +51,18 @@ def execution_provider() -> str:
     except Exception:  # any failure means CUDA is not usable here
         return "CPUExecutionProvider"
     used = session.get_providers()
-    return "CUDAExecutionProvider" if used and used[0] == "CUDAExecutionProvider" else (
-        "CPUExecutionProvider"
+    return (
+        "CUDAExecutionProvider"
+        if used and used[0] == "CUDAExecutionProvider"
+        else ("CPUExecutionProvider")
     )
 
 
 def session(model: onnx.ModelProto, provider: str | None = None) -> ort.InferenceSession:
     provider = provider or execution_provider()
-    providers = [provider] + (["CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [])
+    providers = [provider] + (
+        ["CPUExecutionProvider"] if provider != "CPUExecutionProvider" else []
+    )
     options = ort.SessionOptions()
     options.log_severity_level = 3
     try:
@@ -130,7 +134,9 @@ def run(sess: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> list[np.nda
     try:
         return sess.run(None, {k: v for k, v in feeds.items() if k in names})
     except Exception as error:
-        raise GraphpruneError(f"onnxruntime failed to run the model: {_first_line(error)}") from None
+        raise GraphpruneError(
+            f"onnxruntime failed to run the model: {_first_line(error)}"
+        ) from None
 
 
 def compare(original: onnx.ModelProto, pruned: onnx.ModelProto, feeds) -> dict:

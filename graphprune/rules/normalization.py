@@ -67,7 +67,9 @@ def group_norm(ctx: Context) -> None:
     for index in (1, 2):
         shape = ctx.input_shape(index)
         per_group = shape is not None and shape[0] == groups and groups != x.size
-        ctx.slice(index, 0, heads if per_group else x.atoms, role="weight" if index == 1 else "param")
+        ctx.slice(
+            index, 0, heads if per_group else x.atoms, role="weight" if index == 1 else "param"
+        )
     ctx.emit(0, x)
 
 

@@ -16,9 +16,7 @@ if TYPE_CHECKING:
     from ..analysis import Context
 
 
-@rule(
-    "AveragePool", "GlobalAveragePool", "GlobalLpPool", "GlobalMaxPool", "LpPool", "MaxPool"
-)
+@rule("AveragePool", "GlobalAveragePool", "GlobalLpPool", "GlobalMaxPool", "LpPool", "MaxPool")
 def pool(ctx: Context) -> None:
     """Per-channel spatial pooling. MaxPool's optional Indices output flattens positions
     including the channel offset, so a model using it cannot lose channels here."""
@@ -52,7 +50,7 @@ def reduce(ctx: Context) -> None:
     if x is None:
         return
     rank = len(ctx.input_shape(0) or ())
-    axes = ctx.view.int_list(ctx.node, 1 if _axes_from_input(ctx) else 99, "axes")
+    axes = ctx.view.int_list(ctx.node, 1 if _axes_from_input(ctx) else None, "axes")
     if axes is None and _axes_from_input(ctx) and ctx.view.input(ctx.node, 1) is not None:
         ctx.block("axes computed at runtime")
         return

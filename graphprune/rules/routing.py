@@ -73,7 +73,10 @@ def split(ctx: Context) -> None:
         for output in range(len(ctx.node.output)):
             ctx.emit(output, x)
         return
-    sizes = [shape[axis] if shape else None for shape in map(ctx.output_shape, range(len(ctx.node.output)))]
+    sizes = [
+        shape[axis] if shape else None
+        for shape in map(ctx.output_shape, range(len(ctx.node.output)))
+    ]
     if not all(isinstance(s, int) for s in sizes) or sum(sizes) != x.size:
         ctx.block("split sizes unknown")
         return
@@ -156,36 +159,33 @@ def gather(ctx: Context) -> None:
 @rule("Resize", "Upsample")
 def resize(ctx: Context) -> None:
     """Resize interpolates each (sample, channel) plane: the channel scale must be 1; a
-    `sizes` input names the channel count, which is rewritten."""
+    `sizes` input names the channel count, which is rewritten. Since opset 18 `axes` may
+    restrict scales and sizes to some axes."""
     x = ctx.layout(0)
     if x is None:
         return
     if any(i != 0 for i, _ in ctx.tracked()):
         ctx.block("channels reach the resize parameters")
         return
-    view = ctx.view
-    axes = ctx.attr("axes")
-    entry = x.axis if axes is None else ([a % len(ctx.input_shape(0)) for a in axes] + [x.axis]).index(x.axis)
-    if axes is not None and entry == len(axes):
+    rank = len(ctx.input_shape(0) or ())
+    axes = [a % rank for a in ctx.attr("axes", range(rank))]
+    if x.axis not in axes:
         ctx.emit(0, x)
         return
-    scales_index = 1 if ctx.node.op_type == "Upsample" or view.opset == 10 else 2
-    scales = ctx.constant(scales_index) if view.input(ctx.node, scales_index) else None
-    if scales is None and ctx.node.op_type == "Upsample":
+    entry = axes.index(x.axis)
+    upsample = ctx.node.op_type == "Upsample"
+    scales_index = 1 if upsample or ctx.view.opset == 10 else 2
+    scales = ctx.constant(scales_index) if ctx.view.input(ctx.node, scales_index) else None
+    if scales is None and upsample:
         scales = np.asarray(ctx.attr("scales", []), dtype=np.float32)
-    sizes_name = view.input(ctx.node, 3) if ctx.node.op_type == "Resize" else None
     if scales is not None and scales.size:
         if float(scales.reshape(-1)[entry]) != 1.0:
             ctx.block("resizes the channel axis")
             return
-    elif sizes_name is not None:
-        sizes = ctx.constant(3)
-        if sizes is None:
-            ctx.block("sizes computed at runtime")
-            return
+    elif not upsample and ctx.constant(3) is not None:
         ctx.set_count(ctx.target(input_index=3, entry=entry), x.atoms)
     else:
-        ctx.block("scales computed at runtime")
+        ctx.block("scales or sizes computed at runtime")
         return
     ctx.emit(0, x)
 
@@ -204,7 +204,7 @@ def pad(ctx: Context) -> None:
         ctx.block("pads computed at runtime")
         return
     rank = len(ctx.input_shape(0) or ())
-    axes = ctx.view.int_list(ctx.node, 3, "_") if ctx.view.input(ctx.node, 3) else None
+    axes = ctx.view.int_list(ctx.node, 3, None)
     axes = [a % rank for a in axes] if axes is not None else list(range(rank))
     if x.axis in axes:
         entry = axes.index(x.axis)

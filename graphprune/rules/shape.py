@@ -53,7 +53,7 @@ def squeeze(ctx: Context) -> None:
 
 def _surviving_axes(ctx: Context, in_rank: int, out_rank: int) -> dict[int, int] | None:
     """Map input axis -> output axis for the axes that survive."""
-    axes = ctx.view.int_list(ctx.node, 1 if ctx.view.opset >= 13 else 99, "axes")
+    axes = ctx.view.int_list(ctx.node, 1 if ctx.view.opset >= 13 else None, "axes")
     if ctx.node.op_type == "Squeeze":
         if axes is None:
             shape = ctx.input_shape(0)
@@ -88,6 +88,8 @@ def reshape(ctx: Context) -> None:
 
 def _reshape(ctx: Context, x: Layout, shape_input: int | None) -> None:
     in_shape, out_shape = ctx.input_shape(0), ctx.output_shape()
+    if shape_input is not None and in_shape is not None:
+        out_shape = _resolved_target(ctx, in_shape, out_shape)
     if in_shape is None or out_shape is None:
         ctx.block("shapes unknown")
         return
@@ -122,6 +124,51 @@ def _reshape(ctx: Context, x: Layout, shape_input: int | None) -> None:
         if target is not None:
             ctx.set_count(target, atoms)
     ctx.emit(0, Layout(out_axis, atoms))
+
+
+def _resolved_target(ctx: Context, in_shape, inferred):
+    """The Reshape output shape, worked out from the target when shape inference left
+    symbolic gaps (a target like Concat(Shape(x)[0], -1) with a symbolic batch)."""
+    if inferred is not None and all(isinstance(d, int) for d in inferred):
+        return inferred
+    target = _target_entries(ctx.view, ctx.view.input(ctx.node, 1))
+    if target is None:
+        return inferred
+    dims = [in_shape[i] if d == 0 else d for i, d in enumerate(target)]
+    if dims.count(-1) == 1:
+        known_in = [d for d in in_shape if isinstance(d, int)]
+        known_out = [d for d in dims if isinstance(d, int) and d != -1]
+        symbols_in = sorted(str(d) for d in in_shape if not isinstance(d, int))
+        symbols_out = sorted(str(d) for d in dims if not isinstance(d, int))
+        if symbols_in != symbols_out or None in in_shape or np.prod(known_out) == 0:
+            return inferred
+        dims[dims.index(-1)] = int(np.prod(known_in) // np.prod(known_out))
+    return tuple(dims) if -1 not in dims else inferred
+
+
+def _target_entries(view, tensor: str | None) -> list | None:
+    """Entries of a shape tensor: constants, or dims read by Shape -> Gather (symbolic)."""
+    if tensor is None:
+        return None
+    value = view.constant(tensor)
+    if value is not None:
+        return [int(v) for v in value.reshape(-1)]
+    producer = view.producer(tensor)
+    if producer is None:
+        return None
+    if producer.op_type in ("Unsqueeze", "Cast", "Identity"):
+        return _target_entries(view, producer.input[0])
+    if producer.op_type == "Concat":
+        pieces = [_target_entries(view, piece) for piece in producer.input]
+        return None if any(p is None for p in pieces) else [d for p in pieces for d in p]
+    if producer.op_type == "Gather" and view.producer(producer.input[0]) is not None:
+        shape_node = view.producer(producer.input[0])
+        indices = view.constant(producer.input[1])
+        source = view.shape(shape_node.input[0]) if shape_node.op_type == "Shape" else None
+        if source is None or indices is None or view.attribute(shape_node, "start", 0):
+            return None
+        return [source[int(i)] for i in indices.reshape(-1)]
+    return None
 
 
 def _aligned_block(in_shape: list, out_shape: list, axis: int):
@@ -177,7 +224,9 @@ def _choose_axis(ctx: Context, varying: list[int], offset: int) -> int:
             axes = ctx.view.int_list(consumer, 1, "axes") or []
             statistics_over |= {a % rank for a in axes}
         elif consumer.op_type == "LayerNormalization":
-            statistics_over |= set(range(int(ctx.view.attribute(consumer, "axis", -1)) % rank, rank))
+            statistics_over |= set(
+                range(int(ctx.view.attribute(consumer, "axis", -1)) % rank, rank)
+            )
     preferred = [a for a in varying if a + offset not in statistics_over]
     return (preferred or varying)[-1]
 
