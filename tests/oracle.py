@@ -25,7 +25,9 @@ def assert_same_outputs(expected: list[np.ndarray], actual: list[np.ndarray], rt
     assert len(expected) == len(actual)
     for a, b in zip(expected, actual, strict=True):
         assert a.shape == b.shape
-        scale = max(float(np.abs(a).max()) if a.size else 0.0, 1e-3)
+        # Outputs that are ~0 everywhere (a detector on noise) leave only float32 rounding:
+        # below 1e-2 the scale is taken as 1e-2.
+        scale = max(float(np.abs(a).max()) if a.size else 0.0, 1e-2)
         np.testing.assert_allclose(b, a, rtol=rtol, atol=rtol * scale)
 
 

@@ -31,7 +31,7 @@ def test_conv_plain_1d_2d_3d():
         x = g.input([1, 3, *spatial])
         y = g.op("Relu", [g.conv(x, 3, 8, dims=dims)])
         head(g, g.conv(y, 8, 6, dims=dims), 6, spatial)
-        analysis, plan, pruned = prune_and_check(g.model())
+        analysis, plan, _pruned = prune_and_check(g.model())
         assert [grp.channels for grp in groups(analysis)] == [8, 6]
         assert sum(len(c.removed) for c in plan.choices) == 4 + 3
 
@@ -42,7 +42,7 @@ def test_grouped_conv_removes_equally_per_group():
     y = g.conv(x, 3, 8)
     y = g.conv(y, 8, 12, group=4)
     head(g, y, 12)
-    analysis, plan, pruned = prune_and_check(g.model())
+    _analysis, _plan, pruned = prune_and_check(g.model())
     weights = {i.name: i for i in pruned.graph.initializer}
     grouped = next(n for n in pruned.graph.node if n.op_type == "Conv" and n.attribute[0].i == 4)
     assert list(weights[grouped.input[1]].dims)[:2] == [8, 1]  # 12 -> 8 out, 2 -> 1 in/group
@@ -55,7 +55,7 @@ def test_depthwise_conv_passes_channels_through():
         y = g.conv(x, 3, 8)
         y = g.conv(y, 8, 8 * multiplier, group=8)
         head(g, y, 8 * multiplier)
-        analysis, plan, pruned = prune_and_check(g.model())
+        analysis, _plan, pruned = prune_and_check(g.model())
         assert [grp.channels for grp in groups(analysis)] == [8]
         depthwise = [n for n in pruned.graph.node if n.op_type == "Conv"][1]
         assert gp.GraphView(pruned).attribute(depthwise, "group") == 4
@@ -96,7 +96,7 @@ def test_group_norm_removes_whole_norm_groups(opset, per_channel):
     size = 8 if per_channel else 4
     y = g.op("GroupNormalization", [y, g.weight(size), g.weight(size)], num_groups=4)
     head(g, y, 8)
-    analysis, plan, pruned = prune_and_check(g.model())
+    analysis, _plan, pruned = prune_and_check(g.model())
     assert [grp.channels for grp in groups(analysis)] == [4]  # 4 norm groups of 2
     norm = next(n for n in pruned.graph.node if n.op_type == "GroupNormalization")
     assert gp.GraphView(pruned).attribute(norm, "num_groups") == 2
@@ -217,7 +217,7 @@ def test_concat_maps_offsets_and_split_and_slice_rewrite_bounds():
     head(g, s1, 5)
     head(g, s2, 8)
     head(g, t, 9)
-    analysis, plan, pruned = prune_and_check(g.model())
+    analysis, _plan, _pruned = prune_and_check(g.model())
     assert sorted(grp.channels for grp in groups(analysis)) == [4, 6]
 
 
@@ -227,7 +227,7 @@ def test_split_with_num_outputs_becomes_explicit():
     y = g.conv(x, 3, 8)
     a, b = g.op("Split", [y], outputs=2, axis=1, num_outputs=2)
     head(g, g.op("Concat", [b, g.conv(a, 4, 4)], axis=1), 8)
-    analysis, plan, pruned = prune_and_check(g.model())
+    _analysis, _plan, pruned = prune_and_check(g.model())
     split = next(n for n in pruned.graph.node if n.op_type == "Split")
     assert len(split.input) == 2 and not any(a.name == "num_outputs" for a in split.attribute)
 
@@ -244,7 +244,7 @@ def test_flatten_and_reshape_into_linear_layers():
             f = g.op("Reshape", [y, g.const(np.array([1, 128]))])
             out = g.op("Add", [g.op("MatMul", [f, g.weight(128, 10)]), g.weight(10)])
         g.output(g.op("MatMul", [g.op("Relu", [out]), g.weight(10, 2)]))
-        analysis, _, pruned = prune_and_check(g.model())
+        analysis, _, _pruned = prune_and_check(g.model())
         assert sorted(grp.channels for grp in groups(analysis)) == [8, 10]
 
 
@@ -252,12 +252,10 @@ def test_resize_with_scales_and_sizes_and_pad():
     g = GraphBuilder()
     x = g.input([1, 3, 8, 8])
     y = g.conv(x, 3, 8)
-    empty = g.const(np.zeros(0, np.float32))
     up = g.op("Resize", [y, "", g.const(np.array([1, 1, 2, 2], np.float32))], mode="nearest")
     sized = g.op("Resize", [y, "", "", g.const(np.array([1, 8, 16, 16]))], mode="nearest")
     both = g.op("Add", [up, sized])
     padded = g.op("Pad", [both, g.const(np.array([0, 0, 1, 1, 0, 0, 1, 1]))])
-    del empty
     head(g, padded, 8)
     analysis, _, _ = prune_and_check(g.model())
     assert [grp.channels for grp in groups(analysis)] == [8]
@@ -309,7 +307,7 @@ def test_channel_shuffle_is_mapped_exactly():
     t = g.op("Transpose", [r], perm=[0, 2, 1, 3, 4])
     s = g.op("Reshape", [t, g.const(np.array([1, 16, 4, 4]))])
     head(g, s, 16)
-    analysis, _, pruned = prune_and_check(g.model())
+    analysis, _, _pruned = prune_and_check(g.model())
     assert [grp.channels for grp in groups(analysis)] == [8]  # the two branches couple
 
 
@@ -357,5 +355,5 @@ def test_weights_in_constant_and_identity_nodes_count_as_weights():
     w = g.op("Identity", [w])
     y = g.op("Conv", [x, w], pads=[1, 1, 1, 1])
     head(g, y, 8)
-    analysis, _, pruned = prune_and_check(g.model())
+    analysis, _, _pruned = prune_and_check(g.model())
     assert [grp.channels for grp in groups(analysis)] == [8]

@@ -1,0 +1,1 @@
+"""Reference model zoo: small PyTorch architectures exported to ONNX to exercise graphprune."""
