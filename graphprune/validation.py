@@ -36,6 +36,11 @@ def execution_provider() -> str:
     """CUDAExecutionProvider when a tiny model actually runs on it, else CPU."""
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return "CPUExecutionProvider"
+    if hasattr(ort, "preload_dlls"):  # CUDA and cuDNN from the nvidia-* pip packages
+        try:
+            ort.preload_dlls()
+        except Exception:  # missing libraries only mean CUDA will not work
+            pass
     node = onnx.helper.make_node("Relu", ["x"], ["y"])
     graph = onnx.helper.make_graph(
         [node], "probe",
