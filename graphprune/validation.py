@@ -6,6 +6,8 @@ without a GPU and then falls back), the CPU provider otherwise; reports say whic
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import statistics
 import tempfile
@@ -37,8 +39,10 @@ def execution_provider() -> str:
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return "CPUExecutionProvider"
     if hasattr(ort, "preload_dlls"):  # CUDA and cuDNN from the nvidia-* pip packages
+        quiet = io.StringIO()
         try:
-            ort.preload_dlls()
+            with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+                ort.preload_dlls()
         except Exception:  # missing libraries only mean CUDA will not work
             pass
     node = onnx.helper.make_node("Relu", ["x"], ["y"])
