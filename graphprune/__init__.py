@@ -48,9 +48,14 @@ def load(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
     return load_model(source)
 
 
-def analyze(model: onnx.ModelProto, progress: bool = False) -> Analysis:
-    """Find every group of coupled channels, and why the unprunable ones are."""
-    return analyze_view(GraphView(model), progress=progress)
+def analyze(
+    model: onnx.ModelProto, progress: bool = False, approximate_norms: bool = False
+) -> Analysis:
+    """Find every group of coupled channels, and why the unprunable ones are.
+
+    `approximate_norms=True` also prunes channels that a LayerNormalization normalizes
+    together (inexact: marked in `Group.approximations`)."""
+    return analyze_view(GraphView(model), progress, approximate_norms)
 
 
 def plan(analysis: Analysis, ratio: float, **options) -> Plan:

@@ -32,6 +32,7 @@ class Group:
     sources: list[str]
     classes: np.ndarray
     reasons: list[str] = field(default_factory=list)
+    approximations: list[str] = field(default_factory=list)
 
     @property
     def channels(self) -> int:
@@ -58,6 +59,7 @@ class Analysis:
     equal_blocks: list[np.ndarray]  # (blocks, per block) atom arrays: equal removal per block
     nonempty: list[np.ndarray]  # atom arrays that must keep at least one position
     group_of_class: np.ndarray  # class -> group id, -1 for classes outside any group
+    approximate_norms: bool = False
 
     @property
     def prunable_groups(self) -> list[Group]:
@@ -105,6 +107,10 @@ class Context:
 
     def target(self, **fields) -> Target:
         return Target(self.node.name, **fields)
+
+    @property
+    def approximate_norms(self) -> bool:
+        return self._analyzer.approximate_norms
 
     # Describing channel flow.
     def emit(self, output_index: int, layout: Layout) -> None:
@@ -154,6 +160,12 @@ class Context:
     def freeze(self, atoms: np.ndarray, reason: str) -> None:
         self._analyzer.frozen.append((np.asarray(atoms).ravel(), reason))
 
+    def approximate(self, atoms: np.ndarray, reason: str) -> None:
+        """Removal changes the values of channels that stay (an opted-in approximation)."""
+        self._analyzer.approximations.append(
+            (np.asarray(atoms).ravel(), f"{self.node.op_type} '{self.node.name}': {reason}")
+        )
+
     def block(self, reason: str) -> None:
         """Stop every tracked input here: this op cannot map their channels exactly."""
         for _, layout in self.tracked():
@@ -161,8 +173,10 @@ class Context:
 
 
 class _Analyzer:
-    def __init__(self, view: GraphView) -> None:
+    def __init__(self, view: GraphView, approximate_norms: bool) -> None:
         self.view = view
+        self.approximate_norms = approximate_norms
+        self.approximations: list[tuple[np.ndarray, str]] = []
         self.layouts: dict[str, Layout] = {}
         self.atom_source: list[np.ndarray] = []
         self.atom_count = 0
@@ -217,11 +231,8 @@ class _Analyzer:
         valid = first_source >= 0
         group_of_class[valid] = source_group[first_source[valid]]
 
-        reasons: dict[int, list[str]] = defaultdict(list)
-        for atoms, reason in self.frozen:
-            for gid in np.unique(group_of_class[class_of[atoms]]):
-                if gid >= 0 and reason not in reasons[int(gid)]:
-                    reasons[int(gid)].append(reason)
+        reasons = _reasons_by_group(self.frozen, group_of_class, class_of)
+        approximations = _reasons_by_group(self.approximations, group_of_class, class_of)
 
         members: dict[int, list[str]] = defaultdict(list)
         for index, source in enumerate(self.sources):
@@ -235,7 +246,13 @@ class _Analyzer:
             renumber[old_id] = new_id
             atoms = np.concatenate([self.source_atoms[s] for s in members[old_id]])
             classes = _unique_in_order(class_of[atoms])
-            group = Group(new_id, members[old_id], classes, list(reasons.get(old_id, [])))
+            group = Group(
+                new_id,
+                members[old_id],
+                classes,
+                reasons.get(old_id, []),
+                approximations.get(old_id, []),
+            )
             if group.channels < 2 and group.prunable:
                 group.reasons.append("has a single channel")
             groups.append(group)
@@ -249,7 +266,17 @@ class _Analyzer:
             equal_blocks=self.equal_blocks,
             nonempty=self.nonempty,
             group_of_class=group_of_class,
+            approximate_norms=self.approximate_norms,
         )
+
+
+def _reasons_by_group(entries, group_of_class, class_of) -> dict[int, list[str]]:
+    reasons: dict[int, list[str]] = defaultdict(list)
+    for atoms, reason in entries:
+        for gid in np.unique(group_of_class[class_of[atoms]]):
+            if gid >= 0 and reason not in reasons[int(gid)]:
+                reasons[int(gid)].append(reason)
+    return reasons
 
 
 def _components(count: int, pairs: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
@@ -268,5 +295,10 @@ def _unique_in_order(values: np.ndarray) -> np.ndarray:
     return values[np.sort(first)]
 
 
-def analyze_view(view: GraphView, progress: bool = False) -> Analysis:
-    return _Analyzer(view).run(progress)
+def analyze_view(
+    view: GraphView, progress: bool = False, approximate_norms: bool = False
+) -> Analysis:
+    """`approximate_norms` lets LayerNormalization/RMSNormalization over the channel axis
+    lose channels, as Torch-Pruning does: the statistics of the kept channels change, so
+    such groups are approximate and say so in `Group.approximations`."""
+    return _Analyzer(view, approximate_norms).run(progress)

@@ -21,6 +21,11 @@ from .report import analysis_json, analysis_text, groups_json
 from .saving import write_text_atomically
 from .validation import bench, compare, input_shapes, load_inputs, random_inputs
 
+APPROXIMATE_HELP = (
+    "also prune channels normalized together by LayerNormalization (inexact: the kept "
+    "channels' statistics change, as in Torch-Pruning)"
+)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
@@ -45,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     a = commands.add_parser("analyze", help="list the groups of coupled channels")
     a.add_argument("model")
     a.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    a.add_argument("--approximate-norms", action="store_true", help=APPROXIMATE_HELP)
     a.set_defaults(run=_analyze)
 
     p = commands.add_parser("prune", help="remove channels and validate the result")
@@ -75,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="node or initializer names (glob patterns) to leave untouched",
     )
+    p.add_argument("--approximate-norms", action="store_true", help=APPROXIMATE_HELP)
     p.add_argument("--plan", help="re-apply the exact channels of an earlier report")
     p.add_argument("--inputs", help="NPZ of inputs for validation, keyed by input name")
     p.add_argument(
@@ -94,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _analyze(args) -> int:
     model = load(args.model)
-    analysis = analyze(model)
+    analysis = analyze(model, approximate_norms=args.approximate_norms)
     print(json.dumps(analysis_json(analysis), indent=2) if args.json else analysis_text(analysis))
     return 0
 
@@ -113,13 +120,16 @@ def _prune(args) -> int:
         shapes = {name: tuple(value.shape) for name, value in feeds.items()}
     timings["load_s"] = time.perf_counter() - started
 
+    earlier = _read_json(args.plan) if args.plan else {}
+    earlier = earlier.get("plan", earlier)
+    approximate = args.approximate_norms or earlier.get("options", {}).get("approximate_norms")
     started = time.perf_counter()
-    analysis = analyze(model, progress=not args.quiet)
+    analysis = analyze(model, progress=not args.quiet, approximate_norms=bool(approximate))
     timings["analyze_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
     if args.plan:
-        plan = plan_from_json(analysis, _read_json(args.plan).get("plan", {}))
+        plan = plan_from_json(analysis, earlier)
     else:
         plan = make_plan(
             analysis, args.ratio, criterion=args.criterion, global_ranking=args.global_ranking,

@@ -36,7 +36,7 @@ class Plan:
 
     def to_json(self, analysis: Analysis) -> dict:
         return {
-            "options": self.options,
+            "options": {**self.options, "approximate_norms": analysis.approximate_norms},
             "groups": [
                 {
                     "name": analysis.groups[c.group].name,

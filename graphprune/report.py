@@ -19,6 +19,7 @@ def groups_json(analysis: Analysis, plan: Plan | None = None) -> list[dict]:
             "channels": group.channels,
             "prunable": group.prunable,
             "reasons": group.reasons,
+            "approximations": group.approximations,
         }
         if plan is not None:
             choice = choices.get(group.id)
@@ -64,4 +65,6 @@ def analysis_text(analysis: Analysis) -> str:
         lines.append(f"{group.id:>5}  {group.channels:>8}  {status:<10}  {group.name}")
         for reason in group.reasons:
             lines.append(f"{'':>29}  - {reason}")
+        for note in group.approximations:
+            lines.append(f"{'':>29}  ~ approximate: {note}")
     return "\n".join(lines)

@@ -83,3 +83,18 @@ def test_plan_is_recorded_in_metadata():
     keys = {p.key for p in pruned.metadata_props}
     assert "graphprune.plan" in keys
     onnx.checker.check_model(pruned, full_check=True)
+
+
+def test_approximate_norms_prune_through_layer_norm_and_say_so():
+    """ConvNeXt's residual stream is normalized by LayerNorm over channels: exact pruning
+    keeps it; the opt-in removes it like Torch-Pruning (65.6% of parameters there)."""
+    model = gp.load(cached("convnext", "dynamo"))
+    exact = gp.analyze(model)
+    approximate = gp.analyze(model, approximate_norms=True)
+    assert len(approximate.prunable_groups) > len(exact.prunable_groups)
+    assert any(g.approximations for g in approximate.prunable_groups)
+    assert not any(g.approximations for g in exact.groups)
+    pruned = gp.prune(approximate, gp.plan(approximate, 0.5))
+    assert 1 - count_params(pruned) / count_params(model) >= 0.655
+    result = gp.validate(model, pruned)
+    assert result["outputs"][0]["shape"] == [1, 1000]

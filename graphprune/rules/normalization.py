@@ -95,8 +95,26 @@ def _normalized_from(ctx: Context, axis: int) -> set[int]:
 
 @rule("LayerNormalization", "RMSNormalization")
 def layer_norm(ctx: Context) -> None:
-    """Normalizes over axes [axis, rank); scale and bias cover exactly those axes."""
-    _stops_if_normalized(ctx, _normalized_from(ctx, int(ctx.attr("axis", -1))), "normalizes")
+    """Normalizes over axes [axis, rank); scale and bias cover exactly those axes. Over the
+    channel axis alone it is a barrier unless approximate norms were asked for: then the
+    channels go, scale and bias are sliced, and the group is marked approximate."""
+    normalized = _normalized_from(ctx, int(ctx.attr("axis", -1)))
+    x = ctx.layout(0)
+    if x is None or not ctx.approximate_norms or normalized != {x.axis}:
+        _stops_if_normalized(ctx, normalized, "normalizes")
+        return
+    if any(index != 0 for index, _ in ctx.tracked()):
+        ctx.block("channels reach a parameter input")
+        return
+    for index in (1, 2):
+        shape = ctx.input_shape(index)
+        if ctx.view.input(ctx.node, index) is not None and shape and shape[-1] == x.size:
+            if ctx.constant(index) is None:
+                ctx.block("scale or bias computed at runtime")
+                return
+            ctx.slice(index, len(shape) - 1, x.atoms, role="weight" if index == 1 else "param")
+    ctx.approximate(x.atoms, "normalizes over the channel axis (statistics change)")
+    ctx.emit(0, x)
 
 
 @rule("MeanVarianceNormalization")
