@@ -96,6 +96,11 @@ class Context:
         name = self.view.input(self.node, index)
         return None if name is None else self.view.constant(name)
 
+    def constant_shape(self, index: int) -> tuple[int, ...] | None:
+        """Shape of a constant input (weights), None when it is computed at runtime."""
+        name = self.view.input(self.node, index)
+        return None if name is None else self.view.constant_shape(name)
+
     def input_shape(self, index: int):
         name = self.view.input(self.node, index)
         return None if name is None else self.view.shape(name)

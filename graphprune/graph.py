@@ -61,9 +61,20 @@ class GraphView:
     @cached_property
     def order(self) -> list[onnx.NodeProto]:
         """Nodes in a deterministic topological order (the file's order where valid)."""
+        if self._file_order_is_topological():
+            return list(self.model.graph.node)
         position = {name: i for i, name in enumerate(self.nodes)}
         ops = nx.lexicographical_topological_sort(self.nx, key=lambda v: _sort_key(v, position))
         return [self.nodes[name] for kind, name in ops if kind == OP]
+
+    def _file_order_is_topological(self) -> bool:
+        available = set(self.graph_inputs) | set(self.initializers) | {""}
+        for node in self.model.graph.node:
+            needed = set(node.input) | _outer_scope_reads(node)
+            if not needed <= available:
+                return False
+            available.update(node.output)
+        return True
 
     def producer(self, tensor: str) -> onnx.NodeProto | None:
         for op in self.nx.predecessors((TENSOR, tensor)):
@@ -92,6 +103,16 @@ class GraphView:
         if shape is None or not all(isinstance(d, int) for d in shape):
             return None
         return shape  # type: ignore[return-value]
+
+    def constant_shape(self, tensor: str) -> tuple[int, ...] | None:
+        """The shape of a constant without decoding its values (None if not constant)."""
+        name = self.storage(tensor)
+        if name is None:
+            return None
+        if name in self.initializers:
+            return tuple(int(d) for d in self.initializers[name].dims)
+        value = self.constant(name)
+        return None if value is None else value.shape
 
     def rank(self, tensor: str) -> int | None:
         shape = self.shapes.get(tensor)

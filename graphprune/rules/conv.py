@@ -17,6 +17,21 @@ if TYPE_CHECKING:
     from ..analysis import Context
 
 
+def _weight_shape(ctx: Context) -> tuple[int, ...] | None:
+    """The constant weight's shape; None (after stopping tracked inputs) when the weights are
+    computed at runtime or channels arrive anywhere but the data input's axis 1."""
+    weight_shape = ctx.constant_shape(1)
+    x = ctx.layout(0)
+    if (
+        weight_shape is None
+        or (x is not None and x.axis != 1)
+        or len(ctx.tracked()) > (x is not None)
+    ):
+        ctx.block("weights computed at runtime" if weight_shape is None else "channels off axis 1")
+        return None
+    return weight_shape
+
+
 @rule("Conv")
 def conv(ctx: Context) -> None:
     """Input channels are absorbed by weight axis 1; output channels are new.
@@ -26,12 +41,11 @@ def conv(ctx: Context) -> None:
     `group` shrinks with them. Other grouped convs keep their group count; each group must
     lose the same number of input channels and of output channels."""
     x = ctx.layout(0)
-    weight = ctx.constant(1)
-    if weight is None or (x is not None and x.axis != 1) or any(i != 0 for i, _ in ctx.tracked()):
-        ctx.block("weights computed at runtime" if weight is None else "channels off axis 1")
+    weight_shape = _weight_shape(ctx)
+    if weight_shape is None:
         return
     groups = int(ctx.attr("group", 1))
-    out_channels, per_group = weight.shape[0], weight.shape[1]
+    out_channels, per_group = weight_shape[0], weight_shape[1]
     if groups == 1:
         if x is not None:
             ctx.slice(1, 1, x.atoms, role="weight", absorbs=True)
@@ -61,12 +75,11 @@ def conv_transpose(ctx: Context) -> None:
     """Input channels are absorbed by weight axis 0, output channels are weight axis 1
     (times group). Depthwise transposed convs pass channels through like Conv."""
     x = ctx.layout(0)
-    weight = ctx.constant(1)
-    if weight is None or (x is not None and x.axis != 1) or any(i != 0 for i, _ in ctx.tracked()):
-        ctx.block("weights computed at runtime" if weight is None else "channels off axis 1")
+    weight_shape = _weight_shape(ctx)
+    if weight_shape is None:
         return
     groups = int(ctx.attr("group", 1))
-    in_channels, per_group = weight.shape[0], weight.shape[1]
+    in_channels, per_group = weight_shape[0], weight_shape[1]
     if groups == 1:
         if x is not None:
             ctx.slice(1, 0, x.atoms, role="weight", absorbs=True)

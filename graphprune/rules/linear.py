@@ -21,10 +21,10 @@ if TYPE_CHECKING:
 def gemm(ctx: Context) -> None:
     """Input features are absorbed by B's K axis; output features are new and cut B's N
     axis and C's last axis (when C is per-feature)."""
-    weight = ctx.constant(1)
+    weight_shape = ctx.constant_shape(1)
     a = ctx.layout(0)
-    if weight is None or any(i != 0 for i, _ in ctx.tracked()):
-        ctx.block("both operands computed at runtime" if weight is None else "channels in B/C")
+    if weight_shape is None or any(i != 0 for i, _ in ctx.tracked()):
+        ctx.block("B is computed at runtime" if weight_shape is None else "channels in B or C")
         return
     feature_axis = 0 if ctx.attr("transA", 0) else 1
     if a is not None and a.axis != feature_axis:
@@ -33,10 +33,10 @@ def gemm(ctx: Context) -> None:
     k_axis, n_axis = (1, 0) if ctx.attr("transB", 0) else (0, 1)
     if a is not None:
         ctx.slice(1, k_axis, a.atoms, role="weight", absorbs=True)
-    out = ctx.new_atoms(weight.shape[n_axis])
+    out = ctx.new_atoms(weight_shape[n_axis])
     ctx.slice(1, n_axis, out, role="weight")
     bias_shape = ctx.input_shape(2)
-    if bias_shape and bias_shape[-1] == weight.shape[n_axis] and weight.shape[n_axis] != 1:
+    if bias_shape and bias_shape[-1] == weight_shape[n_axis] and weight_shape[n_axis] != 1:
         if ctx.constant(2) is None:
             ctx.block("bias computed at runtime")
             return
@@ -49,10 +49,11 @@ def matmul(ctx: Context) -> None:
     """With a constant 2-D B (K, N): A's last axis is absorbed by B's rows, and the output's
     last axis holds N new features. Any other MatMul multiplies two activations, whose
     channels no single weight slice can remove."""
-    weight = ctx.constant(1)
+    weight_shape = ctx.constant_shape(1)
     a = ctx.layout(0)
     a_rank = len(ctx.input_shape(0) or ())
-    if weight is None or weight.ndim != 2 or ctx.constant(0) is not None or a_rank < 2:
+    a_is_constant = ctx.constant_shape(0) is not None
+    if weight_shape is None or len(weight_shape) != 2 or a_is_constant or a_rank < 2:
         ctx.block("multiplies computed tensors")
         return
     if any(i != 0 for i, _ in ctx.tracked()) or (a is not None and a.axis != a_rank - 1):
@@ -60,6 +61,6 @@ def matmul(ctx: Context) -> None:
         return
     if a is not None:
         ctx.slice(1, 0, a.atoms, role="weight", absorbs=True)
-    out = ctx.new_atoms(weight.shape[1])
+    out = ctx.new_atoms(weight_shape[1])
     ctx.slice(1, 1, out, role="weight")
     ctx.emit(0, Layout(a_rank - 1, out))
