@@ -19,7 +19,15 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from tqdm import tqdm
 
-from .channels import Edit, Layout, SetCount, SliceConstant, SliceGroupedInput, Target
+from .channels import (
+    Edit,
+    Layout,
+    MaskInput,
+    SetCount,
+    SliceConstant,
+    SliceGroupedInput,
+    Target,
+)
 from .graph import GraphView
 from .rules import RULES
 
@@ -150,6 +158,11 @@ class Context:
 
     def slice_grouped_input(self, index: int, atoms: np.ndarray) -> None:
         self._analyzer.edits.append(SliceGroupedInput(self.node.name, index, atoms))
+
+    def mask_input(self, index: int, axis: int, atoms: np.ndarray) -> None:
+        """Oracle only: zeroing these positions of input `index` equals their removal."""
+        rank = len(self.input_shape(index) or ())
+        self._analyzer.edits.append(MaskInput(self.node.name, index, axis, atoms, rank))
 
     def set_count(self, target: Target, atoms: np.ndarray) -> None:
         self._analyzer.edits.append(SetCount(target, atoms))

@@ -79,4 +79,17 @@ class SetCount:
     atoms: np.ndarray
 
 
-Edit = SliceConstant | SliceGroupedInput | SetCount
+@dataclass(frozen=True)
+class MaskInput:
+    """For the masking oracle only: removal of these positions of a computed input equals
+    zeroing them (a contraction between two activations, where no weight absorbs them).
+    The rewrite has nothing to do here: the producers' edits remove the positions."""
+
+    node: str
+    input_index: int
+    axis: int
+    atoms: np.ndarray
+    rank: int
+
+
+Edit = SliceConstant | SliceGroupedInput | SetCount | MaskInput

@@ -7,6 +7,8 @@ small ones do, and symbolic dimensions stay symbolic.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from pathlib import Path
 
@@ -105,15 +107,36 @@ def infer_shapes(
             break
         skeleton.graph.value_info.extend(stated)
         inferred = _infer(skeleton)
-    shapes: dict[str, Shape] = {}
-    graph = inferred.graph
-    for info in [*graph.input, *graph.value_info, *graph.output]:
-        shape = _shape_of(info.type)
-        if shape is not None:
-            shapes[info.name] = shape
+    shapes = _shapes_in(inferred)
+    # onnxruntime's symbolic inference keeps products of symbolic dims exact (a Reshape to
+    # [B, S, -1, 64] gets its head count), which onnx's leaves unknown: it wins where it ran.
+    shapes.update(_symbolic_shapes(skeleton))
     for tensor in model.graph.initializer:
         shapes[tensor.name] = tuple(int(d) for d in tensor.dims)
     return shapes
+
+
+def _shapes_in(model: onnx.ModelProto) -> dict[str, Shape]:
+    shapes: dict[str, Shape] = {}
+    graph = model.graph
+    for info in [*graph.input, *graph.value_info, *graph.output]:
+        shape = _shape_of(info.type)
+        if shape is not None and (None not in shape or info.name not in shapes):
+            shapes[info.name] = shape
+    return shapes
+
+
+def _symbolic_shapes(skeleton: onnx.ModelProto) -> dict[str, Shape]:
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            inferred = SymbolicShapeInference.infer_shapes(skeleton, auto_merge=True)
+    except Exception:  # unsupported ops or missing sympy: onnx's inference stands alone
+        return {}
+    if inferred is None:
+        return {}
+    return {name: shape for name, shape in _shapes_in(inferred).items() if None not in shape}
 
 
 _SHAPE_PRESERVING = {"GroupNormalization", "LayerNormalization", "RMSNormalization"}

@@ -15,7 +15,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .analysis import Analysis
-from .channels import Edit, SetCount, SliceConstant, SliceGroupedInput
+from .channels import Edit, MaskInput, SetCount, SliceConstant, SliceGroupedInput
 from .errors import GraphpruneError
 
 PLAN_METADATA_KEY = "graphprune.plan"
@@ -23,14 +23,17 @@ PLAN_METADATA_KEY = "graphprune.plan"
 
 def rewrite(analysis: Analysis, keep_atom: np.ndarray, plan_json: dict | None = None):
     """A new ModelProto with the removed channels gone."""
-    return _edited(analysis, keep_atom, analysis.edits, _apply, plan_json)
+    edits = [e for e in analysis.edits if not isinstance(e, MaskInput)]
+    return _edited(analysis, keep_atom, edits, _apply, plan_json)
 
 
 def masked(analysis: Analysis, keep_atom: np.ndarray) -> onnx.ModelProto:
     """The oracle: the original model with exactly what removal removes zeroed, i.e. every
     consumer's input weights for the removed channels. It must compute what the pruned
     model computes; a wrong slice anywhere in the rewrite breaks the equality."""
-    absorbing = [e for e in analysis.edits if getattr(e, "absorbs", False)]
+    absorbing = [
+        e for e in analysis.edits if getattr(e, "absorbs", False) or isinstance(e, MaskInput)
+    ]
     return _edited(analysis, keep_atom, absorbing, _zero, None)
 
 
@@ -56,6 +59,9 @@ def _edited(analysis: Analysis, keep_atom, edits_to_apply, apply, plan_json):
     input_edits: dict[tuple[str, int], list[Edit]] = defaultdict(list)
     for edit in edits_to_apply:
         if not _changes(edit, keep_atom):
+            continue
+        if isinstance(edit, MaskInput):
+            _multiply_input(graph, nodes[edit.node], edit, keep_atom)
             continue
         if isinstance(edit, SetCount):
             if edit.target.attribute is not None:
@@ -117,6 +123,20 @@ def _apply(edit: Edit, value: np.ndarray, keep_atom: np.ndarray) -> np.ndarray:
     flat = value.reshape(-1).copy()
     flat[edit.target.entry] = int(keep_atom[edit.atoms].sum())
     return flat.reshape(value.shape)
+
+
+def _multiply_input(graph: gs.Graph, node: gs.Node, edit: MaskInput, keep_atom) -> None:
+    """Zero removed positions of a computed input with a Mul by a 0/1 mask (oracle only)."""
+    tensor = node.inputs[edit.input_index]
+    shape = [1] * edit.rank
+    shape[edit.axis] = edit.atoms.shape[0]
+    mask = keep_atom[edit.atoms].astype(tensor.dtype or np.float32).reshape(shape)
+    name = f"{node.name}_mask{edit.input_index}"
+    masked_tensor = gs.Variable(f"{name}_output", dtype=tensor.dtype)
+    graph.nodes.append(
+        gs.Node("Mul", name, inputs=[tensor, gs.Constant(name, mask)], outputs=[masked_tensor])
+    )
+    node.inputs[edit.input_index] = masked_tensor
 
 
 def _set_attribute(node: gs.Node, edit: SetCount, keep_atom: np.ndarray) -> None:

@@ -73,13 +73,20 @@ def execution_provider() -> str:
     )
 
 
-def session(model: onnx.ModelProto, provider: str | None = None) -> ort.InferenceSession:
+def session(
+    model: onnx.ModelProto, provider: str | None = None, threads: int | None = None
+) -> ort.InferenceSession:
+    """An onnxruntime session; `threads` fixes intra-op threads (benchmarks), sequential."""
     provider = provider or execution_provider()
-    providers = [provider] + (
-        ["CPUExecutionProvider"] if provider != "CPUExecutionProvider" else []
-    )
+    providers = [provider]
+    if provider != "CPUExecutionProvider":
+        providers.append("CPUExecutionProvider")
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     try:
         if model.ByteSize() < 2**31 - 2**20:
             return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
@@ -178,23 +185,33 @@ def deviation(expected: np.ndarray, actual: np.ndarray) -> dict:
     return {"max_abs": max_abs, "max_rel": max_abs / scale if scale > 0 else max_abs}
 
 
-def bench(original: onnx.ModelProto, pruned: onnx.ModelProto, feeds, repeats: int = 30) -> dict:
-    """Median latency (ms) of both models, timed alternately in one process so that both
-    see the same machine state."""
-    provider = execution_provider()
-    sessions = [session(original, provider), session(pruned, provider)]
+def bench(
+    original: onnx.ModelProto,
+    pruned: onnx.ModelProto,
+    feeds,
+    repeats: int = 30,
+    provider: str | None = None,
+    threads: int | None = None,
+    warmup: int = 3,
+) -> dict:
+    """Median latency (ms) of both models, timed alternately in one process (the order
+    swapped every repeat) so that both see the same machine state."""
+    provider = provider or execution_provider()
+    sessions = [session(original, provider, threads), session(pruned, provider, threads)]
     for s in sessions:
-        run(s, feeds)
-    times: list[list[float]] = [[], []]
-    for _ in range(repeats):
-        for which, s in enumerate(sessions):
-            start = time.perf_counter()
+        for _ in range(warmup):
             run(s, feeds)
+    times: list[list[float]] = [[], []]
+    for repeat in range(repeats):
+        for which in (0, 1) if repeat % 2 == 0 else (1, 0):
+            start = time.perf_counter()
+            run(sessions[which], feeds)
             times[which].append((time.perf_counter() - start) * 1000)
     before, after = statistics.median(times[0]), statistics.median(times[1])
     return {
         "execution_provider": provider,
         "repeats": repeats,
+        "threads": threads,
         "latency_ms_before": round(before, 4),
         "latency_ms_after": round(after, 4),
         "speedup": round(before / after, 4) if after > 0 else None,

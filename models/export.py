@@ -154,7 +154,7 @@ def cached(name: str, exporter: str) -> Path:
     """Path of the cached export of ``name`` with ``exporter``, exporting it if missing.
 
     The file name carries a fingerprint of the model sources, so a stale export is never
-    reused after ``zoo.py`` or this file changes (the torch version is in the directory).
+    reused after any ``models/*.py`` source changes (the torch version is in the directory).
     """
     path = cache_dir() / f"{name}.{exporter}.{source_fingerprint()}.onnx"
     if not path.is_file():

@@ -37,7 +37,6 @@ import io
 import logging
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -55,7 +54,7 @@ import torch  # noqa: E402
 
 import graphprune as gp  # noqa: E402
 from graphprune.metrics import count_macs  # noqa: E402
-from graphprune.validation import input_shapes, random_inputs, run  # noqa: E402
+from graphprune.validation import bench, input_shapes, random_inputs  # noqa: E402
 from models.export import EXPORTERS, OPSET, cached, normalize  # noqa: E402
 from models.zoo import ZOO, build  # noqa: E402
 
@@ -85,39 +84,15 @@ def machine_info(provider: str, threads: int) -> list[str]:
     ]
 
 
-def make_session(model: onnx.ModelProto, provider: str, threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    providers = [provider]
-    if provider != "CPUExecutionProvider":
-        providers.append("CPUExecutionProvider")
-    return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
-
-
-def bench_pair(original, pruned, feeds, repeats: int, provider: str, threads: int):
-    """Median ms of both models, timed alternately (order swapped every repeat)."""
-    sessions = [make_session(original, provider, threads), make_session(pruned, provider, threads)]
-    for s in sessions:
-        for _ in range(WARMUP):
-            run(s, feeds)
-    times: list[list[float]] = [[], []]
-    for index in range(repeats):
-        for which in (0, 1) if index % 2 == 0 else (1, 0):
-            start = time.perf_counter()
-            run(sessions[which], feeds)
-            times[which].append((time.perf_counter() - start) * 1000)
-    return statistics.median(times[0]), statistics.median(times[1])
-
-
-def export_batch(name: str, exporter: str, batch: int, folder: Path) -> onnx.ModelProto:
-    """Export zoo model `name` at `batch` (same weights as the cached batch-1 export)."""
+def export_batch(
+    name: str, exporter: str, batch: int, folder: Path, size: int | None = None
+) -> onnx.ModelProto:
+    """Export zoo model `name` at `batch` (and input `size`), same weights as the cache."""
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     model = build(name)
     shape = (batch, *ZOO[name].input_shape[1:])
+    if size:
+        shape = (*shape[:-2], size, size)
     args = (torch.randn(shape, generator=torch.Generator().manual_seed(0)),)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -147,7 +122,8 @@ def prune_and_time(model, ratio, repeats, provider, threads, round_to=1, seed=0)
     shapes = input_shapes(model)
     feeds = random_inputs(model, shapes, seed)
     macs_before, macs_after = count_macs(model, shapes), count_macs(pruned, shapes)
-    before, after = bench_pair(model, pruned, feeds, repeats, provider, threads)
+    timing = bench(model, pruned, feeds, repeats, provider, threads, WARMUP)
+    before, after = timing["latency_ms_before"], timing["latency_ms_after"]
     return {
         "macs_before": macs_before, "macs_after": macs_after,
         "mac_ratio": macs_before / macs_after if macs_after else float("nan"),
@@ -177,12 +153,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-batch8", action="store_true", help="batch 1 only")
     parser.add_argument(
+        "--size", type=int, default=None,
+        help="input height/width: re-export every model at this resolution (classic exporter)",
+    )  # fmt: skip
+    parser.add_argument(
         "--quick", action="store_true", help=f"{', '.join(QUICK_MODELS)}; classic only; 10 repeats"
     )
     args = parser.parse_args(argv)
     names = args.models or (QUICK_MODELS if args.quick else list(ZOO))
     exporters = list(EXPORTERS) if args.exporter == "both" else [args.exporter]
-    if args.quick and args.exporter == "both":
+    if (args.quick or args.size) and args.exporter == "both":
         exporters = ["classic"]
     repeats = 10 if args.quick and args.repeats == 50 else args.repeats
 
@@ -209,8 +189,13 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             for exporter in exporters:
                 try:
+                    source = (
+                        export_batch(name, "classic", 1, Path(tmp), args.size)
+                        if args.size
+                        else cached(name, exporter)
+                    )
                     r1 = prune_and_time(
-                        cached(name, exporter),
+                        source,
                         args.ratio,
                         repeats,
                         args.provider,
@@ -228,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                     reused = key in b8_cache
                     try:
                         if not reused:
-                            proto = export_batch(name, b8_exporter, BATCH, Path(tmp))
+                            proto = export_batch(name, b8_exporter, BATCH, Path(tmp), args.size)
                             b8_cache[key] = prune_and_time(
                                 proto,
                                 args.ratio,

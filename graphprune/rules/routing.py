@@ -224,26 +224,3 @@ def tile(ctx: Context) -> None:
         ctx.block("tiles the channel axis")
         return
     ctx.emit(0, x)
-
-
-@rule("Expand")
-def expand(ctx: Context) -> None:
-    """Expand broadcasts to a shape (aligned from the right); a shape entry equal to the
-    channel count is rewritten, an entry of 1 leaves the channels as they are."""
-    x = ctx.layout(0)
-    if x is None:
-        return
-    shape = ctx.constant(1)
-    out_rank = len(ctx.output_shape() or ())
-    in_rank = len(ctx.input_shape(0) or ())
-    if shape is None or any(i != 0 for i, _ in ctx.tracked()):
-        ctx.block("target shape computed at runtime")
-        return
-    axis = x.axis + out_rank - in_rank
-    entry = axis - (out_rank - shape.size)
-    if entry >= 0 and int(shape[entry]) not in (1, x.size):
-        ctx.block("expands the channel axis")
-        return
-    if entry >= 0 and int(shape[entry]) == x.size and x.size != 1:
-        ctx.set_count(ctx.target(input_index=1, entry=entry), x.atoms)
-    ctx.emit(0, Layout(axis, x.atoms))

@@ -161,6 +161,13 @@ def _target_entries(view, tensor: str | None) -> list | None:
     if producer.op_type == "Concat":
         pieces = [_target_entries(view, piece) for piece in producer.input]
         return None if any(p is None for p in pieces) else [d for p in pieces for d in p]
+    if producer.op_type == "Shape":
+        source = view.shape(producer.input[0])
+        if source is None:
+            return None
+        start = int(view.attribute(producer, "start", 0))
+        end = int(view.attribute(producer, "end", len(source)))
+        return list(source[slice(start, end)])
     if producer.op_type == "Gather" and view.producer(producer.input[0]) is not None:
         shape_node = view.producer(producer.input[0])
         indices = view.constant(producer.input[1])
@@ -174,8 +181,22 @@ def _target_entries(view, tensor: str | None) -> list | None:
 def _aligned_block(in_shape: list, out_shape: list, axis: int):
     """The ranges of input and output axes whose products match and contain `axis`.
 
-    Symbolic dims align only with an identical symbol; trailing size-1 axes join the last
-    block."""
+    Walks from the left, else from the right: once the axes on one side of a block align,
+    the element count fixes the other side, so symbolic dims that shape inference could
+    not relate (a batch the exporter specialised) only matter on the side walked."""
+    block = _aligned_from_left(in_shape, out_shape, axis)
+    if block is not None:
+        return block
+    flipped = _aligned_from_left(in_shape[::-1], out_shape[::-1], len(in_shape) - 1 - axis)
+    if flipped is None:
+        return None
+    (i0, i1), (j0, j1) = flipped
+    return (len(in_shape) - i1, len(in_shape) - i0), (len(out_shape) - j1, len(out_shape) - j0)
+
+
+def _aligned_from_left(in_shape: list, out_shape: list, axis: int):
+    """Symbolic dims align only with an identical symbol; size-1 axes join the block
+    before them."""
     i = j = 0
     while i < len(in_shape) and j < len(out_shape):
         i0, j0 = i, j
@@ -213,8 +234,10 @@ REDUCING_CONSUMERS = {"InstanceNormalization", "GroupNormalization", "LayerNorma
 def _choose_axis(ctx: Context, varying: list[int], offset: int) -> int:
     """Which output axis keeps distinct channels. A consumer that computes statistics over
     some axes (a decomposed GroupNorm reshapes to [N, G, -1] and normalizes per group)
-    decides; otherwise the innermost axis, which keeps the finest granularity (channel
-    shuffle keeps every channel removable)."""
+    decides. A split that feeds attention (a MatMul of two computed tensors: [B, S, H*D]
+    -> [B, S, H, D]) keeps the outer axis, so whole heads are the unit of removal.
+    Otherwise the innermost axis, which keeps the finest granularity (channel shuffle keeps
+    every channel removable)."""
     statistics_over: set[int] = set()
     for consumer, _ in ctx.view.consumers(ctx.node.output[0]):
         rank = len(ctx.output_shape() or ())
@@ -227,8 +250,30 @@ def _choose_axis(ctx: Context, varying: list[int], offset: int) -> int:
             statistics_over |= set(
                 range(int(ctx.view.attribute(consumer, "axis", -1)) % rank, rank)
             )
-    preferred = [a for a in varying if a + offset not in statistics_over]
-    return (preferred or varying)[-1]
+    preferred = [a for a in varying if a + offset not in statistics_over] or varying
+    if len(preferred) > 1 and _feeds_attention(ctx.view, ctx.node.output[0]):
+        return preferred[0]
+    return preferred[-1]
+
+
+def _feeds_attention(view, tensor: str, depth: int = 8) -> bool:
+    """Whether `tensor` reaches a MatMul of two computed operands within `depth` ops,
+    without passing through a layer with weights."""
+    frontier, seen = [tensor], set()
+    for _ in range(depth):
+        following = []
+        for name in frontier:
+            for consumer, _ in view.consumers(name):
+                if consumer.name in seen:
+                    continue
+                seen.add(consumer.name)
+                constant_operand = any(view.is_constant(i) for i in consumer.input[:2] if i)
+                if consumer.op_type == "MatMul" and not constant_operand:
+                    return True
+                if consumer.op_type not in ("MatMul", "Gemm", "Conv", "ConvTranspose"):
+                    following.extend(o for o in consumer.output if o)
+        frontier = following
+    return False
 
 
 def _shape_entry(ctx: Context, index: int, entry: int) -> Target | str | None:
@@ -331,3 +376,37 @@ def _reads_other_entries(ctx: Context, consumer, entry: int) -> bool:
         start, end, step = slice(starts[0], ends[0]).indices(rank)
         return entry not in range(start, end, step)
     return False
+
+
+@rule("Expand")
+def expand(ctx: Context) -> None:
+    """Expand broadcasts to a target shape aligned from the right. The target entry at the
+    channel axis must be 1 (channels kept as they are) or the channel count, which is
+    rewritten wherever it is stored (a constant or a constant piece of a Concat, as in
+    repeat_kv of grouped-query attention)."""
+    x = ctx.layout(0)
+    if x is None:
+        return
+    if any(i != 0 for i, _ in ctx.tracked()):
+        ctx.block("channels reach the target shape")
+        return
+    out_rank = len(ctx.output_shape() or ())
+    in_rank = len(ctx.input_shape(0) or ())
+    target = _target_entries(ctx.view, ctx.view.input(ctx.node, 1))
+    if target is None:
+        ctx.block("target shape unknown")
+        return
+    axis = x.axis + out_rank - in_rank
+    entry = axis - (out_rank - len(target))
+    value = target[entry] if entry >= 0 else 1
+    if value not in (1, x.size):
+        ctx.block("target shape at the channel axis is not a constant 1 or the channel count")
+        return
+    if value == x.size and x.size != 1:
+        where = _shape_entry(ctx, 1, entry)
+        if isinstance(where, str):
+            ctx.block(where)
+            return
+        if where is not None:
+            ctx.set_count(where, x.atoms)
+    ctx.emit(0, Layout(axis, x.atoms))
