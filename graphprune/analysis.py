@@ -41,6 +41,7 @@ class Group:
     classes: np.ndarray
     reasons: list[str] = field(default_factory=list)
     approximations: list[str] = field(default_factory=list)
+    kind: str = "channels"  # "channels" (convolutions), "mlp" (linear widths) or "heads"
 
     @property
     def channels(self) -> int:
@@ -178,6 +179,10 @@ class Context:
     def freeze(self, atoms: np.ndarray, reason: str) -> None:
         self._analyzer.frozen.append((np.asarray(atoms).ravel(), reason))
 
+    def mark_heads(self, atoms: np.ndarray) -> None:
+        """These channels are attention heads (for --only heads and --head-ratio)."""
+        self._analyzer.heads.append(np.asarray(atoms).ravel())
+
     def approximate(self, atoms: np.ndarray, reason: str) -> None:
         """Removal changes the values of channels that stay (an opted-in approximation)."""
         self._analyzer.approximations.append(
@@ -195,6 +200,7 @@ class _Analyzer:
         self.view = view
         self.approximate_norms = approximate_norms
         self.approximations: list[tuple[np.ndarray, str]] = []
+        self.heads: list[np.ndarray] = []
         self.layouts: dict[str, Layout] = {}
         self.atom_source: list[np.ndarray] = []
         self.atom_count = 0
@@ -232,6 +238,11 @@ class _Analyzer:
                 self.frozen.append((self.layouts[name].atoms, f"reaches model output '{name}'"))
         return self._group()
 
+    def _kind(self, sources: list[str], heads: bool) -> str:
+        if heads:
+            return "heads"
+        return "mlp" if all(_linear(self.view, s) for s in sources) else "channels"
+
     def _group(self) -> Analysis:
         n = self.atom_count
         class_of = _components(n, self.unions)
@@ -251,6 +262,9 @@ class _Analyzer:
 
         reasons = _reasons_by_group(self.frozen, group_of_class, class_of)
         approximations = _reasons_by_group(self.approximations, group_of_class, class_of)
+        head_groups = {
+            int(g) for atoms in self.heads for g in np.unique(group_of_class[class_of[atoms]])
+        }
 
         members: dict[int, list[str]] = defaultdict(list)
         for index, source in enumerate(self.sources):
@@ -270,6 +284,7 @@ class _Analyzer:
                 classes,
                 reasons.get(old_id, []),
                 approximations.get(old_id, []),
+                self._kind(members[old_id], old_id in head_groups),
             )
             if group.channels < 2 and group.prunable:
                 group.reasons.append("has a single channel")
@@ -286,6 +301,10 @@ class _Analyzer:
             group_of_class=group_of_class,
             approximate_norms=self.approximate_norms,
         )
+
+
+def _linear(view: GraphView, source: str) -> bool:
+    return view.nodes[source].op_type in ("Gemm", "MatMul")
 
 
 def _reasons_by_group(entries, group_of_class, class_of) -> dict[int, list[str]]:

@@ -17,6 +17,7 @@ def groups_json(analysis: Analysis, plan: Plan | None = None) -> list[dict]:
             "name": group.name,
             "sources": group.sources,
             "channels": group.channels,
+            "kind": group.kind,
             "prunable": group.prunable,
             "reasons": group.reasons,
             "approximations": group.approximations,
@@ -58,13 +59,15 @@ def analysis_text(analysis: Analysis) -> str:
         f"{summary['prunable_groups']} prunable "
         f"({summary['prunable_channels']} of {summary['total_channels']} channels)",
         "",
-        f"{'group':>5}  {'channels':>8}  {'status':<10}  name / reason",
+        f"{'group':>5}  {'channels':>8}  {'kind':<8}  {'status':<8}  name / reason",
     ]
     for group in analysis.groups:
         status = "prunable" if group.prunable else "kept"
-        lines.append(f"{group.id:>5}  {group.channels:>8}  {status:<10}  {group.name}")
+        lines.append(
+            f"{group.id:>5}  {group.channels:>8}  {group.kind:<8}  {status:<8}  {group.name}"
+        )
         for reason in group.reasons:
-            lines.append(f"{'':>29}  - {reason}")
+            lines.append(f"{'':>37}  - {reason}")
         for note in group.approximations:
-            lines.append(f"{'':>29}  ~ approximate: {note}")
+            lines.append(f"{'':>37}  ~ approximate: {note}")
     return "\n".join(lines)

@@ -109,9 +109,11 @@ def _reshape(ctx: Context, x: Layout, shape_input: int | None) -> None:
     if not varying:
         ctx.block("the channel axis collapses")
         return
-    keep = _choose_axis(ctx, varying, o0)
+    keep, heads = _choose_axis(ctx, varying, o0)
     for position in range(grid.shape[keep]):
         ctx.couple_all(np.take(grid, position, axis=keep))
+    if heads:
+        ctx.mark_heads(grid)
     index = [0] * grid.ndim
     index[keep] = slice(None)
     atoms = grid[tuple(index)]
@@ -231,13 +233,13 @@ def _constant_along(grid: np.ndarray, axis: int) -> bool:
 REDUCING_CONSUMERS = {"InstanceNormalization", "GroupNormalization", "LayerNormalization"}
 
 
-def _choose_axis(ctx: Context, varying: list[int], offset: int) -> int:
+def _choose_axis(ctx: Context, varying: list[int], offset: int) -> tuple[int, bool]:
     """Which output axis keeps distinct channels. A consumer that computes statistics over
     some axes (a decomposed GroupNorm reshapes to [N, G, -1] and normalizes per group)
     decides. A split that feeds attention (a MatMul of two computed tensors: [B, S, H*D]
     -> [B, S, H, D]) keeps the outer axis, so whole heads are the unit of removal.
     Otherwise the innermost axis, which keeps the finest granularity (channel shuffle keeps
-    every channel removable)."""
+    every channel removable). Also says whether the kept axis holds attention heads."""
     statistics_over: set[int] = set()
     for consumer, _ in ctx.view.consumers(ctx.node.output[0]):
         rank = len(ctx.output_shape() or ())
@@ -252,8 +254,8 @@ def _choose_axis(ctx: Context, varying: list[int], offset: int) -> int:
             )
     preferred = [a for a in varying if a + offset not in statistics_over] or varying
     if len(preferred) > 1 and _feeds_attention(ctx.view, ctx.node.output[0]):
-        return preferred[0]
-    return preferred[-1]
+        return preferred[0], True
+    return preferred[-1], False
 
 
 def _feeds_attention(view, tensor: str, depth: int = 8) -> bool:
