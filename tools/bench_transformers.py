@@ -1,0 +1,75 @@
+"""Transformers benchmark: params, MACs and onnxruntime latency before and after pruning
+attention heads and MLP widths, for every covered export (models/transformers_zoo.py).
+
+    python tools/bench_transformers.py [--ratio 0.3] [--repeats 50] [--threads 1]
+
+Latency: CPU provider, fixed intra-op threads, original and pruned timed alternately in
+one process (graphprune.validation.bench), medians; text models at batch 1 x 64 tokens
+and ViT at batch 8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import graphprune as gp
+from graphprune.metrics import count_macs, count_params
+from graphprune.validation import bench
+from models.transformers_zoo import TRANSFORMERS, VOCAB, cached
+
+
+def feeds_for(name: str) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    if TRANSFORMERS[name].is_text:
+        return {"input": rng.integers(0, VOCAB, (1, 64)).astype(np.int64)}
+    return {"input": rng.standard_normal((8, 3, 32, 32)).astype(np.float32)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ratio", type=float, default=0.3)
+    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    print(
+        f"ratio {args.ratio} (l2, per group), median of {args.repeats}, "
+        f"{args.threads} onnxruntime thread(s)"
+    )
+    header = (
+        f"{'model':<14} {'params':>9} {'->':>9} {'heads':>7} {'mlp':>7} {'MMACs':>7} "
+        f"{'->':>7} {'ms':>7} {'->':>7} {'speedup':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    for name, entry in TRANSFORMERS.items():
+        for exporter in entry.exporters:
+            model = gp.load(cached(name, exporter))
+            analysis = gp.analyze(model)
+            plan = gp.plan(analysis, args.ratio)
+            pruned = gp.prune(analysis, plan)
+            feeds = feeds_for(name)
+            shapes = {key: value.shape for key, value in feeds.items()}
+            removed = {"heads": 0, "mlp": 0}
+            for choice in plan.choices:
+                kind = analysis.groups[choice.group].kind
+                removed[kind] = removed.get(kind, 0) + len(choice.removed)
+            timing = bench(model, pruned, feeds, args.repeats, "CPUExecutionProvider", args.threads)
+            print(
+                f"{name + '/' + exporter:<14} {count_params(model):>9,} "
+                f"{count_params(pruned):>9,} {removed['heads']:>7} {removed['mlp']:>7} "
+                f"{count_macs(model, shapes) / 1e6:>7.1f} {count_macs(pruned, shapes) / 1e6:>7.1f} "
+                f"{timing['latency_ms_before']:>7.3f} {timing['latency_ms_after']:>7.3f} "
+                f"{timing['speedup']:>7.2f}"
+            )
+    print("heads / mlp: head groups (KV heads for GQA) and MLP channels removed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
