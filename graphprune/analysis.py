@@ -91,6 +91,14 @@ class Context:
         name = self.view.input(self.node, index)
         return None if name is None else self._analyzer.layouts.get(name)
 
+    def data_layout(self) -> Layout | None:
+        """The data input's (input 0) layout. Channels that reach any other input (sizes,
+        bounds, indices, parameters) cannot be mapped: they stop here and None is returned."""
+        if any(index != 0 for index, _ in self.tracked()):
+            self.block("channels reach a non-data input (sizes, bounds, indices or parameters)")
+            return None
+        return self.layout(0)
+
     def tracked(self) -> list[tuple[int, Layout]]:
         found = []
         for index, name in enumerate(self.node.input):

@@ -19,10 +19,8 @@ if TYPE_CHECKING:
 
 
 def _channel_axis_only(ctx: Context) -> Layout | None:
-    x = ctx.layout(0)
-    if x is None:
-        return None
-    if x.axis != 1 or any(i != 0 for i, _ in ctx.tracked()):
+    x = ctx.data_layout()
+    if x is not None and x.axis != 1:
         ctx.block("channels are not on axis 1")
         return None
     return x
@@ -74,11 +72,7 @@ def group_norm(ctx: Context) -> None:
 
 
 def _stops_if_normalized(ctx: Context, normalized: set[int], what: str) -> None:
-    tracked = ctx.tracked()
-    if any(index != 0 for index, _ in tracked):
-        ctx.block("channels reach a parameter input")
-        return
-    x = ctx.layout(0)
+    x = ctx.data_layout()
     if x is None:
         return
     if x.axis in normalized:
@@ -103,8 +97,7 @@ def layer_norm(ctx: Context) -> None:
     if x is None or not ctx.approximate_norms or normalized != {x.axis}:
         _stops_if_normalized(ctx, normalized, "normalizes")
         return
-    if any(index != 0 for index, _ in ctx.tracked()):
-        ctx.block("channels reach a parameter input")
+    if ctx.data_layout() is None:
         return
     for index in (1, 2):
         shape = ctx.input_shape(index)

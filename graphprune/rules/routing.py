@@ -62,11 +62,8 @@ def concat(ctx: Context) -> None:
 def split(ctx: Context) -> None:
     """Output j takes the next sizes[j] positions of the split axis; sizes come from the
     `split` input (opset 13+), the attribute (before), or equal parts (num_outputs)."""
-    x = ctx.layout(0)
+    x = ctx.data_layout()
     if x is None:
-        return
-    if any(i != 0 for i, _ in ctx.tracked()):
-        ctx.block("channels reach the split sizes")
         return
     axis = _normalized_axis(ctx, int(ctx.attr("axis", 0)))
     if x.axis != axis:
@@ -101,11 +98,8 @@ def slice_(ctx: Context) -> None:
     """Opset 10+: starts, ends, axes, steps are inputs 1-4 (before: attributes). A unit
     step range [s, e) on the channel axis keeps positions s..e-1; its new bounds count the
     kept positions before s and before e."""
-    x = ctx.layout(0)
+    x = ctx.data_layout()
     if x is None:
-        return
-    if any(i != 0 for i, _ in ctx.tracked()):
-        ctx.block("channels reach the slice bounds")
         return
     view = ctx.view
     starts = view.int_list(ctx.node, 1, "starts")
@@ -142,11 +136,8 @@ def slice_(ctx: Context) -> None:
 @rule("Gather")
 def gather(ctx: Context) -> None:
     """Gathering along another axis replaces that axis by the indices' axes."""
-    x = ctx.layout(0)
+    x = ctx.data_layout()
     if x is None:
-        return
-    if any(i != 0 for i, _ in ctx.tracked()):
-        ctx.block("channels used as indices")
         return
     axis = _normalized_axis(ctx, int(ctx.attr("axis", 0)))
     if x.axis == axis:
@@ -161,11 +152,8 @@ def resize(ctx: Context) -> None:
     """Resize interpolates each (sample, channel) plane: the channel scale must be 1; a
     `sizes` input names the channel count, which is rewritten. Since opset 18 `axes` may
     restrict scales and sizes to some axes."""
-    x = ctx.layout(0)
+    x = ctx.data_layout()
     if x is None:
-        return
-    if any(i != 0 for i, _ in ctx.tracked()):
-        ctx.block("channels reach the resize parameters")
         return
     rank = len(ctx.input_shape(0) or ())
     axes = [a % rank for a in ctx.attr("axes", range(rank))]
@@ -193,11 +181,8 @@ def resize(ctx: Context) -> None:
 @rule("Pad")
 def pad(ctx: Context) -> None:
     """Padding must leave the channel axis alone (pads are [begin..., end...])."""
-    x = ctx.layout(0)
+    x = ctx.data_layout()
     if x is None:
-        return
-    if any(i != 0 for i, _ in ctx.tracked()):
-        ctx.block("channels reach the pad parameters")
         return
     pads = ctx.view.int_list(ctx.node, 1, "pads")
     if pads is None:

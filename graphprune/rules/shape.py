@@ -77,11 +77,8 @@ def flatten(ctx: Context) -> None:
 
 @rule("Reshape")
 def reshape(ctx: Context) -> None:
-    x = ctx.layout(0)
+    x = ctx.data_layout()
     if x is None:
-        return
-    if any(i != 0 for i, _ in ctx.tracked()):
-        ctx.block("channels reach the target shape")
         return
     _reshape(ctx, x, shape_input=1)
 
@@ -386,11 +383,8 @@ def expand(ctx: Context) -> None:
     channel axis must be 1 (channels kept as they are) or the channel count, which is
     rewritten wherever it is stored (a constant or a constant piece of a Concat, as in
     repeat_kv of grouped-query attention)."""
-    x = ctx.layout(0)
+    x = ctx.data_layout()
     if x is None:
-        return
-    if any(i != 0 for i, _ in ctx.tracked()):
-        ctx.block("channels reach the target shape")
         return
     out_rank = len(ctx.output_shape() or ())
     in_rank = len(ctx.input_shape(0) or ())
