@@ -17,6 +17,10 @@ import os
 import onnx
 
 from .analysis import Analysis, Group, analyze_view
+from .budget import Budget
+from .calibdata import CalibrationData
+from .calibration import CalibrationStats, collect
+from .compensation import prune_compensated
 from .errors import GraphpruneError
 from .graph import GraphView
 from .loading import load_model
@@ -28,11 +32,16 @@ from .validation import compare, input_shapes, random_inputs
 __version__ = "0.1.0"
 __all__ = [
     "Analysis",
+    "Budget",
+    "CalibrationData",
+    "CalibrationStats",
     "GraphView",
     "GraphpruneError",
     "Group",
     "Plan",
     "analyze",
+    "calibrate",
+    "compensate",
     "load",
     "mask",
     "plan",
@@ -74,6 +83,34 @@ def prune(analysis: Analysis, plan: Plan, check: bool = True) -> onnx.ModelProto
 def mask(analysis: Analysis, plan: Plan) -> onnx.ModelProto:
     """The original model with the removed channels' consumer weights zeroed (the oracle)."""
     return masked(analysis, plan.keep_atom(analysis))
+
+
+def calibrate(
+    analysis: Analysis,
+    data: CalibrationData,
+    batch: int = 32,
+    scatter: bool = False,
+    progress: bool = False,
+) -> CalibrationStats:
+    """Running statistics of every input of the prunable channels' consumers over the
+    calibration data (`scatter=True` adds X^T X for least-squares compensation)."""
+    return collect(analysis, data, batch=batch, scatter=scatter, progress=progress)
+
+
+def compensate(
+    analysis: Analysis,
+    plan: Plan,
+    stats: CalibrationStats,
+    method: str = "lsq",
+    damp: float = 0.01,
+    check: bool = True,
+) -> onnx.ModelProto:
+    """Like `prune`, with the consumers of removed channels compensated in closed form
+    ("bias" or "lsq", see `graphprune.compensation`)."""
+    pruned, _ = prune_compensated(analysis, plan, stats, method, damp)
+    if check:
+        _check(pruned)
+    return pruned
 
 
 def validate(

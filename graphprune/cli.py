@@ -1,4 +1,4 @@
-"""The `graphprune` command line: analyze, prune, --version.
+"""The `graphprune` command line: analyze, prune, diff, --version.
 
 Every expected failure prints one line `graphprune: error: ...` and exits 1 (usage errors
 exit 2); the input model is never written; outputs are written atomically.
@@ -12,8 +12,11 @@ import sys
 import time
 from pathlib import Path
 
-from . import __version__, analyze, load, prune, save
+from . import __version__, _check, analyze, load, posttrain, prune, save
+from .diff import diff_models, structural_changes
+from .diff_text import diff_text
 from .errors import GraphpruneError
+from .html_report import analysis_html, diff_html
 from .importance import CRITERIA, NORMALIZATIONS, REDUCTIONS
 from .metrics import count_macs, count_params
 from .planning import make_plan, plan_from_json
@@ -51,7 +54,21 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("model")
     a.add_argument("--json", action="store_true", help="print JSON instead of a table")
     a.add_argument("--approximate-norms", action="store_true", help=APPROXIMATE_HELP)
+    a.add_argument("--html", metavar="OUT.html", help="write a self-contained HTML report")
     a.set_defaults(run=_analyze)
+
+    d = commands.add_parser("diff", help="compare two models layer by layer")
+    d.add_argument("before", metavar="A")
+    d.add_argument("after", metavar="B")
+    d.add_argument("--json", metavar="OUT.json", help="write the diff as JSON ('-': stdout)")
+    d.add_argument("--html", metavar="OUT.html", help="write a self-contained HTML report")
+    d.add_argument("--all", action="store_true", help="list unchanged layers too")
+    d.add_argument("--inputs", help="NPZ of inputs: run both models and show deviations")
+    d.add_argument("--validate", action="store_true", help="run both on seeded random inputs")
+    d.add_argument("--input-shape", nargs="+", default=[], metavar="NAME=D,D,...")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--exit-code", action="store_true", help="exit 3 when the structures differ")
+    d.set_defaults(run=_diff)
 
     p = commands.add_parser("prune", help="remove channels and validate the result")
     p.add_argument("model")
@@ -59,7 +76,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ratio", type=float, default=None, help="fraction of channels to remove")
     p.add_argument("--criterion", choices=CRITERIA, default="l2")
     p.add_argument("--reduction", choices=REDUCTIONS, default="mean")
-    p.add_argument("--normalization", choices=NORMALIZATIONS, default="mean")
+    p.add_argument(
+        "--normalization",
+        choices=NORMALIZATIONS,
+        default=None,
+        help="per-group score normalization (default: standard for flap, mean otherwise)",
+    )
     p.add_argument(
         "--global",
         dest="global_ranking",
@@ -92,9 +114,11 @@ def _parser() -> argparse.ArgumentParser:
         help="shapes for random validation inputs (symbolic dims)",
     )
     p.add_argument("--report", help="write a JSON report here")
+    p.add_argument("--html", metavar="REPORT.html", help="write an HTML diff of the pruned pair")
     p.add_argument("--bench", action="store_true", help="time both models in onnxruntime")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    posttrain.add_arguments(p)
     p.set_defaults(run=_prune)
     return parser
 
@@ -103,12 +127,35 @@ def _analyze(args) -> int:
     model = load(args.model)
     analysis = analyze(model, approximate_norms=args.approximate_norms)
     print(json.dumps(analysis_json(analysis), indent=2) if args.json else analysis_text(analysis))
+    if args.html:
+        write_text_atomically(args.html, analysis_html(analysis, str(args.model)))
     return 0
 
 
+def _diff(args) -> int:
+    shapes = _parse_shapes(args.input_shape)
+    feeds = None
+    if args.inputs:
+        feeds = load_inputs(args.inputs)
+        shapes = {name: tuple(value.shape) for name, value in feeds.items()}
+    elif args.validate:
+        model = load(args.before)
+        feeds = random_inputs(model, input_shapes(model, shapes), args.seed)
+    result = diff_models(args.before, args.after, input_shapes=shapes or None, feeds=feeds)
+    if args.json == "-":
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        print(diff_text(result, all_layers=args.all))
+    if args.json and args.json != "-":
+        write_text_atomically(args.json, json.dumps(result, indent=2, sort_keys=True) + "\n")
+    if args.html:
+        write_text_atomically(args.html, diff_html(result))
+    return 3 if args.exit_code and structural_changes(result) else 0
+
+
 def _prune(args) -> int:
-    if args.ratio is None and args.plan is None:
-        raise GraphpruneError("give --ratio R or --plan PLAN.json")
+    if args.ratio is None and args.plan is None and not (args.target_macs or args.target_params):
+        raise GraphpruneError("give --ratio R, --target-macs F, --target-params F or --plan")
     if Path(args.output).resolve() == Path(args.model).resolve():
         raise GraphpruneError("the output path is the input model; choose another")
     timings = {}
@@ -127,12 +174,18 @@ def _prune(args) -> int:
     analysis = analyze(model, progress=not args.quiet, approximate_norms=bool(approximate))
     timings["analyze_s"] = time.perf_counter() - started
 
+    budget = posttrain.budget_from_args(args, shapes)
+    started = time.perf_counter()
+    stats = posttrain.statistics(args, model, analysis, shapes)
+    timings["calibrate_s"] = time.perf_counter() - started
+
     started = time.perf_counter()
     if args.plan:
         plan = plan_from_json(analysis, earlier)
     else:
         plan = make_plan(
-            analysis, args.ratio, criterion=args.criterion, global_ranking=args.global_ranking,
+            analysis, args.ratio or 0.0, stats=stats, budget=budget,
+            criterion=args.criterion, global_ranking=args.global_ranking,
             round_to=args.round_to, min_keep=args.min_keep,
             max_group_ratio=args.max_group_ratio, ignore=args.ignore,
             reduction=args.reduction, normalization=args.normalization, seed=args.seed,
@@ -140,7 +193,10 @@ def _prune(args) -> int:
     timings["plan_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    pruned = prune(analysis, plan)
+    compensated = posttrain.rewrite_compensated(args, analysis, plan, stats)
+    pruned, compensation_notes = compensated or (prune(analysis, plan), [])
+    if compensated:
+        _check(pruned)
     timings["rewrite_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -157,6 +213,7 @@ def _prune(args) -> int:
         "validation": validation,
         "groups": groups_json(analysis, plan),
         "notes": plan.notes,
+        **posttrain.report_section(args, stats, plan, compensation_notes),
     }
     if args.bench:
         report["bench"] = bench(model, pruned, feeds)
@@ -164,6 +221,11 @@ def _prune(args) -> int:
     save(pruned, args.output)
     if args.report:
         write_text_atomically(args.report, json.dumps(report, indent=2) + "\n")
+    if args.html:
+        pair = diff_models(model, pruned, shapes, analysis=analysis,
+                           labels=(str(args.model), str(args.output)))  # fmt: skip
+        pair["validation"] = validation
+        write_text_atomically(args.html, diff_html(pair))
     _print_summary(report)
     return 0
 

@@ -42,7 +42,7 @@ def fold_constants(model: onnx.ModelProto) -> int:
                 known[node.output[0]] = value
             continue
         if node.op_type == "Shape":
-            shapes = shapes if shapes is not None else infer_shapes(model)
+            shapes = shapes if shapes is not None else infer_shapes(model, symbolic=False)
             dims = shapes.get(node.input[0])
             if dims is None:
                 continue

@@ -6,7 +6,9 @@ contributions of one class are reduced over the layers of its group (sum, mean o
 normalised within the group, so that scores of different groups can be ranked together.
 "bn" uses |gamma| of the BatchNormalization scales in the group (Liu et al., Network
 Slimming, ICCV 2017); exporters usually fold BatchNorm into Conv, and groups without one
-fall back to "l2". "random" is the usual sanity baseline.
+fall back to "l2". "random" is the usual sanity baseline. "activation", "wanda" and
+"flap" weigh the consumers' weights by calibration statistics (`graphprune.criteria`);
+classes no calibrated consumer reads fall back to "l2".
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ import numpy as np
 
 from .analysis import Analysis
 from .channels import SliceConstant, SliceGroupedInput
+from .criteria import CALIBRATED, calibrated_scores, standardize
 from .errors import GraphpruneError
 
-CRITERIA = ("l1", "l2", "bn", "random")
+CRITERIA = ("l1", "l2", "bn", "random", *CALIBRATED)
 REDUCTIONS = ("sum", "mean", "max")
-NORMALIZATIONS = ("mean", "max", "sum", "none")
+NORMALIZATIONS = ("mean", "max", "sum", "standard", "none")
 
 
 def class_scores(
@@ -28,8 +31,13 @@ def class_scores(
     reduction: str = "mean",
     normalization: str = "mean",
     seed: int = 0,
+    stats=None,
 ) -> tuple[np.ndarray, list[int]]:
-    """Scores indexed by class id, and the groups where "bn" fell back to "l2"."""
+    """Scores indexed by class id, and the groups where "bn" or a calibrated criterion
+    fell back to "l2". `stats` (`graphprune.calibration.collect`) feeds the calibrated
+    criteria; `normalization=None` means "standard" for "flap" and "mean" otherwise."""
+    if normalization is None:
+        normalization = "standard" if criterion == "flap" else "mean"
     for value, allowed, what in (
         (criterion, CRITERIA, "criterion"),
         (reduction, REDUCTIONS, "reduction"),
@@ -41,8 +49,11 @@ def class_scores(
     if criterion == "random":
         return np.random.default_rng(seed).random(n_classes), []
     fallback: list[int] = []
-    if criterion == "bn":
-        scores = _reduce(analysis, n_classes, {"bn_scale"}, p=1, reduction=reduction)
+    if criterion in ("bn", *CALIBRATED):
+        if criterion == "bn":
+            scores = _reduce(analysis, n_classes, {"bn_scale"}, p=1, reduction=reduction)
+        else:
+            scores = calibrated_scores(analysis, stats, criterion, reduction)
         has_bn = np.zeros(len(analysis.groups), dtype=bool)
         covered = ~np.isnan(scores)
         has_bn[np.unique(analysis.group_of_class[covered & (analysis.group_of_class >= 0)])] = True
@@ -103,6 +114,9 @@ def _normalize(analysis: Analysis, scores: np.ndarray, normalization: str) -> np
     out = scores.copy()
     for group in analysis.groups:
         values = scores[group.classes]
+        if normalization == "standard":
+            out[group.classes] = standardize(values)
+            continue
         scale = {"mean": values.mean(), "max": values.max(), "sum": values.sum()}[normalization]
         if scale > 0:
             out[group.classes] = values / scale

@@ -79,11 +79,14 @@ def _name_nodes(graph: onnx.GraphProto) -> None:
 
 
 def infer_shapes(
-    model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None
+    model: onnx.ModelProto,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    symbolic: bool = True,
 ) -> dict[str, Shape]:
     """Shapes of every tensor onnx shape inference can reach, symbolic dims as strings.
 
-    `input_shapes` fixes the graph inputs' dims (to count MACs of a concrete run)."""
+    `input_shapes` fixes the graph inputs' dims (to count MACs of a concrete run);
+    `symbolic` adds onnxruntime's symbolic inference, slower but exact on symbolic dims."""
     skeleton = _skeleton(model)
     for info in skeleton.graph.input:
         if input_shapes and info.name in input_shapes:
@@ -110,7 +113,8 @@ def infer_shapes(
     shapes = _shapes_in(inferred)
     # onnxruntime's symbolic inference keeps products of symbolic dims exact (a Reshape to
     # [B, S, -1, 64] gets its head count), which onnx's leaves unknown: it wins where it ran.
-    shapes.update(_symbolic_shapes(skeleton))
+    if symbolic and _has_unknown_dims(shapes):
+        shapes.update(_symbolic_shapes(skeleton))
     for tensor in model.graph.initializer:
         shapes[tensor.name] = tuple(int(d) for d in tensor.dims)
     return shapes
@@ -124,6 +128,15 @@ def _shapes_in(model: onnx.ModelProto) -> dict[str, Shape]:
         if shape is not None and (None not in shape or info.name not in shapes):
             shapes[info.name] = shape
     return shapes
+
+
+def _has_unknown_dims(shapes: dict[str, Shape]) -> bool:
+    """Whether onnx left dims it could not relate (None, or symbols it invented)."""
+    return any(
+        d is None or (isinstance(d, str) and d.startswith("unk__"))
+        for shape in shapes.values()
+        for d in shape
+    )
 
 
 def _symbolic_shapes(skeleton: onnx.ModelProto) -> dict[str, Shape]:

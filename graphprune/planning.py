@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .analysis import Analysis, Group
+from .budget import Budget, budget_counts
 from .channels import SetCount, SliceConstant, SliceGroupedInput
 from .errors import GraphpruneError
 from .importance import class_scores
@@ -30,6 +31,7 @@ class Plan:
     removed_classes: np.ndarray
     options: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    budget: dict | None = None  # what each group got under a MACs/params target
 
     def keep_atom(self, analysis: Analysis) -> np.ndarray:
         return ~np.isin(analysis.class_of, self.removed_classes)
@@ -59,12 +61,18 @@ def make_plan(
     max_group_ratio: float = 0.9,
     ignore: list[str] | tuple[str, ...] = (),
     reduction: str = "mean",
-    normalization: str = "mean",
+    normalization: str | None = None,
     seed: int = 0,
+    stats=None,
+    budget: Budget | None = None,
 ) -> Plan:
     """Remove `ratio` of the channels of every prunable group (or of all of them, ranked
-    globally), lowest scores first."""
-    if not 0.0 <= ratio < 1.0:
+    globally), lowest scores first. `stats` (calibration statistics) feed the calibrated
+    criteria; a `budget` (keep a fraction of MACs or params) replaces `ratio` and ranks
+    globally (`graphprune.budget`)."""
+    if normalization is None:
+        normalization = "standard" if criterion == "flap" else "mean"
+    if budget is None and not 0.0 <= ratio < 1.0:
         raise GraphpruneError(f"ratio must be in [0, 1), got {ratio}")
     if round_to < 1 or min_keep < 1:
         raise GraphpruneError("round-to and min-keep must be at least 1")
@@ -73,10 +81,11 @@ def make_plan(
         "min_keep": min_keep, "ignore": list(ignore), "reduction": reduction,
         "normalization": normalization, "seed": seed,
     }  # fmt: skip
-    scores, fallback = class_scores(analysis, criterion, reduction, normalization, seed)
-    notes = [
-        f"group '{analysis.groups[g].name}' has no BatchNorm scale: scored by l2" for g in fallback
-    ]
+    if budget is not None:
+        options[f"target_{budget.metric}"] = budget.keep
+    scores, fallback = class_scores(analysis, criterion, reduction, normalization, seed, stats)
+    lacks = "BatchNorm scale" if criterion == "bn" else "calibrated consumer"
+    notes = [f"group '{analysis.groups[g].name}' has no {lacks}: scored by l2" for g in fallback]
     excluded = _ignored(analysis, ignore)
     partitions, partition_problems = _partitions(analysis)
     candidates = [
@@ -88,7 +97,19 @@ def make_plan(
     notes += [
         f"group '{analysis.groups[g].name}' kept: {why}" for g, why in partition_problems.items()
     ]
-    if global_ranking:
+    summary = None
+    if budget is not None:
+
+        def kept_positions(group: Group, keep: int) -> list[int]:
+            partition = partitions.get(group.id)
+            keep = _round_keep(keep, group.channels, round_to, min_keep, partition)
+            return _select(group, scores, keep, partition)
+
+        counts, budget_notes, summary = budget_counts(
+            analysis, candidates, scores, budget, min_keep, max_group_ratio, kept_positions
+        )
+        notes += budget_notes
+    elif global_ranking:
         counts = _global_counts(candidates, scores, ratio, min_keep, max_group_ratio)
     else:
         counts = {g.id: g.channels - math.floor(g.channels * ratio) for g in candidates}
@@ -103,7 +124,9 @@ def make_plan(
             choices.append(GroupChoice(group.id, removed, sorted(kept)))
     removed_classes = _removed_classes(analysis, choices)
     removed_classes = _keep_one_per_nonempty(analysis, removed_classes, scores, notes)
-    return Plan(_choices_from(analysis, removed_classes), removed_classes, options, notes)
+    plan = Plan(_choices_from(analysis, removed_classes), removed_classes, options, notes)
+    plan.budget = summary
+    return plan
 
 
 def _ignored(analysis: Analysis, patterns) -> dict[int, str]:
