@@ -78,17 +78,6 @@ def sample_shapes(model: onnx.ModelProto, data: CalibrationData) -> dict[str, tu
     return {name: (1, *value.shape[1:]) for name, value in arrays.items()}
 
 
-def count_samples(model: onnx.ModelProto, data: CalibrationData) -> int:
-    if data.random is not None:
-        return data.random
-    total = 0
-    for path in data.files():
-        with np.load(path) as npz:
-            first = npz.files[0] if npz.files else None
-            total += 0 if first is None else int(npz[first].shape[0])
-    return total
-
-
 def _random_batches(inputs: dict[str, np.dtype], data: CalibrationData, batch: int):
     if data.random < 1:
         raise GraphpruneError(f"--calib-random must be at least 1, got {data.random}")

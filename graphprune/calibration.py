@@ -76,10 +76,6 @@ class Moments:
         self.scatter: np.ndarray | None = None
         self.keep_scatter = scatter
 
-    def reset(self) -> None:
-        self.n, self.mean, self.m2 = 0, None, None
-        self.scatter = None
-
     def update(self, rows: np.ndarray) -> None:
         """Fold rows (samples, features) in."""
         if rows.shape[0] == 0:
@@ -158,9 +154,8 @@ def find_consumers(analysis: Analysis, groups: list[int] | None = None) -> list[
         if not touched & wanted:
             continue
         node = view.nodes[edit.node]
-        rank = view.rank(node.input[0])
         if node.op_type == "MatMul":
-            axis = (rank or 2) - 1
+            axis = -1
         elif node.op_type == "Gemm":
             axis = 0 if node_attribute(node, "transA", 0) else 1
         else:
@@ -232,15 +227,11 @@ def collect(
             if not relax:
                 raise
             # The export hard-codes its batch size somewhere inside: run at that size.
-            relax, batch = False, static
-            stats.notes.append(f"the model's batch is fixed at {static}: calibrated at that")
-            for consumer in consumers:
-                for key in (consumer.channel_key, consumer.feature_key):
-                    if key is not None:
-                        stats.moments[key].reset()
-            return collect(
+            again = collect(
                 analysis, data, consumers, static, scatter, provider, chunk_bytes, progress
             )
+            again.notes.insert(0, f"the model's batch is fixed at {static}: calibrated at that")
+            return again
     if stats.samples == 0:
         raise GraphpruneError("the calibration data holds no samples")
     return stats

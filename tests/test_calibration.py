@@ -217,3 +217,20 @@ def test_cli_errors_are_one_line(tmp_path, capsys, extra, message):
     code = main(["prune", EXAMPLE, "-o", str(tmp_path / "o.onnx"), "--quiet", *ratio, *extra])
     error = capsys.readouterr().err
     assert code == 1 and message in error and error.count("\n") == 1
+
+
+def test_fixed_batch_inside_the_model_falls_back_to_that_batch(tmp_path):
+    w1, b1 = _hidden("constant")
+    nodes = [
+        helper.make_node("Reshape", ["x", "shape"], ["r"], name="flat"),
+        helper.make_node("Gemm", ["r", "w1", "b1"], ["h"], name="fc1", transB=1),
+        helper.make_node("Gemm", ["h", "w2"], ["y"], name="fc2", transB=1),
+    ]
+    weights = {"w1": w1, "b1": b1, "w2": rng.standard_normal((4, 6))}
+    graph_weights = [numpy_helper.from_array(np.array([1, 8], np.int64), "shape")]
+    model = _model(nodes, weights, [1, 8], [1, 4])
+    model.graph.initializer.extend(graph_weights)
+    np.savez(tmp_path / "c.npz", x=rng.standard_normal((20, 8)).astype(np.float32))
+    analysis = gp.analyze(gp.load(model))
+    stats = collect(analysis, gp.CalibrationData(path=str(tmp_path / "c.npz")), batch=8)
+    assert stats.samples == 20 and "fixed at 1" in stats.notes[0]
