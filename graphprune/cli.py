@@ -19,7 +19,7 @@ from .errors import GraphpruneError
 from .html_report import analysis_html, diff_html
 from .importance import CRITERIA, NORMALIZATIONS, REDUCTIONS
 from .metrics import count_macs, count_params
-from .planning import make_plan, plan_from_json
+from .planning import KINDS, make_plan, plan_from_json
 from .report import analysis_json, analysis_text, groups_json
 from .saving import write_text_atomically
 from .validation import bench, compare, input_shapes, load_inputs, random_inputs
@@ -96,6 +96,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--round-to", type=int, default=1, help="kept channels per group: multiple of N")
     p.add_argument("--min-keep", type=int, default=1, help="channels every group keeps")
+    p.add_argument("--only", action="append", choices=KINDS, default=[],
+                   help="prune only groups of this kind (repeatable)")
+    p.add_argument("--head-ratio", type=float, default=None,
+                   help="ratio for attention-head groups (default: --ratio)")
     p.add_argument(
         "--ignore",
         nargs="+",
@@ -189,6 +193,8 @@ def _prune(args) -> int:
             round_to=args.round_to, min_keep=args.min_keep,
             max_group_ratio=args.max_group_ratio, ignore=args.ignore,
             reduction=args.reduction, normalization=args.normalization, seed=args.seed,
+            only=args.only,
+            kind_ratios={} if args.head_ratio is None else {"heads": args.head_ratio},
         )  # fmt: skip
     timings["plan_s"] = time.perf_counter() - started
 

@@ -96,7 +96,7 @@ def describe(
     `graphprune prune`), using one shape inference for the whole model."""
     graph = model.graph
     given = concrete_input_shapes(model, shapes_given)
-    shapes = infer_shapes(model, given, symbolic=False)
+    shapes = infer_shapes(model, given)
     storage = _constant_storage(model)
     initializers = {t.name for t in graph.initializer}
     producer: dict[str, tuple[int, int]] = {}

@@ -30,7 +30,7 @@ def count_params(model: onnx.ModelProto) -> int:
 
 def count_macs(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> int:
     """MACs of one run with the given input shapes (unknown shapes count as zero)."""
-    shapes = infer_shapes(model, input_shapes, symbolic=False)
+    shapes = infer_shapes(model, input_shapes)
     return int(sum(node_macs(node, shapes) for node in model.graph.node))
 
 

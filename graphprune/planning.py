@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -65,21 +66,31 @@ def make_plan(
     seed: int = 0,
     stats=None,
     budget: Budget | None = None,
+    only: Sequence[str] = (),
+    kind_ratios: dict[str, float] | None = None,
 ) -> Plan:
     """Remove `ratio` of the channels of every prunable group (or of all of them, ranked
     globally), lowest scores first. `stats` (calibration statistics) feed the calibrated
     criteria; a `budget` (keep a fraction of MACs or params) replaces `ratio` and ranks
-    globally (`graphprune.budget`)."""
+    globally (`graphprune.budget`). `only` restricts pruning to group kinds ("channels",
+    "mlp", "heads"); `kind_ratios` gives a kind its own per-group ratio (--head-ratio)."""
     if normalization is None:
         normalization = "standard" if criterion == "flap" else "mean"
     if budget is None and not 0.0 <= ratio < 1.0:
         raise GraphpruneError(f"ratio must be in [0, 1), got {ratio}")
     if round_to < 1 or min_keep < 1:
         raise GraphpruneError("round-to and min-keep must be at least 1")
+    kind_ratios = dict(kind_ratios or {})
+    for kind in [*only, *kind_ratios]:
+        if kind not in KINDS:
+            raise GraphpruneError(f"unknown group kind {kind!r} (choose from {', '.join(KINDS)})")
+    if any(not 0.0 <= r < 1.0 for r in kind_ratios.values()):
+        raise GraphpruneError("per-kind ratios must be in [0, 1)")
     options = {
         "ratio": ratio, "criterion": criterion, "global": global_ranking, "round_to": round_to,
         "min_keep": min_keep, "ignore": list(ignore), "reduction": reduction,
-        "normalization": normalization, "seed": seed,
+        "normalization": normalization, "seed": seed, "only": list(only),
+        "kind_ratios": kind_ratios,
     }  # fmt: skip
     if budget is not None:
         options[f"target_{budget.metric}"] = budget.keep
@@ -91,7 +102,9 @@ def make_plan(
     candidates = [
         g
         for g in analysis.prunable_groups
-        if g.id not in excluded and g.id not in partition_problems
+        if g.id not in excluded
+        and g.id not in partition_problems
+        and (not only or g.kind in only)
     ]
     notes += [f"group '{analysis.groups[g].name}' ignored: {why}" for g, why in excluded.items()]
     notes += [
@@ -109,10 +122,13 @@ def make_plan(
             analysis, candidates, scores, budget, min_keep, max_group_ratio, kept_positions
         )
         notes += budget_notes
-    elif global_ranking:
-        counts = _global_counts(candidates, scores, ratio, min_keep, max_group_ratio)
     else:
-        counts = {g.id: g.channels - math.floor(g.channels * ratio) for g in candidates}
+        ranked = [g for g in candidates if global_ranking and g.kind not in kind_ratios]
+        counts = _global_counts(ranked, scores, ratio, min_keep, max_group_ratio)
+        for group in candidates:
+            if group.id not in counts:
+                share = kind_ratios.get(group.kind, ratio)
+                counts[group.id] = group.channels - math.floor(group.channels * share)
     choices = []
     for group in candidates:
         keep = _round_keep(
@@ -127,6 +143,9 @@ def make_plan(
     plan = Plan(_choices_from(analysis, removed_classes), removed_classes, options, notes)
     plan.budget = summary
     return plan
+
+
+KINDS = ("channels", "mlp", "heads")
 
 
 def _ignored(analysis: Analysis, patterns) -> dict[int, str]:

@@ -82,3 +82,15 @@ def test_head_oracle_catches_a_wrong_head():
         assert_same_outputs(
             outputs(gp.mask(analysis, plan), feeds), outputs(gp.prune(analysis, wrong), feeds)
         )
+
+
+def test_only_and_head_ratio_choose_what_goes():
+    analysis = gp.analyze(gp.load(cached("bert", "classic")))
+    plan = gp.plan(analysis, 0.5, only=["heads"], kind_ratios={"heads": 0.25})
+    removed = {analysis.groups[c.group].kind: len(c.removed) for c in plan.choices}
+    assert removed == {"heads": 1}
+    plan = gp.plan(analysis, 0.5, kind_ratios={"heads": 0.25})
+    kinds = sorted((analysis.groups[c.group].kind, len(c.removed)) for c in plan.choices)
+    assert kinds == [("heads", 1), ("heads", 1), ("mlp", 64), ("mlp", 64)]
+    with pytest.raises(GraphpruneError, match="unknown group kind"):
+        gp.plan(analysis, 0.5, only=["hidden"])

@@ -34,7 +34,6 @@ import torch
 
 import graphprune as gp
 from graphprune.calibration import collect, find_consumers
-from graphprune.planning import plan_from_json
 from graphprune.validation import run, session
 
 SUBJECTS = [
@@ -128,17 +127,11 @@ def neighbours(embeddings: np.ndarray) -> np.ndarray:
     return similarity.argmax(1)
 
 
-def mlp_plan(analysis, plan):
-    """Keep only the choices of the MLP intermediate groups."""
-    data = plan.to_json(analysis)
-    data["groups"] = [g for g in data["groups"] if "intermediate" in g["name"]]
-    return plan_from_json(analysis, data)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer sentences and variants")
     parser.add_argument("--damp", type=float, default=0.01)
+    parser.add_argument("--head-ratio", type=float, default=0.25, help="0: MLP only")
     args = parser.parse_args()
     started = time.perf_counter()
     torch.manual_seed(0)
@@ -158,15 +151,16 @@ def main() -> int:
         dense_nn = neighbours(dense)
 
         analysis = gp.analyze(model)
-        mlp = [g for g in analysis.prunable_groups if "intermediate" in g.name]
-        heads = [g for g in analysis.prunable_groups if "intermediate" not in g.name]
+        mlp = [g for g in analysis.prunable_groups if g.kind == "mlp"]
+        heads = [g for g in analysis.prunable_groups if g.kind == "heads"]
         data = gp.CalibrationData(path=str(folder / "calib"))
-        consumers = find_consumers(analysis, [g.id for g in mlp])
+        pruned_groups = mlp + (heads if args.head_ratio else [])
+        consumers = find_consumers(analysis, [g.id for g in pruned_groups])
         t0 = time.perf_counter()
         stats = collect(analysis, data, consumers, batch=64, scatter=True)
         calib_s = time.perf_counter() - t0
-        print(f"MiniLM-L6 ONNX: {len(analysis.groups)} groups, {len(mlp)} MLP groups prunable, "
-              f"{len(heads)} other prunable groups (left alone)")  # fmt: skip
+        print(f"MiniLM-L6 ONNX: {len(analysis.groups)} groups, {len(mlp)} MLP groups (50% "
+              f"pruned), {len(heads)} head groups ({args.head_ratio:.0%} pruned)")  # fmt: skip
         print(f"calibration: {stats.samples} sentences, {calib_s:.1f} s, {stats.provider}")
         criteria = ["l2", "activation", "wanda", "flap"]
         methods = ["none", "bias", "lsq"]
@@ -175,8 +169,9 @@ def main() -> int:
         header = ("criterion", "compensate", "cosine", "min cos", "NN agree")
         print("\n{:<11} {:<10} {:>7} {:>7} {:>8}".format(*header))
         for criterion in criteria:
-            plan = gp.plan(analysis, 0.5, criterion=criterion, stats=stats)
-            plan = mlp_plan(analysis, plan)
+            plan = gp.plan(analysis, 0.5, criterion=criterion, stats=stats,
+                           only=["mlp", "heads"] if args.head_ratio else ["mlp"],
+                           kind_ratios={"heads": args.head_ratio})  # fmt: skip
             for method in methods:
                 pruned = gp.compensate(analysis, plan, stats, method, damp=args.damp)
                 emb = embed(pruned, feeds_list)
@@ -184,9 +179,12 @@ def main() -> int:
                 agree = float((neighbours(emb) == dense_nn).mean())
                 print(f"{criterion:<11} {method:<10} {cosine.mean():>7.4f} {cosine.min():>7.4f} "
                       f"{agree:>8.3f}")  # fmt: skip
-        kept = sum(len(c.kept) for c in plan.choices)
-        total = sum(analysis.groups[c.group].channels for c in plan.choices)
-        print(f"\nMLP width kept: {kept}/{total}; total time {time.perf_counter() - started:.0f} s")
+        for kind in ("mlp", "heads"):
+            chosen = [c for c in plan.choices if analysis.groups[c.group].kind == kind]
+            kept = sum(len(c.kept) for c in chosen)
+            total = sum(analysis.groups[c.group].channels for c in chosen)
+            print(f"{kind} kept: {kept}/{total}")
+        print(f"total time {time.perf_counter() - started:.0f} s")
     return 0
 
 
