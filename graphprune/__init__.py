@@ -58,13 +58,17 @@ def load(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
 
 
 def analyze(
-    model: onnx.ModelProto, progress: bool = False, approximate_norms: bool = False
+    model: onnx.ModelProto,
+    progress: bool = False,
+    approximate_norms: bool = False,
+    prune_outputs: bool = False,
 ) -> Analysis:
     """Find every group of coupled channels, and why the unprunable ones are.
 
-    `approximate_norms=True` also prunes channels that a LayerNormalization normalizes
-    together (inexact: marked in `Group.approximations`)."""
-    return analyze_view(GraphView(model), progress, approximate_norms)
+    `approximate_norms=True` also prunes channels that a normalization over channels
+    mixes (LayerNorm, RMSNorm: inexact, marked in `Group.approximations`; needed for a
+    transformer's hidden size); `prune_outputs=True` lets model outputs lose channels."""
+    return analyze_view(GraphView(model), progress, approximate_norms, prune_outputs)
 
 
 def plan(analysis: Analysis, ratio: float, **options) -> Plan:

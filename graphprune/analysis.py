@@ -41,7 +41,7 @@ class Group:
     classes: np.ndarray
     reasons: list[str] = field(default_factory=list)
     approximations: list[str] = field(default_factory=list)
-    kind: str = "channels"  # "channels" (convolutions), "mlp" (linear widths) or "heads"
+    kind: str = "channels"  # "channels" (convs), "mlp" (linear widths), "heads", "hidden"
 
     @property
     def channels(self) -> int:
@@ -69,6 +69,7 @@ class Analysis:
     nonempty: list[np.ndarray]  # atom arrays that must keep at least one position
     group_of_class: np.ndarray  # class -> group id, -1 for classes outside any group
     approximate_norms: bool = False
+    prune_outputs: bool = False
 
     @property
     def prunable_groups(self) -> list[Group]:
@@ -187,6 +188,10 @@ class Context:
     def freeze(self, atoms: np.ndarray, reason: str) -> None:
         self._analyzer.frozen.append((np.asarray(atoms).ravel(), reason))
 
+    def mark_embedding(self, atoms: np.ndarray) -> None:
+        """These channels are a transformer's hidden size (kind "hidden")."""
+        self._analyzer.embeddings.append(np.asarray(atoms).ravel())
+
     def mark_heads(self, atoms: np.ndarray) -> None:
         """These channels are attention heads (for --only heads and --head-ratio)."""
         self._analyzer.heads.append(np.asarray(atoms).ravel())
@@ -204,9 +209,11 @@ class Context:
 
 
 class _Analyzer:
-    def __init__(self, view: GraphView, approximate_norms: bool) -> None:
+    def __init__(self, view: GraphView, approximate_norms: bool, prune_outputs: bool) -> None:
         self.view = view
         self.approximate_norms = approximate_norms
+        self.prune_outputs = prune_outputs
+        self.embeddings: list[np.ndarray] = []
         self.approximations: list[tuple[np.ndarray, str]] = []
         self.heads: list[np.ndarray] = []
         self.layouts: dict[str, Layout] = {}
@@ -241,12 +248,14 @@ class _Analyzer:
             elif context.tracked():
                 domain = f"{node.domain}." if node.domain else ""
                 context.block(f"no channel rule for op {domain}{node.op_type}")
-        for name in self.view.graph_outputs:
+        for name in [] if self.prune_outputs else self.view.graph_outputs:
             if name in self.layouts:
                 self.frozen.append((self.layouts[name].atoms, f"reaches model output '{name}'"))
         return self._group()
 
-    def _kind(self, sources: list[str], heads: bool) -> str:
+    def _kind(self, sources: list[str], heads: bool, hidden: bool) -> str:
+        if hidden:
+            return "hidden"
         if heads:
             return "heads"
         return "mlp" if all(_linear(self.view, s) for s in sources) else "channels"
@@ -270,9 +279,8 @@ class _Analyzer:
 
         reasons = _reasons_by_group(self.frozen, group_of_class, class_of)
         approximations = _reasons_by_group(self.approximations, group_of_class, class_of)
-        head_groups = {
-            int(g) for atoms in self.heads for g in np.unique(group_of_class[class_of[atoms]])
-        }
+        head_groups = _groups_touched(self.heads, group_of_class, class_of)
+        hidden_groups = _groups_touched(self.embeddings, group_of_class, class_of)
 
         members: dict[int, list[str]] = defaultdict(list)
         for index, source in enumerate(self.sources):
@@ -292,7 +300,7 @@ class _Analyzer:
                 classes,
                 reasons.get(old_id, []),
                 approximations.get(old_id, []),
-                self._kind(members[old_id], old_id in head_groups),
+                self._kind(members[old_id], old_id in head_groups, old_id in hidden_groups),
             )
             if group.channels < 2 and group.prunable:
                 group.reasons.append("has a single channel")
@@ -308,7 +316,12 @@ class _Analyzer:
             nonempty=self.nonempty,
             group_of_class=group_of_class,
             approximate_norms=self.approximate_norms,
+            prune_outputs=self.prune_outputs,
         )
+
+
+def _groups_touched(atom_lists, group_of_class, class_of) -> set[int]:
+    return {int(g) for atoms in atom_lists for g in np.unique(group_of_class[class_of[atoms]])}
 
 
 def _linear(view: GraphView, source: str) -> bool:
@@ -341,9 +354,14 @@ def _unique_in_order(values: np.ndarray) -> np.ndarray:
 
 
 def analyze_view(
-    view: GraphView, progress: bool = False, approximate_norms: bool = False
+    view: GraphView,
+    progress: bool = False,
+    approximate_norms: bool = False,
+    prune_outputs: bool = False,
 ) -> Analysis:
-    """`approximate_norms` lets LayerNormalization/RMSNormalization over the channel axis
-    lose channels, as Torch-Pruning does: the statistics of the kept channels change, so
-    such groups are approximate and say so in `Group.approximations`."""
-    return _Analyzer(view, approximate_norms).run(progress)
+    """`approximate_norms` lets normalizations over the channel axis (LayerNormalization,
+    RMSNorm, their decomposed forms) lose channels, as Torch-Pruning does and as pruning a
+    transformer's hidden size needs: the statistics of the kept channels change, so such
+    groups are approximate and say so in `Group.approximations`. `prune_outputs` lets
+    channels that reach a model output go too (the output shape changes)."""
+    return _Analyzer(view, approximate_norms, prune_outputs).run(progress)

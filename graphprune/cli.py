@@ -20,7 +20,7 @@ from .html_report import analysis_html, diff_html
 from .importance import CRITERIA, NORMALIZATIONS, REDUCTIONS
 from .metrics import count_macs, count_params
 from .planning import KINDS, make_plan, plan_from_json
-from .report import analysis_json, analysis_text, groups_json
+from .report import analysis_json, analysis_text, groups_json, params_removed_by_kind
 from .saving import write_text_atomically
 from .validation import bench, compare, input_shapes, load_inputs, random_inputs
 
@@ -96,10 +96,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--round-to", type=int, default=1, help="kept channels per group: multiple of N")
     p.add_argument("--min-keep", type=int, default=1, help="channels every group keeps")
-    p.add_argument("--only", action="append", choices=KINDS, default=[],
-                   help="prune only groups of this kind (repeatable)")
-    p.add_argument("--head-ratio", type=float, default=None,
-                   help="ratio for attention-head groups (default: --ratio)")
+    p.add_argument(
+        "--only",
+        action="append",
+        choices=KINDS,
+        default=[],
+        help="prune only groups of this kind (repeatable)",
+    )
+    p.add_argument(
+        "--head-ratio",
+        type=float,
+        default=None,
+        help="ratio for attention-head groups (default: --ratio)",
+    )
+    p.add_argument(
+        "--prune-outputs",
+        action="store_true",
+        help="let model outputs lose channels too (their shapes change)",
+    )
     p.add_argument(
         "--ignore",
         nargs="+",
@@ -173,9 +187,15 @@ def _prune(args) -> int:
 
     earlier = _read_json(args.plan) if args.plan else {}
     earlier = earlier.get("plan", earlier)
-    approximate = args.approximate_norms or earlier.get("options", {}).get("approximate_norms")
+    recorded = earlier.get("options", {})
+    # A transformer's hidden size only goes with its normalizations (approximate).
+    approximate = args.approximate_norms or "hidden" in args.only
+    approximate = approximate or recorded.get("approximate_norms", False)
+    prune_outputs = args.prune_outputs or recorded.get("prune_outputs", False)
     started = time.perf_counter()
-    analysis = analyze(model, progress=not args.quiet, approximate_norms=bool(approximate))
+    analysis = analyze(
+        model, not args.quiet, approximate_norms=approximate, prune_outputs=prune_outputs
+    )
     timings["analyze_s"] = time.perf_counter() - started
 
     budget = posttrain.budget_from_args(args, shapes)
@@ -206,7 +226,7 @@ def _prune(args) -> int:
     timings["rewrite_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    validation = compare(model, pruned, feeds)
+    validation = compare(model, pruned, feeds, shapes_may_change=analysis.prune_outputs)
     timings["validate_s"] = time.perf_counter() - started
     report = {
         "graphprune": __version__,
@@ -217,6 +237,7 @@ def _prune(args) -> int:
         "macs": _before_after(count_macs(model, shapes), count_macs(pruned, shapes)),
         "input_shapes": {k: list(v) for k, v in shapes.items()},
         "validation": validation,
+        "params_removed_by_kind": params_removed_by_kind(analysis, plan),
         "groups": groups_json(analysis, plan),
         "notes": plan.notes,
         **posttrain.report_section(args, stats, plan, compensation_notes),
@@ -246,7 +267,8 @@ def _before_after(before: int, after: int) -> dict:
 
 def _print_summary(report: dict) -> None:
     params, macs = report["params"], report["macs"]
-    worst = max((o["max_rel"] for o in report["validation"]["outputs"]), default=0.0)
+    deviations = [o["max_rel"] for o in report["validation"]["outputs"] if o["max_rel"] is not None]
+    worst = max(deviations, default=0.0)
     pruned_groups = sum(1 for g in report["groups"] if g["removed"])
     print(f"pruned {pruned_groups} of {len(report['groups'])} groups -> {report['output']}")
     print(
@@ -254,8 +276,12 @@ def _print_summary(report: dict) -> None:
         f"(-{params['removed_fraction']:.1%}), MACs {macs['before']:,} -> {macs['after']:,} "
         f"(-{macs['removed_fraction']:.1%})"
     )
+    outputs = report["validation"]["outputs"]
+    changed = [f"{o['name']} {o['shape_before']} -> {o['shape']}" for o in outputs
+               if "shape_before" in o]  # fmt: skip
+    shapes = f"pruned outputs {', '.join(changed)}" if changed else "output shapes unchanged"
     print(
-        f"validated on {report['validation']['execution_provider']}: output shapes unchanged, "
+        f"validated on {report['validation']['execution_provider']}: {shapes}, "
         f"max relative deviation {worst:.3g}"
     )
     if "bench" in report:

@@ -39,7 +39,11 @@ class Plan:
 
     def to_json(self, analysis: Analysis) -> dict:
         return {
-            "options": {**self.options, "approximate_norms": analysis.approximate_norms},
+            "options": {
+                **self.options,
+                "approximate_norms": analysis.approximate_norms,
+                "prune_outputs": analysis.prune_outputs,
+            },
             "groups": [
                 {
                     "name": analysis.groups[c.group].name,
@@ -102,9 +106,7 @@ def make_plan(
     candidates = [
         g
         for g in analysis.prunable_groups
-        if g.id not in excluded
-        and g.id not in partition_problems
-        and (not only or g.kind in only)
+        if g.id not in excluded and g.id not in partition_problems and (not only or g.kind in only)
     ]
     notes += [f"group '{analysis.groups[g].name}' ignored: {why}" for g, why in excluded.items()]
     notes += [
@@ -145,7 +147,7 @@ def make_plan(
     return plan
 
 
-KINDS = ("channels", "mlp", "heads")
+KINDS = ("channels", "mlp", "heads", "hidden")
 
 
 def _ignored(analysis: Analysis, patterns) -> dict[int, str]:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
+
 from .analysis import Analysis
+from .metrics import count_params
 from .planning import Plan
+from .rewrite import rewrite
 
 
 def groups_json(analysis: Analysis, plan: Plan | None = None) -> list[dict]:
@@ -71,3 +75,21 @@ def analysis_text(analysis: Analysis) -> str:
         for note in group.approximations:
             lines.append(f"{'':>37}  ~ approximate: {note}")
     return "\n".join(lines)
+
+
+def params_removed_by_kind(analysis: Analysis, plan: Plan) -> dict[str, int]:
+    """Parameters each kind of group (channels, mlp, heads, hidden) removes on its own:
+    the model pruned with only that kind's choices, counted. Kinds interact where a weight
+    loses rows to one kind and columns to another, so the parts may not add up to the
+    total."""
+    before = count_params(analysis.view.model)
+    removed = {}
+    for kind in sorted({analysis.groups[c.group].kind for c in plan.choices}):
+        classes = [
+            analysis.groups[c.group].classes[c.removed]
+            for c in plan.choices
+            if analysis.groups[c.group].kind == kind
+        ]
+        keep = ~np.isin(analysis.class_of, np.concatenate(classes))
+        removed[kind] = before - count_params(rewrite(analysis, keep))
+    return removed

@@ -17,6 +17,7 @@ import onnx_graphsurgeon as gs
 from .analysis import Analysis
 from .channels import Edit, MaskInput, SetCount, SliceConstant, SliceGroupedInput
 from .errors import GraphpruneError
+from .loading import infer_shapes
 
 PLAN_METADATA_KEY = "graphprune.plan"
 
@@ -77,13 +78,34 @@ def _edited(analysis: Analysis, keep_atom, edits_to_apply, apply, plan_json):
         for edit in sorted(edits, key=_edit_order):
             value = apply(edit, value, keep_atom)
         _replace_input(graph, node, index, value, view, uses)
+    # Stale shapes would contradict the new widths; outputs keep theirs unless they may
+    # lose channels, then they are inferred again.
+    fixed = graph.inputs + ([] if analysis.prune_outputs else graph.outputs)
     for tensor in graph.tensors().values():
-        if isinstance(tensor, gs.Variable) and tensor not in graph.inputs + graph.outputs:
+        if isinstance(tensor, gs.Variable) and tensor not in fixed:
             tensor.shape = None
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     model = gs.export_onnx(graph, do_type_check=False)
     _restore_model_fields(model, view.model, plan_json)
+    if analysis.prune_outputs:
+        _infer_output_shapes(model)
     return model
+
+
+def _infer_output_shapes(model: onnx.ModelProto) -> None:
+    shapes = infer_shapes(model)
+    for output in model.graph.output:
+        shape = shapes.get(output.name)
+        if shape is None:
+            continue
+        dims = output.type.tensor_type.shape.dim
+        del dims[:]
+        for size in shape:
+            dim = dims.add()
+            if isinstance(size, int):
+                dim.dim_value = size
+            elif size is not None:
+                dim.dim_param = size
 
 
 def _changes(edit: Edit, keep_atom: np.ndarray) -> bool:

@@ -161,18 +161,32 @@ def run(sess: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> list[np.nda
         ) from None
 
 
-def compare(original: onnx.ModelProto, pruned: onnx.ModelProto, feeds) -> dict:
-    """Run both models on the same inputs; raise if the pruned outputs change shape."""
+def compare(
+    original: onnx.ModelProto, pruned: onnx.ModelProto, feeds, shapes_may_change: bool = False
+) -> dict:
+    """Run both models on the same inputs; raise if the pruned outputs change shape, unless
+    the user asked to prune output channels (then the deviation is not defined: None)."""
     provider = execution_provider()
     base_session, pruned_session = session(original, provider), session(pruned, provider)
     expected, actual = run(base_session, feeds), run(pruned_session, feeds)
     outputs = []
     for meta, a, b in zip(base_session.get_outputs(), expected, actual, strict=True):
-        if a.shape != b.shape:
+        if a.shape == b.shape:
+            outputs.append({"name": meta.name, "shape": list(a.shape), **deviation(a, b)})
+        elif shapes_may_change and a.ndim == b.ndim:
+            outputs.append(
+                {
+                    "name": meta.name,
+                    "shape_before": list(a.shape),
+                    "shape": list(b.shape),
+                    "max_abs": None,
+                    "max_rel": None,
+                }
+            )
+        else:
             raise GraphpruneError(
                 f"output '{meta.name}' changed shape {list(a.shape)} -> {list(b.shape)}"
             )
-        outputs.append({"name": meta.name, "shape": list(a.shape), **deviation(a, b)})
     return {"execution_provider": provider, "outputs": outputs}
 
 

@@ -93,4 +93,68 @@ def test_only_and_head_ratio_choose_what_goes():
     kinds = sorted((analysis.groups[c.group].kind, len(c.removed)) for c in plan.choices)
     assert kinds == [("heads", 1), ("heads", 1), ("mlp", 64), ("mlp", 64)]
     with pytest.raises(GraphpruneError, match="unknown group kind"):
-        gp.plan(analysis, 0.5, only=["hidden"])
+        gp.plan(analysis, 0.5, only=["width"])
+
+
+def test_hidden_size_matches_a_model_built_at_the_smaller_width():
+    """LLaMA's residual stream pruned 64 -> 48 equals transformers' LlamaModel built with
+    hidden_size 48 and loaded with the same kept indices (RMSNorm then averages over the
+    kept channels, which is what the pruned graph computes)."""
+    import torch
+    from transformers import LlamaConfig, LlamaModel
+
+    model = gp.load(cached("llama", "dynamo"))
+    analysis = gp.analyze(model, approximate_norms=True, prune_outputs=True)
+    plan = gp.plan(analysis, 0.25, only=["hidden"])
+    (choice,) = plan.choices
+    group = analysis.groups[choice.group]
+    assert group.kind == "hidden" and group.approximations
+    kept = torch.tensor(choice.kept)
+    pruned = gp.prune(analysis, plan)
+
+    torch.manual_seed(0)
+    dense = TRANSFORMERS["llama"].build().model
+    config = dense.config.to_dict() | {"hidden_size": len(choice.kept), "head_dim": 8}
+    reference = LlamaModel(LlamaConfig(**config)).eval()
+    weights = {}
+    for key, value in dense.state_dict().items():
+        if key.endswith(
+            (
+                "embed_tokens.weight",
+                "q_proj.weight",
+                "k_proj.weight",
+                "v_proj.weight",
+                "gate_proj.weight",
+                "up_proj.weight",
+            )
+        ):
+            value = value[:, kept]
+        elif key.endswith(("o_proj.weight", "down_proj.weight", "norm.weight")):
+            value = value[kept]
+        weights[key] = value
+    reference.load_state_dict(weights)
+    feeds = feeds_for("llama", (1, 8))
+    with torch.no_grad():
+        expected = reference(input_ids=torch.from_numpy(feeds["input"])).last_hidden_state
+    (actual,) = outputs(pruned, feeds)
+    assert actual.shape == (1, 8, 48)
+    assert_same_outputs([expected.numpy()], [actual])
+
+
+def test_cli_hidden_size_only_when_outputs_may_change(tmp_path, capsys):
+    import json
+
+    from graphprune.cli import main
+
+    model = str(cached("bert", "dynamo"))
+    report = tmp_path / "r.json"
+    common = ["--ratio", "0.25", "--only", "hidden", "--input-shape", "input=1,8", "--quiet"]
+    assert main(["prune", model, "-o", str(tmp_path / "a.onnx"), *common]) == 0
+    assert "pruned 0 of" in capsys.readouterr().out  # the hidden size reaches the output
+    args = ["prune", model, "-o", str(tmp_path / "b.onnx"), *common, "--prune-outputs"]
+    assert main([*args, "--report", str(report)]) == 0
+    data = json.loads(report.read_text())
+    assert data["validation"]["outputs"][0]["shape"] == [1, 8, 48]
+    assert set(data["params_removed_by_kind"]) == {"hidden"}
+    hidden = [g for g in data["groups"] if g["kind"] == "hidden"]
+    assert hidden[0]["approximations"] and len(hidden[0]["removed"]) == 16

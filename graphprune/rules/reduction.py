@@ -73,8 +73,16 @@ def arg_reduce(ctx: Context) -> None:
     _reduce_axes(ctx, x, [int(ctx.attr("axis", 0)) % rank], bool(ctx.attr("keepdims", 1)))
 
 
+# Statistics of a normalization over channels (RMSNorm, decomposed LayerNorm).
+STATISTICS = ("ReduceMean", "ReduceSumSquare", "ReduceL2")
+
+
 def _reduce_axes(ctx: Context, x: Layout, axes: list[int], keepdims: bool) -> None:
     if x.axis in axes:
+        if ctx.approximate_norms and ctx.node.op_type in STATISTICS and axes == [x.axis]:
+            # The statistic is computed over the kept channels only: approximate.
+            ctx.approximate(x.atoms, "a statistic over the channel axis changes")
+            return
         ctx.block("reduces over the channel axis")
         return
     axis = x.axis if keepdims else x.axis - sum(a < x.axis for a in axes)

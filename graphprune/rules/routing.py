@@ -135,7 +135,17 @@ def slice_(ctx: Context) -> None:
 
 @rule("Gather")
 def gather(ctx: Context) -> None:
-    """Gathering along another axis replaces that axis by the indices' axes."""
+    """Gathering along another axis replaces that axis by the indices' axes. Rows of a
+    constant 2-D table gathered by computed indices are an embedding lookup: its columns
+    are new channels (a transformer's hidden size), on the output's last axis."""
+    table = ctx.constant_shape(0)
+    if table is not None and len(table) == 2 and ctx.attr("axis", 0) == 0 and not ctx.tracked():
+        if ctx.constant_shape(1) is None:
+            out = ctx.new_atoms(table[1])
+            ctx.slice(0, 1, out, role="weight")
+            ctx.mark_embedding(out)
+            ctx.emit(0, Layout(len(ctx.input_shape(1) or ()), out))
+        return
     x = ctx.data_layout()
     if x is None:
         return
