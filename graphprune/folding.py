@@ -54,7 +54,8 @@ def fold_constants(model: onnx.ModelProto) -> int:
         if node.op_type in ("Gather", "Slice") and node.input[0] in partial:
             entries = _index_partial(node, partial[node.input[0]], known)
             if entries is not None:
-                _record(node.output[0], entries, known, partial, folded)
+                scalar = node.op_type == "Gather" and known[node.input[1]].ndim == 0
+                _record(node.output[0], entries, known, partial, folded, scalar)
             continue
         if node.op_type not in _FOLDABLE or len(node.output) != 1:
             continue
@@ -104,12 +105,14 @@ def _small(dims) -> bool:
     return count <= 65536
 
 
-def _record(name, entries, known, partial, folded) -> None:
+def _record(name, entries, known, partial, folded, scalar: bool = False) -> None:
+    """A fully known value is folded (a 0-d array for a scalar); a partly known vector is
+    kept for later Gathers and Slices."""
     if all(e is not None for e in entries):
-        value = np.array(entries, dtype=np.int64)
+        value = np.array(entries[0] if scalar else entries, dtype=np.int64)
         known[name] = value
         folded[name] = value
-    else:
+    elif not scalar:
         partial[name] = entries
 
 
@@ -118,8 +121,7 @@ def _index_partial(node, entries, known) -> list[int | None] | None:
         indices = known.get(node.input[1])
         if indices is None or indices.ndim > 1 or int(node_attribute(node, "axis", 0)) != 0:
             return None
-        picked = [entries[int(i)] for i in indices.reshape(-1)]
-        return picked if indices.ndim == 1 else (picked if picked[0] is None else None)
+        return [entries[int(i)] for i in indices.reshape(-1)]
     bounds = [known.get(name) if name else None for name in node.input[1:3]]
     if any(b is None for b in bounds) or (len(node.input) > 4 and node.input[4]):
         return None

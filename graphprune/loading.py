@@ -113,7 +113,7 @@ def infer_shapes(
     shapes = _shapes_in(inferred)
     # onnxruntime's symbolic inference keeps products of symbolic dims exact (a Reshape to
     # [B, S, -1, 64] gets its head count), which onnx's leaves unknown: it wins where it ran.
-    if symbolic and _has_unknown_dims(shapes):
+    if symbolic and _has_unknown_dims(skeleton, shapes):
         shapes.update(_symbolic_shapes(skeleton))
     for tensor in model.graph.initializer:
         shapes[tensor.name] = tuple(int(d) for d in tensor.dims)
@@ -130,8 +130,11 @@ def _shapes_in(model: onnx.ModelProto) -> dict[str, Shape]:
     return shapes
 
 
-def _has_unknown_dims(shapes: dict[str, Shape]) -> bool:
-    """Whether onnx left dims it could not relate (None, or symbols it invented)."""
+def _has_unknown_dims(model: onnx.ModelProto, shapes: dict[str, Shape]) -> bool:
+    """Whether onnx left shapes out (ops it does not know, such as onnxruntime's contrib
+    ops) or dims it could not relate (None, or symbols it invented)."""
+    if any(name and name not in shapes for node in model.graph.node for name in node.output):
+        return True
     return any(
         d is None or (isinstance(d, str) and d.startswith("unk__"))
         for shape in shapes.values()

@@ -87,10 +87,15 @@ class GraphBuilder:
         self.outputs.append(name)
 
     def model(self) -> onnx.ModelProto:
-        graph = helper.make_graph(self.nodes, "test", self.inputs, [], self.initializers)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
+        untyped = [helper.make_empty_tensor_value_info(name) for name in self.outputs]
+        graph = helper.make_graph(self.nodes, "test", self.inputs, untyped, self.initializers)
+        domains = sorted({node.domain for node in self.nodes} - {""})
+        opsets = [helper.make_opsetid("", self.opset)]
+        opsets += [helper.make_opsetid(domain, 1) for domain in domains]
+        model = helper.make_model(graph, opset_imports=opsets)
         model.ir_version = 8
         shapes = infer_shapes(model)
+        del model.graph.output[:]
         model.graph.output.extend(
             helper.make_tensor_value_info(name, TensorProto.FLOAT, shapes[name])
             for name in self.outputs

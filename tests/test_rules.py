@@ -357,3 +357,17 @@ def test_weights_in_constant_and_identity_nodes_count_as_weights():
     head(g, y, 8)
     analysis, _, _pruned = prune_and_check(g.model())
     assert [grp.channels for grp in groups(analysis)] == [8]
+
+
+@pytest.mark.parametrize(
+    "op,with_bias", [("FastGelu", True), ("BiasGelu", True), ("QuickGelu", False)]
+)
+def test_onnxruntime_fused_activations_slice_their_bias(op, with_bias):
+    g = GraphBuilder()
+    x = g.input([1, 6, 8])
+    y = g.op("MatMul", [x, g.weight(8, 16)])
+    inputs = [y, g.weight(16)] if with_bias else [y]
+    y = g.op(op, inputs, domain="com.microsoft")
+    g.output(g.op("MatMul", [y, g.weight(16, 4)]))
+    analysis, _, _ = prune_and_check(g.model())
+    assert [grp.channels for grp in groups(analysis)] == [16]

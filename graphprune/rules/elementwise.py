@@ -40,6 +40,11 @@ def unary(ctx: Context) -> None:
             ctx.emit(output, layout)
 
 
+# onnxruntime's contrib ops that are elementwise with an optional per-channel bias input.
+CONTRIB_ELEMENTWISE = ("BiasGelu", "FastGelu", "Gelu", "QuickGelu")
+
+
+@rule(*CONTRIB_ELEMENTWISE, domain="com.microsoft")
 @rule(*BROADCAST)
 def broadcast(ctx: Context) -> None:
     """Tracked operands couple position by position; a constant operand that is per-channel

@@ -255,9 +255,14 @@ def _choose_axis(ctx: Context, varying: list[int], offset: int) -> tuple[int, bo
     return preferred[-1], False
 
 
+# Layers with weights end the search, and so do selectors: a packed QKV projection is
+# reshaped to [B, S, 3, E] and Q, K, V are gathered from the 3-axis, which is no head axis.
+_ENDS_ATTENTION_SEARCH = {"MatMul", "Gemm", "Conv", "ConvTranspose", "Gather", "Split"}
+
+
 def _feeds_attention(view, tensor: str, depth: int = 8) -> bool:
     """Whether `tensor` reaches a MatMul of two computed operands within `depth` ops,
-    without passing through a layer with weights."""
+    without passing through a layer with weights or a selector."""
     frontier, seen = [tensor], set()
     for _ in range(depth):
         following = []
@@ -269,7 +274,7 @@ def _feeds_attention(view, tensor: str, depth: int = 8) -> bool:
                 constant_operand = any(view.is_constant(i) for i in consumer.input[:2] if i)
                 if consumer.op_type == "MatMul" and not constant_operand:
                     return True
-                if consumer.op_type not in ("MatMul", "Gemm", "Conv", "ConvTranspose"):
+                if consumer.op_type not in _ENDS_ATTENTION_SEARCH:
                     following.extend(o for o in consumer.output if o)
         frontier = following
     return False
