@@ -41,24 +41,40 @@ def calibrated_scores(
         raise GraphpruneError(
             f"criterion {criterion!r} needs calibration data (--calib FILE or --calib-random N)"
         )
-    n_classes = analysis.group_of_class.shape[0]
-    total = np.zeros(n_classes)
-    count = np.zeros(n_classes)
-    peak = np.full(n_classes, -np.inf)
+    layers = LayerReduction(analysis)
     for consumer in stats.consumers:
-        per_position = _position_scores(analysis, stats, consumer, criterion)
-        classes = analysis.class_of[consumer.positions.ravel()]
+        layers.add(consumer.positions, _position_scores(analysis, stats, consumer, criterion))
+    return layers.result(reduction)
+
+
+class LayerReduction:
+    """Per-layer contributions to each class's score, reduced across the layers of a group
+    (DepGraph's group reduction): "sum", "mean" or "max"; NaN where no layer contributed."""
+
+    def __init__(self, analysis: Analysis) -> None:
+        self.class_of = analysis.class_of
+        n_classes = analysis.group_of_class.shape[0]
+        self.total = np.zeros(n_classes)
+        self.count = np.zeros(n_classes)
+        self.peak = np.full(n_classes, -np.inf)
+
+    def add(self, atoms: np.ndarray, per_position: np.ndarray) -> None:
+        """One layer: the score of each position of `atoms` (positions of one class sum)."""
+        classes = self.class_of[atoms.ravel()]
+        n_classes = self.total.shape[0]
         per_class = np.bincount(classes, weights=per_position, minlength=n_classes)
         touched = np.bincount(classes, minlength=n_classes) > 0
-        total += per_class
-        count += touched
-        peak = np.where(touched, np.maximum(peak, per_class), peak)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        if reduction == "sum":
-            return np.where(count > 0, total, np.nan)
-        if reduction == "mean":
-            return total / count
-        return np.where(count > 0, peak, np.nan)
+        self.total += per_class
+        self.count += touched
+        self.peak = np.where(touched, np.maximum(self.peak, per_class), self.peak)
+
+    def result(self, reduction: str) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            if reduction == "sum":
+                return np.where(self.count > 0, self.total, np.nan)
+            if reduction == "mean":
+                return self.total / self.count
+            return np.where(self.count > 0, self.peak, np.nan)
 
 
 def _position_scores(

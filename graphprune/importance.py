@@ -17,7 +17,7 @@ import numpy as np
 
 from .analysis import Analysis
 from .channels import SliceConstant, SliceGroupedInput
-from .criteria import CALIBRATED, calibrated_scores, standardize
+from .criteria import CALIBRATED, LayerReduction, calibrated_scores, standardize
 from .errors import GraphpruneError
 
 CRITERIA = ("l1", "l2", "bn", "random", *CALIBRATED)
@@ -51,7 +51,7 @@ def class_scores(
     fallback: list[int] = []
     if criterion in ("bn", *CALIBRATED):
         if criterion == "bn":
-            scores = _reduce(analysis, n_classes, {"bn_scale"}, p=1, reduction=reduction)
+            scores = _reduce(analysis, {"bn_scale"}, p=1, reduction=reduction)
         else:
             scores = calibrated_scores(analysis, stats, criterion, reduction)
         has_bn = np.zeros(len(analysis.groups), dtype=bool)
@@ -59,21 +59,18 @@ def class_scores(
         has_bn[np.unique(analysis.group_of_class[covered & (analysis.group_of_class >= 0)])] = True
         fallback = [g.id for g in analysis.groups if g.prunable and not has_bn[g.id]]
         if fallback:
-            l2 = _reduce(analysis, n_classes, {"weight"}, p=2, reduction=reduction)
+            l2 = _reduce(analysis, {"weight"}, p=2, reduction=reduction)
             use_l2 = np.isin(analysis.group_of_class, fallback)
             scores = np.where(use_l2, l2, scores)
     else:
-        scores = _reduce(
-            analysis, n_classes, {"weight"}, p=1 if criterion == "l1" else 2, reduction=reduction
-        )
+        power = 1 if criterion == "l1" else 2
+        scores = _reduce(analysis, {"weight"}, p=power, reduction=reduction)
     scores = np.nan_to_num(scores, nan=0.0)
     return _normalize(analysis, scores, normalization), fallback
 
 
-def _reduce(analysis: Analysis, n_classes: int, roles: set[str], p: int, reduction: str):
-    total = np.zeros(n_classes)
-    count = np.zeros(n_classes)
-    peak = np.full(n_classes, -np.inf)
+def _reduce(analysis: Analysis, roles: set[str], p: int, reduction: str) -> np.ndarray:
+    layers = LayerReduction(analysis)
     for edit in analysis.edits:
         if not isinstance(edit, SliceConstant | SliceGroupedInput) or edit.role not in roles:
             continue
@@ -92,20 +89,8 @@ def _reduce(analysis: Analysis, n_classes: int, roles: set[str], p: int, reducti
                 .reshape(magnitude.shape[edit.axis], -1)
                 .sum(axis=1)
             )
-        classes = analysis.class_of[edit.atoms.ravel()]
-        per_class = np.bincount(classes, weights=per_position, minlength=n_classes)
-        touched = np.bincount(classes, minlength=n_classes) > 0
-        total += per_class
-        count += touched
-        peak = np.where(touched, np.maximum(peak, per_class), peak)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        if reduction == "sum":
-            result = np.where(count > 0, total, np.nan)
-        elif reduction == "mean":
-            result = total / count
-        else:
-            result = np.where(count > 0, peak, np.nan)
-    return result
+        layers.add(edit.atoms, per_position)
+    return layers.result(reduction)
 
 
 def _normalize(analysis: Analysis, scores: np.ndarray, normalization: str) -> np.ndarray:
