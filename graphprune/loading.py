@@ -114,7 +114,9 @@ def infer_shapes(
     # onnxruntime's symbolic inference keeps products of symbolic dims exact (a Reshape to
     # [B, S, -1, 64] gets its head count), which onnx's leaves unknown: it wins where it ran.
     if symbolic and _has_unknown_dims(skeleton, shapes):
-        shapes.update(_symbolic_shapes(skeleton))
+        for name, shape in _symbolic_shapes(skeleton).items():
+            if _better(shape, shapes.get(name)):
+                shapes[name] = shape
     for tensor in model.graph.initializer:
         shapes[tensor.name] = tuple(int(d) for d in tensor.dims)
     return shapes
@@ -128,6 +130,20 @@ def _shapes_in(model: onnx.ModelProto) -> dict[str, Shape]:
         if shape is not None and (None not in shape or info.name not in shapes):
             shapes[info.name] = shape
     return shapes
+
+
+def _better(candidate: Shape, current: Shape | None) -> bool:
+    """Whether the symbolic result knows more than onnx's: more static dims, or as many
+    with related symbols where onnx invented unrelated ones."""
+    if current is None or len(current) != len(candidate):
+        return True
+
+    def static(shape: Shape) -> int:
+        return sum(isinstance(d, int) for d in shape)
+
+    if static(candidate) != static(current):
+        return static(candidate) > static(current)
+    return any(d is None or (isinstance(d, str) and d.startswith("unk__")) for d in current)
 
 
 def _has_unknown_dims(model: onnx.ModelProto, shapes: dict[str, Shape]) -> bool:
