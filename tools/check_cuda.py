@@ -10,39 +10,20 @@ the masking oracle on the GPU, and times both models alternately in one process.
 from __future__ import annotations
 
 import argparse
-import io
 import sys
-import warnings
+import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_latency import export_batch  # tools/ is on the path when run as a script
+
 import graphprune as gp
 from graphprune.metrics import count_macs
 from graphprune.validation import bench, execution_provider, run, session
-from models.zoo import ZOO, build
-
-
-def export(name: str, batch: int, size: int | None) -> onnx.ModelProto:
-    shape = (batch, *ZOO[name].input_shape[1:])
-    if size:
-        shape = (*shape[:-2], size, size)
-    buffer = io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            build(name),
-            (torch.randn(shape),),
-            buffer,
-            dynamo=False,
-            opset_version=18,
-            input_names=["input"],
-        )
-    return onnx.load_from_string(buffer.getvalue())
 
 
 def main() -> int:
@@ -60,9 +41,10 @@ def main() -> int:
         f"{'model':14} {'batch':>5} {'MACs x':>7} {'before ms':>10} {'after ms':>9} "
         f"{'speedup':>8} {'oracle':>9}"
     )
+    folder = tempfile.mkdtemp(prefix="graphprune-cuda-")
     for name in args.models:
         for batch in args.batches:
-            model = gp.load(export(name, batch, args.size))
+            model = gp.load(export_batch(name, "classic", batch, Path(folder), args.size))
             analysis = gp.analyze(model)
             plan = gp.plan(analysis, 0.5)
             pruned = gp.prune(analysis, plan)
