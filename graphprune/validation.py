@@ -31,6 +31,7 @@ _NP_TYPES = {
     "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_,
 }  # fmt: skip
 DEFAULT_DIM = 224  # for symbolic non-batch input dims when the user gives no shape
+DEFAULT_LENGTH = 16  # the same for integer inputs (sequences of token ids)
 
 
 @cache
@@ -102,7 +103,8 @@ def input_shapes(
     model: onnx.ModelProto, given: dict[str, tuple[int, ...]] | None = None, batch: int = 1
 ) -> dict[str, tuple[int, ...]]:
     """Concrete input shapes: given ones, else static dims with symbolic batch -> `batch`
-    and other symbolic dims -> DEFAULT_DIM."""
+    and other symbolic dims -> DEFAULT_DIM (images), or DEFAULT_LENGTH for integer inputs
+    (token ids: a short sequence fits any position table)."""
     initializers = {t.name for t in model.graph.initializer}
     shapes = {}
     for info in model.graph.input:
@@ -111,12 +113,14 @@ def input_shapes(
         if given and info.name in given:
             shapes[info.name] = tuple(given[info.name])
             continue
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(info.type.tensor_type.elem_type)
+        default = DEFAULT_LENGTH if np.issubdtype(dtype, np.integer) else DEFAULT_DIM
         dims = []
         for axis, dim in enumerate(info.type.tensor_type.shape.dim):
             if dim.HasField("dim_value"):
                 dims.append(int(dim.dim_value))
             else:
-                dims.append(batch if axis == 0 else DEFAULT_DIM)
+                dims.append(batch if axis == 0 else default)
         shapes[info.name] = tuple(dims)
     return shapes
 
