@@ -371,3 +371,15 @@ def test_onnxruntime_fused_activations_slice_their_bias(op, with_bias):
     g.output(g.op("MatMul", [y, g.weight(16, 4)]))
     analysis, _, _ = prune_and_check(g.model())
     assert [grp.channels for grp in groups(analysis)] == [16]
+
+
+def test_onnxruntime_fused_attention_declines_with_the_reason():
+    g = GraphBuilder()
+    x = g.input([1, 6, 16])
+    hidden = g.op("MatMul", [x, g.weight(16, 16)])
+    normed = g.op(
+        "SkipLayerNormalization", [hidden, x, g.weight(16), g.weight(16)], domain="com.microsoft"
+    )
+    g.output(g.op("MatMul", [normed, g.weight(16, 4)]))
+    analysis = gp.analyze(gp.load(g.model()))
+    assert "no channel rule for op com.microsoft.SkipLayerNormalization" in reasons(analysis)
