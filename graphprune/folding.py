@@ -14,7 +14,7 @@ import onnx
 from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from .graph import node_attribute
+from .graph import node_attribute, outer_scope_reads
 from .loading import infer_shapes
 
 _FOLDABLE = {
@@ -177,9 +177,7 @@ def _remove_dead_nodes(graph: onnx.GraphProto) -> None:
             keep.append(node)
             needed |= {name for name in node.input if name}
             if subgraph_reads:
-                from .graph import _outer_scope_reads
-
-                needed |= _outer_scope_reads(node)
+                needed |= outer_scope_reads(node)
     keep.reverse()
     del graph.node[:]
     graph.node.extend(keep)

@@ -9,7 +9,6 @@ exports route weights through those).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from functools import cached_property
 
 import networkx as nx
@@ -48,7 +47,7 @@ class GraphView:
                     g.add_edge((TENSOR, name), (OP, node.name), index=index)
             # Tensors a subgraph reads from the outer scope are inputs of the node too:
             # whatever flows into an If or Loop body must be seen by the analysis.
-            for name in sorted(_outer_scope_reads(node)):
+            for name in sorted(outer_scope_reads(node)):
                 g.add_node((TENSOR, name))
                 if not g.has_edge((TENSOR, name), (OP, node.name)):
                     g.add_edge((TENSOR, name), (OP, node.name), index=-1)
@@ -70,7 +69,7 @@ class GraphView:
     def _file_order_is_topological(self) -> bool:
         available = set(self.graph_inputs) | set(self.initializers) | {""}
         for node in self.model.graph.node:
-            needed = set(node.input) | _outer_scope_reads(node)
+            needed = set(node.input) | outer_scope_reads(node)
             if not needed <= available:
                 return False
             available.update(node.output)
@@ -98,12 +97,6 @@ class GraphView:
     def shape(self, tensor: str) -> Shape | None:
         return self.shapes.get(tensor)
 
-    def static_shape(self, tensor: str) -> tuple[int, ...] | None:
-        shape = self.shapes.get(tensor)
-        if shape is None or not all(isinstance(d, int) for d in shape):
-            return None
-        return shape  # type: ignore[return-value]
-
     def constant_shape(self, tensor: str) -> tuple[int, ...] | None:
         """The shape of a constant without decoding its values (None if not constant)."""
         name = self.storage(tensor)
@@ -113,10 +106,6 @@ class GraphView:
             return tuple(int(d) for d in self.initializers[name].dims)
         value = self.constant(name)
         return None if value is None else value.shape
-
-    def rank(self, tensor: str) -> int | None:
-        shape = self.shapes.get(tensor)
-        return None if shape is None else len(shape)
 
     def constant(self, tensor: str) -> np.ndarray | None:
         """The value of a tensor known without running the model, else None."""
@@ -174,9 +163,6 @@ class GraphView:
         value = None if attribute is None else self.attribute(node, attribute)
         return None if value is None else [int(v) for v in np.atleast_1d(value)]
 
-    def op_nodes(self) -> Iterator[onnx.NodeProto]:
-        yield from self.order
-
 
 def node_attribute(node: onnx.NodeProto, name: str, default=None):
     for attribute in node.attribute:
@@ -205,7 +191,7 @@ def _constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
     return None
 
 
-def _outer_scope_reads(node: onnx.NodeProto) -> set[str]:
+def outer_scope_reads(node: onnx.NodeProto) -> set[str]:
     reads: set[str] = set()
     for attribute in node.attribute:
         subgraphs = list(attribute.graphs)
@@ -221,6 +207,6 @@ def _free_names(graph: onnx.GraphProto) -> set[str]:
     free: set[str] = set()
     for node in graph.node:
         free |= {name for name in node.input if name and name not in defined}
-        free |= _outer_scope_reads(node) - defined
+        free |= outer_scope_reads(node) - defined
         defined |= set(node.output)
     return free

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import onnx
 
 from .graph import node_attribute
@@ -56,12 +55,3 @@ def node_macs(node: onnx.NodeProto, shapes: dict) -> int:
             k = a[0] if transposed else a[-1]
             return int(math.prod(out) * int(k))
     return 0
-
-
-def param_bytes(model: onnx.ModelProto) -> int:
-    return int(
-        sum(
-            np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize * math.prod(t.dims)
-            for t in model.graph.initializer
-        )
-    )

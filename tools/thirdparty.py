@@ -24,7 +24,6 @@ import argparse
 import hashlib
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -254,11 +253,6 @@ def fetch(name: str) -> Path:
     return target
 
 
-def fetch_all() -> dict[str, Path]:
-    """Fetch every registered model."""
-    return {name: fetch(name) for name in MODELS}
-
-
 def validation_input(name: str, seed: int = 0) -> dict[str, np.ndarray]:
     """A random float32 feed of the model's validation shape, in [0, 1)."""
     import numpy as np
@@ -266,11 +260,6 @@ def validation_input(name: str, seed: int = 0) -> dict[str, np.ndarray]:
     m = get(name)
     x = np.random.default_rng(seed).random(m.input_shape, dtype=np.float32)
     return {m.input_name: x}
-
-
-def clear_cache() -> None:
-    """Delete the whole cache directory."""
-    shutil.rmtree(cache_dir(), ignore_errors=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -284,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.list:
         for m in MODELS.values():
             shape = "x".join(map(str, m.input_shape))
-            print(f"{m.name:14s} {m.requirement:28s} {m.member}  {m.input_name}:{shape}")
+            print(f"{m.name:14s} {m.requirement:28s} {m.input_name}:{shape}  {m.description}")
         return 0
     names = list(MODELS) if args.all else args.names
     if not names:

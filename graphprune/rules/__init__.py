@@ -29,8 +29,4 @@ def rule(*op_types: str, domain: str = "") -> Callable[[Rule], Rule]:
     return register
 
 
-def supported_ops() -> list[str]:
-    return sorted(f"{d}.{op}" if d else op for d, op in RULES)
-
-
 from . import conv, elementwise, linear, normalization, reduction, routing, shape  # noqa: E402,F401

@@ -138,7 +138,8 @@ def lrn(ctx: Context) -> None:
 @rule("CumSum")
 def cumsum(ctx: Context) -> None:
     axis = ctx.constant(1)
-    rank = len(ctx.input_shape(0) or ())
-    _stops_if_normalized(ctx, set() if axis is None else {int(axis) % rank}, "accumulates")
     if axis is None:
         ctx.block("axis computed at runtime")
+        return
+    rank = len(ctx.input_shape(0) or ())
+    _stops_if_normalized(ctx, {int(axis) % rank}, "accumulates")

@@ -227,9 +227,6 @@ def _constant_along(grid: np.ndarray, axis: int) -> bool:
     return bool(np.all(grid == np.take(grid, [0], axis=axis)))
 
 
-REDUCING_CONSUMERS = {"InstanceNormalization", "GroupNormalization", "LayerNormalization"}
-
-
 def _choose_axis(ctx: Context, varying: list[int], offset: int) -> tuple[int, bool]:
     """Which output axis keeps distinct channels. A consumer that computes statistics over
     some axes (a decomposed GroupNorm reshapes to [N, G, -1] and normalizes per group)
@@ -372,13 +369,11 @@ def _reads_other_entries(ctx: Context, consumer, entry: int) -> bool:
     if consumer.op_type == "Slice":
         starts = view.int_list(consumer, 1, "starts")
         ends = view.int_list(consumer, 2, "ends")
-        if starts is None or ends is None or len(starts) != 1:
+        steps = view.int_list(consumer, 4, None) or [1]
+        length = (ctx.output_shape() or (None,))[0]  # entries in the Shape output
+        if starts is None or ends is None or len(starts) != 1 or not isinstance(length, int):
             return False
-        rank = len(ctx.output_shape() or ()) and ctx.output_shape()[0]
-        if not isinstance(rank, int):
-            return False
-        start, end, step = slice(starts[0], ends[0]).indices(rank)
-        return entry not in range(start, end, step)
+        return entry not in range(*slice(starts[0], ends[0], steps[0]).indices(length))
     return False
 
 
