@@ -13,8 +13,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 import graphprune as gp
-from graphprune.loading import infer_shapes
-from graphprune.validation import input_shapes, random_inputs, run, session
+from graphprune.io.shapes import infer_shapes
+from graphprune.runtime.inputs import input_shapes, random_inputs
+from graphprune.runtime.sessions import run, session
 
 
 def outputs(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
@@ -35,7 +36,7 @@ def prune_and_check(model: onnx.ModelProto, ratio: float = 0.5, feeds=None, **op
     """Prune at `ratio`, check the oracle, return (analysis, plan, pruned)."""
     model = gp.load(model)
     analysis = gp.analyze(model)
-    plan = gp.plan(analysis, ratio, **options)
+    plan = gp.plan(analysis, gp.PlanOptions(ratio=ratio, **options))
     pruned = gp.prune(analysis, plan)
     feeds = feeds or random_inputs(model, input_shapes(model), seed=1)
     assert_same_outputs(outputs(gp.mask(analysis, plan), feeds), outputs(pruned, feeds))

@@ -12,10 +12,10 @@ from onnx import TensorProto, helper, numpy_helper
 from oracle import outputs
 
 import graphprune as gp
-from graphprune.calibration import collect
 from graphprune.cli import main
-from graphprune.metrics import count_macs
-from graphprune.planning import plan_from_json
+from graphprune.core.metrics import count_macs
+from graphprune.planning.plan import plan_from_json
+from graphprune.posttrain.statistics import collect
 
 EXAMPLE = "models/example/resnet_tiny.onnx"
 rng = np.random.default_rng(0)
@@ -96,7 +96,7 @@ def _prune(model, tmp_path, method: str, damp: float = 1e-9, samples: int = 64):
             ]
         },
     )
-    pruned = gp.compensate(analysis, plan, stats, method, damp=damp)
+    pruned = gp.compensate(analysis, plan, stats, method=method, damp=damp)
     shape[0] = 5
     feeds = {"x": rng.standard_normal(shape).astype(np.float32)}
     expected = outputs(model, feeds)[0]
@@ -132,8 +132,8 @@ def test_matmul_without_bias_gets_an_add():
     analysis = gp.analyze(model)
     data = gp.CalibrationData(random=32, shapes={"x": (8,)})
     stats = gp.calibrate(analysis, data, scatter=True)
-    plan = gp.plan(analysis, 0.34, criterion="wanda", stats=stats)
-    pruned = gp.compensate(analysis, plan, stats, "lsq", damp=1e-9)
+    plan = gp.plan(analysis, gp.PlanOptions(ratio=0.34, criterion="wanda"), stats=stats)
+    pruned = gp.compensate(analysis, plan, stats, method="lsq", damp=1e-9)
     assert any(n.op_type == "Add" for n in pruned.graph.node)
     feeds = {"x": rng.standard_normal((5, 8)).astype(np.float32)}
     np.testing.assert_allclose(outputs(pruned, feeds)[0], outputs(model, feeds)[0], atol=1e-3)
@@ -142,7 +142,7 @@ def test_matmul_without_bias_gets_an_add():
 def test_flap_removes_constant_channels_first(tmp_path):
     _, analysis, stats, _ = _prune(gemm_model("constant"), tmp_path, "bias")
     for criterion in ("flap", "activation", "wanda"):
-        plan = gp.plan(analysis, 0.34, criterion=criterion, stats=stats)
+        plan = gp.plan(analysis, gp.PlanOptions(ratio=0.34, criterion=criterion), stats=stats)
         assert plan.choices[0].removed == [4, 5], criterion
 
 
@@ -173,7 +173,9 @@ def test_statistics_do_not_depend_on_the_batch_size(tmp_path):
 def test_budget_reaches_the_macs_target():
     model = gp.load(EXAMPLE)
     analysis = gp.analyze(model)
-    plan = gp.plan(analysis, 0.0, criterion="l2", budget=gp.Budget("macs", 0.5), round_to=2)
+    plan = gp.plan(
+        analysis, gp.PlanOptions(criterion="l2", budget=gp.Budget("macs", 0.5), round_to=2)
+    )
     pruned = gp.prune(analysis, plan)
     shapes = {"input": (1, 3, 32, 32)}
     kept = count_macs(pruned, shapes) / count_macs(model, shapes)
@@ -185,7 +187,7 @@ def test_budget_reaches_the_macs_target():
 def test_calibrated_criterion_needs_data():
     analysis = gp.analyze(gp.load(EXAMPLE))
     with pytest.raises(gp.GraphpruneError, match="needs calibration data"):
-        gp.plan(analysis, 0.5, criterion="flap")
+        gp.plan(analysis, gp.PlanOptions(ratio=0.5, criterion="flap"))
 
 
 def test_cli_post_training(tmp_path):

@@ -12,8 +12,9 @@ from bench_diff import renamed
 
 import graphprune as gp
 from graphprune.cli import main
-from graphprune.diff import diff_models, structural_changes
-from graphprune.metrics import count_params
+from graphprune.core.metrics import count_params
+from graphprune.inspect.diff import diff_models, structural_changes
+from graphprune.runtime.inputs import random_inputs
 from models.export import cached
 from models.zoo import ZOO
 
@@ -116,7 +117,7 @@ def test_cli_diff_json_html_deterministic_and_exit_code(tmp_path, capsys):
     source = cached("resnet_tiny", "classic")
     pruned = tmp_path / "pruned.onnx"
     assert main(["prune", str(source), "-o", str(pruned), "--ratio", "0.5", "--quiet"]) == 0
-    feeds = gp.validation.random_inputs(onnx.load(source), {"input": (1, 3, 32, 32)})
+    feeds = random_inputs(onnx.load(source), {"input": (1, 3, 32, 32)})
     np.savez(tmp_path / "in.npz", **feeds)
     outputs = []
     for run in ("1", "2"):

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 import graphprune as gp
-from graphprune.diff import diff_models
-from graphprune.html_report import analysis_html, diff_html, render
-from graphprune.validation import input_shapes, random_inputs
+from graphprune.inspect.diff import diff_models
+from graphprune.inspect.html import analysis_html, diff_html, render
+from graphprune.runtime.inputs import input_shapes, random_inputs
 from models.export import cached
 
 BROWSER = next(

@@ -8,8 +8,8 @@ import pytest
 from oracle import GraphBuilder, prune_and_check
 
 import graphprune as gp
-from graphprune.rules import RULES
-from graphprune.rules.elementwise import BROADCAST, UNARY
+from graphprune.core.rules import RULES
+from graphprune.core.rules.elementwise import BROADCAST, UNARY
 
 
 def head(g: GraphBuilder, x: str, channels: int, spatial: tuple[int, ...] = (8, 8)) -> None:
@@ -22,7 +22,7 @@ def groups(analysis, prunable=True):
 
 
 def reasons(analysis) -> str:
-    return " | ".join(r for grp in analysis.groups for r in grp.reasons)
+    return " | ".join(str(r) for grp in analysis.groups for r in grp.reasons)
 
 
 def test_conv_plain_1d_2d_3d():

@@ -9,7 +9,7 @@ from oracle import assert_same_outputs, outputs
 from thirdparty import MODELS, ThirdPartyUnavailable, fetch, validation_input
 
 import graphprune as gp
-from graphprune.metrics import count_params
+from graphprune.core.metrics import count_params
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

@@ -10,9 +10,9 @@ import pytest
 from oracle import assert_same_outputs, outputs
 
 import graphprune as gp
-from graphprune.metrics import count_params
-from graphprune.planning import GroupChoice, Plan
-from graphprune.validation import input_shapes, random_inputs
+from graphprune.core.metrics import count_params
+from graphprune.planning.plan import GroupChoice, Plan
+from graphprune.runtime.inputs import input_shapes, random_inputs
 from models.export import cached
 from models.zoo import ZOO
 

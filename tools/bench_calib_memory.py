@@ -28,7 +28,7 @@ PER_FILE = 256
 
 def child(folder: str, batch: int) -> None:
     import graphprune as gp
-    from graphprune.calibration import collect
+    from graphprune.posttrain.statistics import collect
 
     model = gp.load(EXAMPLE)
     analysis = gp.analyze(model)

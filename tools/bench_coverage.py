@@ -60,8 +60,9 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import graphprune as gp  # noqa: E402
-from graphprune.metrics import count_macs, count_params  # noqa: E402
-from graphprune.validation import compare, input_shapes, random_inputs  # noqa: E402
+from graphprune.core.metrics import count_macs, count_params  # noqa: E402
+from graphprune.runtime.inputs import input_shapes, random_inputs  # noqa: E402
+from graphprune.runtime.validation import compare  # noqa: E402
 from models.export import EXPORTERS, OPSET, cached  # noqa: E402
 from models.zoo import ZOO, build, example_input  # noqa: E402
 
@@ -76,7 +77,7 @@ QUICK_MODELS = ["resnet18", "mobilenetv2", "yolov8", "convnext", "vgg"]
 def graphprune_row(model: onnx.ModelProto, ratio: float, shapes=None, feeds=None) -> dict:
     model = gp.load(model)
     analysis = gp.analyze(model)
-    plan = gp.plan(analysis, ratio, criterion="l2")
+    plan = gp.plan(analysis, gp.PlanOptions(ratio=ratio, criterion="l2"))
     pruned = gp.prune(analysis, plan)
     oracle = gp.mask(analysis, plan)
     shapes = input_shapes(model, shapes)
@@ -85,7 +86,7 @@ def graphprune_row(model: onnx.ModelProto, ratio: float, shapes=None, feeds=None
     total = sum(g.channels for g in analysis.groups)
     params = count_params(model), count_params(pruned)
     macs = count_macs(model, shapes), count_macs(pruned, shapes)
-    reasons = Counter(g.reasons[0] for g in analysis.groups if not g.prunable)
+    reasons = Counter(str(g.reasons[0]) for g in analysis.groups if not g.prunable)
     return {
         "groups": f"{len(analysis.prunable_groups)}/{len(analysis.groups)}",
         "channels": sum(g.channels for g in analysis.prunable_groups) / total if total else 0,

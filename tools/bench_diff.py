@@ -30,7 +30,7 @@ import onnx  # noqa: E402
 from bench_analyze import synthetic_model  # noqa: E402
 
 import graphprune as gp  # noqa: E402
-from graphprune.diff import diff_models, structural_changes  # noqa: E402
+from graphprune.inspect.diff import diff_models, structural_changes  # noqa: E402
 
 TARGET_1K_S = 2.0
 

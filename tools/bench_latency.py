@@ -53,8 +53,9 @@ import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 
 import graphprune as gp  # noqa: E402
-from graphprune.metrics import count_macs  # noqa: E402
-from graphprune.validation import bench, input_shapes, random_inputs  # noqa: E402
+from graphprune.core.metrics import count_macs  # noqa: E402
+from graphprune.runtime.inputs import input_shapes, random_inputs  # noqa: E402
+from graphprune.runtime.latency import bench  # noqa: E402
 from models.export import EXPORTERS, OPSET, cached, normalize  # noqa: E402
 from models.zoo import ZOO, build  # noqa: E402
 
@@ -117,7 +118,7 @@ def export_batch(
 def prune_and_time(model, ratio, repeats, provider, threads, round_to=1, seed=0) -> dict:
     model = gp.load(model)
     analysis = gp.analyze(model)
-    plan = gp.plan(analysis, ratio, criterion="l2", round_to=round_to)
+    plan = gp.plan(analysis, gp.PlanOptions(ratio=ratio, criterion="l2", round_to=round_to))
     pruned = gp.prune(analysis, plan)
     shapes = input_shapes(model)
     feeds = random_inputs(model, shapes, seed)

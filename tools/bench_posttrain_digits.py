@@ -27,8 +27,8 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 
 import graphprune as gp
-from graphprune.metrics import count_macs
-from graphprune.validation import run, session
+from graphprune.core.metrics import count_macs
+from graphprune.runtime.sessions import run, session
 
 SHAPES = {"image": (1, 1, 8, 8)}
 
@@ -144,9 +144,10 @@ def main() -> int:
         budget = gp.Budget("macs", args.target_macs, SHAPES)
         rows = []
         for criterion in ("random", "l1", "l2", "activation", "wanda", "flap"):
-            plan = gp.plan(analysis, 0.0, criterion=criterion, stats=stats, budget=budget)
+            options = gp.PlanOptions(criterion=criterion, budget=budget)
+            plan = gp.plan(analysis, options, stats=stats)
             for method in ("none", "bias", "lsq"):
-                pruned = gp.compensate(analysis, plan, stats, method)
+                pruned = gp.compensate(analysis, plan, stats, method=method)
                 kept = count_macs(pruned, SHAPES) / macs_dense
                 score = accuracy(pruned, x_test, y_test)
                 rows.append((f"graphprune {criterion}", method, kept, score))

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 import graphprune as gp
-from graphprune.calibration import collect, find_consumers
-from graphprune.validation import run, session
+from graphprune.posttrain.statistics import collect, find_consumers
+from graphprune.runtime.sessions import run, session
 
 SUBJECTS = [
     "the old fisherman", "a young doctor", "my neighbour", "the city council", "our teacher",
@@ -157,7 +157,7 @@ def main() -> int:
         pruned_groups = mlp + (heads if args.head_ratio else [])
         consumers = find_consumers(analysis, [g.id for g in pruned_groups])
         t0 = time.perf_counter()
-        stats = collect(analysis, data, consumers, batch=64, scatter=True)
+        stats = collect(analysis, data, consumers=consumers, batch=64, scatter=True)
         calib_s = time.perf_counter() - t0
         print(f"MiniLM-L6 ONNX: {len(analysis.groups)} groups, {len(mlp)} MLP groups (50% "
               f"pruned), {len(heads)} head groups ({args.head_ratio:.0%} pruned)")  # fmt: skip
@@ -169,11 +169,14 @@ def main() -> int:
         header = ("criterion", "compensate", "cosine", "min cos", "NN agree")
         print("\n{:<11} {:<10} {:>7} {:>7} {:>8}".format(*header))
         for criterion in criteria:
-            plan = gp.plan(analysis, 0.5, criterion=criterion, stats=stats,
-                           only=["mlp", "heads"] if args.head_ratio else ["mlp"],
-                           kind_ratios={"heads": args.head_ratio})  # fmt: skip
+            options = gp.PlanOptions(
+                ratio=0.5, criterion=criterion,
+                only=("mlp", "heads") if args.head_ratio else ("mlp",),
+                kind_ratios={"heads": args.head_ratio},
+            )  # fmt: skip
+            plan = gp.plan(analysis, options, stats=stats)
             for method in methods:
-                pruned = gp.compensate(analysis, plan, stats, method, damp=args.damp)
+                pruned = gp.compensate(analysis, plan, stats, method=method, damp=args.damp)
                 emb = embed(pruned, feeds_list)
                 cosine = (emb * dense).sum(1)
                 agree = float((neighbours(emb) == dense_nn).mean())

@@ -19,8 +19,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import graphprune as gp
-from graphprune.metrics import count_macs, count_params
-from graphprune.validation import bench
+from graphprune.core.metrics import count_macs, count_params
+from graphprune.runtime.latency import bench
 from models.transformers_zoo import TRANSFORMERS, VOCAB, cached
 
 

@@ -22,8 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_latency import export_batch  # tools/ is on the path when run as a script
 
 import graphprune as gp
-from graphprune.metrics import count_macs
-from graphprune.validation import bench, execution_provider, run, session
+from graphprune.core.metrics import count_macs
+from graphprune.runtime.latency import bench
+from graphprune.runtime.sessions import execution_provider, run, session
 
 
 def main() -> int:

@@ -1,0 +1,141 @@
+"""The public verbs, one per stage, each a thin call into its subpackage.
+
+    model = load("model.onnx")
+    analysis = analyze(model)
+    chosen = plan(analysis, 0.5)                      # or PlanOptions(...)
+    pruned = prune(analysis, chosen)
+    validate(model, pruned)
+    save(pruned, "model.pruned.onnx")
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+
+from .core.analysis import Analysis, AnalysisOptions, analyze_view
+from .core.graph import GraphView
+from .core.rewrite import masked, rewrite
+from .io.checks import check_model
+from .io.loading import load_model
+from .io.saving import save_model
+from .planning.plan import Plan, PlanOptions, make_plan, plan_from_json
+from .posttrain.compensation import compensated_model
+from .posttrain.data import CalibrationData
+from .posttrain.statistics import CalibrationStats, collect
+from .runtime.inputs import input_shapes, random_inputs
+from .runtime.validation import Validation, compare
+
+
+def load(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
+    """Load a model (path with external data, or a ModelProto, which is copied)."""
+    return load_model(source)
+
+
+def analyze(
+    model: onnx.ModelProto,
+    *,
+    approximate_norms: bool = False,
+    prune_outputs: bool = False,
+    progress: bool = False,
+) -> Analysis:
+    """Find every group of coupled channels, and why the unprunable ones are.
+
+    `approximate_norms=True` also prunes channels that a normalization over channels
+    mixes (LayerNorm, RMSNorm: inexact, marked in `Group.approximations`; needed for a
+    transformer's hidden size); `prune_outputs=True` lets model outputs lose channels."""
+    options = AnalysisOptions(approximate_norms=approximate_norms, prune_outputs=prune_outputs)
+    return analyze_view(GraphView(model), options=options, progress=progress)
+
+
+def plan(
+    analysis: Analysis,
+    options: PlanOptions | float,
+    *,
+    stats: CalibrationStats | None = None,
+) -> Plan:
+    """Choose the channels to remove: `options`, or a plain ratio (`PlanOptions(ratio=r)`);
+    `stats` from `calibrate` feed the calibrated criteria."""
+    if not isinstance(options, PlanOptions):
+        options = PlanOptions(ratio=float(options))
+    return make_plan(analysis, options, stats=stats)
+
+
+def prune(analysis: Analysis, plan: Plan, *, check: bool = True) -> onnx.ModelProto:
+    """The pruned model; the plan is recorded in its metadata ("graphprune.plan")."""
+    pruned = rewrite(analysis, plan.keep_atom(analysis), plan.to_json(analysis))
+    if check:
+        check_model(pruned)
+    return pruned
+
+
+def mask(analysis: Analysis, plan: Plan) -> onnx.ModelProto:
+    """The original model with the removed channels' consumer weights zeroed (the oracle)."""
+    return masked(analysis, plan.keep_atom(analysis))
+
+
+def calibrate(
+    analysis: Analysis,
+    data: CalibrationData,
+    *,
+    batch: int = 32,
+    scatter: bool = False,
+    progress: bool = False,
+) -> CalibrationStats:
+    """Running statistics of every input of the prunable channels' consumers over the
+    calibration data (`scatter=True` adds X^T X for least-squares compensation)."""
+    return collect(analysis, data, batch=batch, scatter=scatter, progress=progress)
+
+
+def compensate(
+    analysis: Analysis,
+    plan: Plan,
+    stats: CalibrationStats,
+    *,
+    method: str = "lsq",
+    damp: float = 0.01,
+    check: bool = True,
+    notes: list[str] | None = None,
+) -> onnx.ModelProto:
+    """Like `prune`, with the consumers of removed channels compensated in closed form
+    ("bias" or "lsq", see `graphprune.posttrain.compensation`); what could not be
+    compensated is appended to `notes` when given.
+
+    The compensated dense model is analysed again and the same channels (by group name and
+    index) are removed from it, so the rewrite is the ordinary one."""
+    dense, found = compensated_model(
+        analysis, plan.keep_atom(analysis), stats, method=method, damp=damp
+    )
+    if notes is not None:
+        notes.extend(found)
+    record = plan.to_json(analysis)
+    record["options"]["compensate"] = method
+    if method == "none":
+        pruned = rewrite(analysis, plan.keep_atom(analysis), record)
+    else:
+        again = analyze_view(GraphView(dense), options=analysis.options)
+        same = plan_from_json(again, record)
+        pruned = rewrite(again, same.keep_atom(again), record)
+    if check:
+        check_model(pruned)
+    return pruned
+
+
+def validate(
+    original: onnx.ModelProto,
+    pruned: onnx.ModelProto,
+    *,
+    inputs: dict[str, np.ndarray] | None = None,
+    shapes: dict[str, tuple[int, ...]] | None = None,
+    seed: int = 0,
+) -> Validation:
+    """Run both models in onnxruntime on the same inputs (seeded random unless given)."""
+    feeds = inputs or random_inputs(original, input_shapes(original, shapes), seed)
+    return compare(original, pruned, feeds)
+
+
+def save(model: onnx.ModelProto, path: str | os.PathLike) -> None:
+    """Write atomically (external data for models over 2 GB)."""
+    save_model(model, path)

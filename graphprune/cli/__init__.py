@@ -1,0 +1,48 @@
+"""The `graphprune` command line: analyze, prune, diff, --version. Each command is one
+module that parses its options, calls the library and prints.
+
+Exit codes: 0 success; 1 bad input or a model that cannot be pruned safely (one line on
+stderr, no traceback); 2 bad usage; 3 `diff --exit-code` found structural changes; 70 an
+internal error (a bug: please report it; `--debug` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+
+from ..errors import GraphpruneError, InternalError
+from ..version import __version__
+from . import analyze, diff, prune
+
+INTERNAL_ERROR = 70  # EX_SOFTWARE
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except GraphpruneError as error:
+        print(f"graphprune: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("graphprune: interrupted", file=sys.stderr)
+        return 130
+    except InternalError as error:
+        print(f"graphprune: internal error, please report: {error}", file=sys.stderr)
+        if args.debug:
+            traceback.print_exc()
+        return INTERNAL_ERROR
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="graphprune", description="Structural channel pruning for ONNX models."
+    )
+    parser.add_argument("--version", action="version", version=f"graphprune {__version__}")
+    parser.add_argument("--debug", action="store_true", help="tracebacks for internal errors")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for command in (analyze, diff, prune):
+        command.add_parser(commands)
+    return parser

@@ -1,0 +1,30 @@
+"""`graphprune analyze MODEL`: the groups of coupled channels and why some are kept."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..api import analyze, load
+from ..inspect.html import analysis_html
+from ..inspect.report import analysis_json, analysis_text
+from ..io.saving import write_text_atomically
+from .common import APPROXIMATE_HELP
+
+
+def add_parser(commands) -> None:
+    a = commands.add_parser("analyze", help="list the groups of coupled channels")
+    a.add_argument("model")
+    a.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    a.add_argument("--approximate-norms", action="store_true", help=APPROXIMATE_HELP)
+    a.add_argument("--html", metavar="OUT.html", help="write a self-contained HTML report")
+    a.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    model = load(args.model)
+    analysis = analyze(model, approximate_norms=args.approximate_norms)
+    print(json.dumps(analysis_json(analysis), indent=2) if args.json else analysis_text(analysis))
+    if args.html:
+        write_text_atomically(args.html, analysis_html(analysis, str(args.model)))
+    return 0

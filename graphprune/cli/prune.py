@@ -1,0 +1,197 @@
+"""`graphprune prune MODEL -o OUT`: options in, `graphprune.pipeline.prune_model`, then
+save the model, write the report and the HTML diff, and print a summary."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..core.channels import KINDS
+from ..errors import GraphpruneError
+from ..inspect.diff import diff_models
+from ..inspect.html import diff_html
+from ..io.saving import save_model, write_text_atomically
+from ..pipeline import CalibrationOptions, PruneOptions, PruneReport, prune_model
+from ..planning.budget import Budget
+from ..planning.importance import CRITERIA, NORMALIZATIONS, REDUCTIONS
+from ..planning.plan import PlanOptions
+from ..posttrain.compensation import METHODS
+from .common import APPROXIMATE_HELP, parse_shapes, read_json
+
+
+def add_parser(commands) -> None:
+    p = commands.add_parser("prune", help="remove channels and validate the result")
+    p.add_argument("model")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--ratio", type=float, default=None, help="fraction of channels to remove")
+    p.add_argument("--criterion", choices=CRITERIA, default="l2")
+    p.add_argument("--reduction", choices=REDUCTIONS, default="mean")
+    p.add_argument(
+        "--normalization",
+        choices=NORMALIZATIONS,
+        default=None,
+        help="per-group score normalization (default: standard for flap, mean otherwise)",
+    )
+    p.add_argument(
+        "--global",
+        dest="global_ranking",
+        action="store_true",
+        help="rank channels of all groups together",
+    )
+    p.add_argument(
+        "--max-group-ratio", type=float, default=0.9,
+        help="with --global: most a single group may lose",
+    )  # fmt: skip
+    p.add_argument("--round-to", type=int, default=1, help="kept channels per group: multiple of N")
+    p.add_argument("--min-keep", type=int, default=1, help="channels every group keeps")
+    p.add_argument(
+        "--only", action="append", choices=KINDS, default=[],
+        help="prune only groups of this kind (repeatable)",
+    )  # fmt: skip
+    p.add_argument(
+        "--head-ratio", type=float, default=None,
+        help="ratio for attention-head groups (default: --ratio)",
+    )  # fmt: skip
+    p.add_argument(
+        "--prune-outputs",
+        action="store_true",
+        help="let model outputs lose channels too (their shapes change)",
+    )
+    p.add_argument(
+        "--ignore", nargs="+", default=[], metavar="NAME",
+        help="node or initializer names (glob patterns) to leave untouched",
+    )  # fmt: skip
+    p.add_argument("--approximate-norms", action="store_true", help=APPROXIMATE_HELP)
+    p.add_argument("--plan", help="re-apply the exact channels of an earlier report")
+    p.add_argument("--inputs", help="NPZ of inputs for validation, keyed by input name")
+    p.add_argument(
+        "--input-shape", nargs="+", default=[], metavar="NAME=D,D,...",
+        help="shapes for random validation inputs (symbolic dims)",
+    )  # fmt: skip
+    p.add_argument("--report", help="write a JSON report here")
+    p.add_argument("--html", metavar="REPORT.html", help="write an HTML diff of the pruned pair")
+    p.add_argument("--bench", action="store_true", help="time both models in onnxruntime")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    calib = p.add_argument_group("post-training pruning (calibration data)")
+    calib.add_argument(
+        "--calib", metavar="NPZ_OR_DIR", help="NPZ keyed by input name, samples on axis 0"
+    )
+    calib.add_argument(
+        "--calib-random", type=int, metavar="N", help="N seeded random samples (data-free)"
+    )
+    calib.add_argument("--calib-batch", type=int, default=32, help="samples per onnxruntime run")
+    calib.add_argument(
+        "--compensate", choices=METHODS, default="none",
+        help="adjust the consumers of removed channels: bias (FLAP) or least squares (OBS)",
+    )  # fmt: skip
+    calib.add_argument(
+        "--damp", type=float, default=0.01, help="least-squares damping, x mean(diag X^T X)"
+    )
+    calib.add_argument("--target-macs", type=float, metavar="F", help="fraction of MACs to keep")
+    calib.add_argument(
+        "--target-params", type=float, metavar="F", help="fraction of parameters to keep"
+    )
+    p.set_defaults(run=run)
+
+
+def options_from(args: argparse.Namespace) -> PruneOptions:
+    """The pipeline's options from the command line, checked before anything runs."""
+    budget = _budget(args)
+    if args.ratio is None and args.plan is None and budget is None:
+        raise GraphpruneError("give --ratio R, --target-macs F, --target-params F or --plan")
+    if Path(args.output).resolve() == Path(args.model).resolve():
+        raise GraphpruneError("the output path is the input model; choose another")
+    record = None
+    if args.plan:
+        earlier = read_json(args.plan, "plan")
+        record = earlier.get("plan", earlier)
+    return PruneOptions(
+        model=args.model,
+        plan=PlanOptions(
+            ratio=args.ratio or 0.0,
+            criterion=args.criterion,
+            global_ranking=args.global_ranking,
+            round_to=args.round_to,
+            min_keep=args.min_keep,
+            max_group_ratio=args.max_group_ratio,
+            ignore=tuple(args.ignore),
+            reduction=args.reduction,
+            normalization=args.normalization,
+            seed=args.seed,
+            budget=budget,
+            only=tuple(args.only),
+            kind_ratios={} if args.head_ratio is None else {"heads": args.head_ratio},
+        ),
+        plan_record=record,
+        approximate_norms=args.approximate_norms,
+        prune_outputs=args.prune_outputs,
+        calibration=CalibrationOptions(
+            path=args.calib, random=args.calib_random, batch=args.calib_batch
+        ),
+        compensate=args.compensate,
+        damp=args.damp,
+        inputs=args.inputs,
+        input_shapes=parse_shapes(args.input_shape),
+        seed=args.seed,
+        bench=args.bench,
+        output=args.output,
+        progress=not args.quiet,
+    )
+
+
+def _budget(args: argparse.Namespace) -> Budget | None:
+    if args.target_macs is not None and args.target_params is not None:
+        raise GraphpruneError("give --target-macs or --target-params, not both")
+    targets = {"macs": args.target_macs, "params": args.target_params}
+    metric = next((name for name, value in targets.items() if value is not None), None)
+    if metric is None:
+        return None
+    if args.ratio is not None:
+        raise GraphpruneError(f"give --ratio or --target-{metric}, not both")
+    return Budget(metric, targets[metric])
+
+
+def run(args: argparse.Namespace) -> int:
+    result = prune_model(options_from(args))
+    save_model(result.model, args.output)
+    if args.report:
+        write_text_atomically(args.report, json.dumps(result.report, indent=2) + "\n")
+    if args.html:
+        pair = diff_models(
+            result.original, result.model, result.shapes, analysis=result.analysis,
+            labels=(str(args.model), str(args.output)),
+        )  # fmt: skip
+        pair["validation"] = result.report["validation"]
+        write_text_atomically(args.html, diff_html(pair))
+    _print_summary(result.report)
+    return 0
+
+
+def _print_summary(report: PruneReport) -> None:
+    params, macs = report["params"], report["macs"]
+    deviations = [o["max_rel"] for o in report["validation"]["outputs"] if o["max_rel"] is not None]
+    worst = max(deviations, default=0.0)
+    pruned_groups = sum(1 for g in report["groups"] if g["removed"])
+    print(f"pruned {pruned_groups} of {len(report['groups'])} groups -> {report['output']}")
+    print(
+        f"params {params['before']:,} -> {params['after']:,} "
+        f"(-{params['removed_fraction']:.1%}), MACs {macs['before']:,} -> {macs['after']:,} "
+        f"(-{macs['removed_fraction']:.1%})"
+    )
+    outputs = report["validation"]["outputs"]
+    changed = [f"{o['name']} {o['shape_before']} -> {o['shape']}" for o in outputs
+               if "shape_before" in o]  # fmt: skip
+    shapes = f"pruned outputs {', '.join(changed)}" if changed else "output shapes unchanged"
+    print(
+        f"validated on {report['validation']['execution_provider']}: {shapes}, "
+        f"max relative deviation {worst:.3g}"
+    )
+    if "bench" in report:
+        b = report["bench"]
+        print(
+            f"latency {b['latency_ms_before']:.3f} ms -> {b['latency_ms_after']:.3f} ms "
+            f"({b['speedup']:.2f}x)"
+        )

@@ -1,0 +1,212 @@
+"""Dependency analysis: propagate channel layouts through the graph, op by op, and group
+the coupled channels.
+
+Each op's rule (see `graphprune.rules`) reads the layouts of its inputs through a
+`Context` and states what the op does with channels: emit layouts on outputs, create new
+channels, couple channels, record the edits removal implies, or stop channels it cannot
+map exactly (a barrier). After the walk, coupled atoms become classes (connected
+components) and producers whose classes touch become one `Group`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from tqdm import tqdm
+
+from .channels import Edit, Kind, Reason
+from .graph import GraphView
+from .rules import Context, Recorder, find_rule
+
+
+@dataclass(frozen=True)
+class AnalysisOptions:
+    """`approximate_norms` lets normalizations over the channel axis (LayerNormalization,
+    RMSNorm, their decomposed forms) lose channels, as Torch-Pruning does and as pruning a
+    transformer's hidden size needs: the statistics of the kept channels change, so such
+    groups are approximate and say so in `Group.approximations`. `prune_outputs` lets
+    channels that reach a model output go too (the output shape changes)."""
+
+    approximate_norms: bool = False
+    prune_outputs: bool = False
+
+
+@dataclass
+class Group:
+    """Channels that must be removed together: one class is one removable channel."""
+
+    id: int
+    sources: list[str]
+    classes: np.ndarray
+    reasons: list[Reason] = field(default_factory=list)
+    approximations: list[Reason] = field(default_factory=list)
+    kind: Kind = "channels"
+
+    @property
+    def channels(self) -> int:
+        return int(self.classes.shape[0])
+
+    @property
+    def prunable(self) -> bool:
+        return not self.reasons
+
+    @property
+    def name(self) -> str:
+        return self.sources[0]
+
+
+@dataclass
+class Analysis:
+    """The result of `analyze`: groups plus everything the planner and rewrite need."""
+
+    view: GraphView
+    groups: list[Group]
+    edits: list[Edit]
+    class_of: np.ndarray  # atom -> class
+    source_atoms: dict[str, np.ndarray]  # producing node -> its atoms, by channel index
+    equal_blocks: list[np.ndarray]  # (blocks, per block) atom arrays: equal removal per block
+    nonempty: list[np.ndarray]  # atom arrays that must keep at least one position
+    group_of_class: np.ndarray  # class -> group id, -1 for classes outside any group
+    options: AnalysisOptions = AnalysisOptions()
+
+    @property
+    def approximate_norms(self) -> bool:
+        return self.options.approximate_norms
+
+    @property
+    def prune_outputs(self) -> bool:
+        return self.options.prune_outputs
+
+    @property
+    def prunable_groups(self) -> list[Group]:
+        return [g for g in self.groups if g.prunable]
+
+    def group(self, group_id: int) -> Group:
+        return self.groups[group_id]
+
+
+def analyze_view(
+    view: GraphView, *, options: AnalysisOptions | None = None, progress: bool = False
+) -> Analysis:
+    """Walk the graph in topological order, let each op's rule state its channel flow, and
+    group the coupled channels (see `AnalysisOptions`)."""
+    options = options or AnalysisOptions()
+    recorder = Recorder()
+    for node in tqdm(view.order, desc="analyze", unit="op", disable=not progress, leave=False):
+        context = Context(recorder, view, node, approximate_norms=options.approximate_norms)
+        rule = find_rule(node.domain or "", node.op_type)
+        if rule is not None:
+            rule(context)
+        elif context.tracked():
+            domain = f"{node.domain}." if node.domain else ""
+            context.block(f"no channel rule for op {domain}{node.op_type}")
+    for name in [] if options.prune_outputs else view.graph_outputs:
+        if name in recorder.layouts:
+            recorder.freeze(recorder.layouts[name].atoms, Reason(f"reaches model output '{name}'"))
+    return _group(view, recorder, options)
+
+
+def _kind(view: GraphView, sources: list[str], heads: bool, hidden: bool) -> Kind:
+    if hidden:
+        return "hidden"
+    if heads:
+        return "heads"
+    return "mlp" if all(_linear(view, s) for s in sources) else "channels"
+
+
+def _group(view: GraphView, recorder: Recorder, options: AnalysisOptions) -> Analysis:
+    n = recorder.atom_count
+    class_of = _components(n, recorder.unions)
+    sources = (
+        np.concatenate(recorder.atom_source) if recorder.atom_source else np.zeros(0, np.int64)
+    )
+
+    # Producers sharing a class form one group.
+    owned = sources >= 0
+    first_source = np.full(class_of.max(initial=-1) + 1, -1, dtype=np.int64)
+    order = np.nonzero(owned)[0][::-1]  # reversed so that the lowest atom writes last
+    first_source[class_of[order]] = sources[order]
+    source_group = _components(
+        len(recorder.sources), [(sources[owned], first_source[class_of[owned]])]
+    )
+    group_of_class = np.full(first_source.shape[0], -1, dtype=np.int64)
+    valid = first_source >= 0
+    group_of_class[valid] = source_group[first_source[valid]]
+
+    reasons = _reasons_by_group(recorder.frozen, group_of_class, class_of)
+    approximations = _reasons_by_group(recorder.approximations, group_of_class, class_of)
+    head_groups = _groups_touched(recorder.heads, group_of_class, class_of)
+    hidden_groups = _groups_touched(recorder.embeddings, group_of_class, class_of)
+
+    members: dict[int, list[str]] = defaultdict(list)
+    for index, source in enumerate(recorder.sources):
+        members[int(source_group[index])].append(source)
+    # Group ids follow graph order, so reports and plans are stable.
+    position = view.position
+    ordered = sorted(members, key=lambda gid: position[members[gid][0]])
+    renumber = np.full(len(ordered), -1, dtype=np.int64)
+    groups = []
+    for new_id, old_id in enumerate(ordered):
+        renumber[old_id] = new_id
+        atoms = np.concatenate([recorder.source_atoms[s] for s in members[old_id]])
+        classes = _unique_in_order(class_of[atoms])
+        group = Group(
+            new_id,
+            members[old_id],
+            classes,
+            reasons.get(old_id, []),
+            approximations.get(old_id, []),
+            _kind(view, members[old_id], old_id in head_groups, old_id in hidden_groups),
+        )
+        if group.channels < 2 and group.prunable:
+            group.reasons.append(Reason("has a single channel"))
+        groups.append(group)
+    group_of_class = np.where(group_of_class >= 0, renumber[group_of_class], -1)
+    return Analysis(
+        view=view,
+        groups=groups,
+        edits=recorder.edits,
+        class_of=class_of,
+        source_atoms=recorder.source_atoms,
+        equal_blocks=recorder.equal_blocks,
+        nonempty=recorder.nonempty,
+        group_of_class=group_of_class,
+        options=options,
+    )
+
+
+def _groups_touched(atom_lists, group_of_class, class_of) -> set[int]:
+    return {int(g) for atoms in atom_lists for g in np.unique(group_of_class[class_of[atoms]])}
+
+
+def _linear(view: GraphView, source: str) -> bool:
+    return view.nodes[source].op_type in ("Gemm", "MatMul")
+
+
+def _reasons_by_group(entries, group_of_class, class_of) -> dict[int, list[Reason]]:
+    reasons: dict[int, list[Reason]] = defaultdict(list)
+    for atoms, reason in entries:
+        for gid in np.unique(group_of_class[class_of[atoms]]):
+            if gid >= 0 and reason not in reasons[int(gid)]:
+                reasons[int(gid)].append(reason)
+    return reasons
+
+
+def _components(count: int, pairs: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Connected-component label of each of `count` items, given pairs to join."""
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
+    rows = np.concatenate([a for a, _ in pairs]) if pairs else np.zeros(0, np.int64)
+    cols = np.concatenate([b for _, b in pairs]) if pairs else np.zeros(0, np.int64)
+    matrix = coo_matrix((np.ones(rows.shape[0], np.int8), (rows, cols)), shape=(count, count))
+    _, labels = connected_components(matrix, directed=False)
+    return labels.astype(np.int64)
+
+
+def _unique_in_order(values: np.ndarray) -> np.ndarray:
+    _, first = np.unique(values, return_index=True)
+    return values[np.sort(first)]

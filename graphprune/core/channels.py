@@ -1,0 +1,124 @@
+"""The vocabulary of the analysis: channel layouts and the edits that removal implies.
+
+Every prunable channel is an *atom*, an integer id created by the op that produces the
+channel (a Conv's output channel, a Gemm's output feature). A tracked tensor carries a
+`Layout`: which of its axes holds atoms, and the atom at each position of that axis
+(positions may repeat an atom, e.g. after Flatten each channel owns a block of features).
+Ops that force channels to be removed together *couple* atoms; coupled atoms form a class,
+the unit of removal. What removal changes in the graph is recorded as edits, each a pure
+function of the set of kept atoms, so the rewrite needs no op knowledge of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+import numpy as np
+
+Kind = Literal["channels", "mlp", "heads", "hidden"]
+"""What a group's channels are: convolution channels, widths of linear layers (MLP),
+attention heads, or a transformer's hidden size (its residual stream)."""
+KINDS: tuple[Kind, ...] = get_args(Kind)
+
+Role = Literal["weight", "bias", "bn_scale", "param"]
+"""What a sliced constant holds: "weight" values score importance, "bn_scale" serves the
+BatchNorm criterion, "bias" and "param" (norm shifts, elementwise operands) only follow."""
+
+
+@dataclass(frozen=True)
+class Reason:
+    """Why channels cannot go (a barrier) or go only approximately: the op and node that
+    decided it, when one did, and what it found."""
+
+    message: str
+    op: str | None = None
+    node: str | None = None
+
+    def __str__(self) -> str:
+        if self.op is None:
+            return self.message
+        return f"{self.op} '{self.node}': {self.message}"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Atoms along one axis of a tensor; `atoms[i]` is the channel at position i."""
+
+    axis: int
+    atoms: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return int(self.atoms.shape[0])
+
+
+@dataclass(frozen=True)
+class SliceConstant:
+    """Keep only the positions of `atoms` that survive along `axis` of a constant input.
+
+    `absorbs` marks the consumer side (a Conv's input channels, a Gemm's input features):
+    zeroing exactly those positions in the original model is the masking oracle.
+    `role` says what the values are (see `Role`).
+    """
+
+    node: str
+    input_index: int
+    axis: int
+    atoms: np.ndarray
+    role: Role = "param"
+    absorbs: bool = False
+
+
+@dataclass(frozen=True)
+class SliceGroupedInput:
+    """A grouped Conv's input channels: `atoms` has shape (groups, channels per group) and
+    weight row r belongs to group r // (rows / groups); every group keeps the same count."""
+
+    node: str
+    input_index: int
+    atoms: np.ndarray
+    role: Role = "weight"
+    absorbs: bool = True
+
+
+@dataclass(frozen=True)
+class Target:
+    """An integer the rewrite sets: an attribute (scalar or list entry) or an entry of a
+    constant input. `fallback` is the full original list when the node omits it (Split with
+    num_outputs), so the rewrite can make it explicit."""
+
+    node: str
+    input_index: int | None = None
+    attribute: str | None = None
+    entry: int | None = None
+    fallback: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class SetCount:
+    """Set `target` to the number of positions of `atoms` that are kept."""
+
+    target: Target
+    atoms: np.ndarray
+
+
+@dataclass(frozen=True)
+class MaskInput:
+    """For the masking oracle only: removal of these positions of a computed input equals
+    zeroing them (a contraction between two activations, where no weight absorbs them).
+    The rewrite has nothing to do here: the producers' edits remove the positions."""
+
+    node: str
+    input_index: int
+    axis: int
+    atoms: np.ndarray
+    rank: int
+
+
+Edit = SliceConstant | SliceGroupedInput | SetCount | MaskInput
+
+
+def edit_node(edit: Edit) -> str:
+    """The node an edit changes."""
+    return edit.target.node if isinstance(edit, SetCount) else edit.node

@@ -1,0 +1,197 @@
+"""The one read model of an ONNX graph that every stage uses: nodes by name, producers and
+consumers of every tensor, a deterministic topological order, shapes, and constants.
+
+Constants are tensors whose value is known without running the model: initializers,
+`Constant` node outputs, and `Identity` of a constant (Paddle and tf2onnx route weights
+through those); `storage` names where such a value lives. Subgraphs (If branches, Loop
+and Scan bodies) read outer-scope tensors by name: those reads are consumers too, with
+input index -1, so nothing that flows into a subgraph goes unseen. Weight values are
+decoded only when asked for; only small ones (shape and index constants, which rules read
+again and again) are cached, so no stage holds a second copy of the weights.
+
+Writers are separate: folding edits the proto while loading, the rewrite builds a new
+graph with onnx-graphsurgeon from the edits, compensation writes new weights.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import defaultdict
+from functools import cached_property
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..errors import GraphpruneError
+from ..io.protos import (
+    constant_value,
+    graph_inputs,
+    node_attribute,
+    opset_version,
+    outer_scope_reads,
+)
+from ..io.shapes import Shape, infer_shapes
+
+SUBGRAPH_READ = -1  # the input index of a tensor a node's subgraph reads by name
+_MAX_IDENTITY_CHAIN = 64
+_CACHED_ELEMENTS = 4096
+
+
+class GraphView:
+    """Read-only view of a ModelProto's main graph (`shapes=False` skips shape inference,
+    for stages that need structure only)."""
+
+    def __init__(self, model: onnx.ModelProto, *, shapes: bool = True) -> None:
+        self.model = model
+        self.opset = opset_version(model)
+        graph = model.graph
+        self.nodes: dict[str, onnx.NodeProto] = {node.name: node for node in graph.node}
+        self.initializers = {tensor.name: tensor for tensor in graph.initializer}
+        self.graph_inputs = [info.name for info in graph_inputs(model)]
+        self.graph_outputs = [o.name for o in graph.output]
+        self.shapes: dict[str, Shape] = infer_shapes(model) if shapes else {}
+        self._producer: dict[str, tuple[onnx.NodeProto, int]] = {}
+        self._consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = defaultdict(list)
+        self._small: dict[str, np.ndarray | None] = {}
+        for node in graph.node:
+            for index, name in enumerate(node.output):
+                if name:
+                    self._producer[name] = (node, index)
+            for index, name in enumerate(node.input):
+                if name:
+                    self._consumers[name].append((node, index))
+            direct = set(node.input)
+            for name in sorted(outer_scope_reads(node) - direct):
+                self._consumers[name].append((node, SUBGRAPH_READ))
+
+    @cached_property
+    def order(self) -> list[onnx.NodeProto]:
+        """Nodes in a deterministic topological order: the file's order where it is one,
+        else Kahn's algorithm taking the earliest ready node in file order."""
+        nodes = list(self.model.graph.node)
+        if self._file_order_is_topological():
+            return nodes
+        position = {node.name: i for i, node in enumerate(nodes)}
+        # Each node waits for the distinct tensors it reads that some node produces.
+        missing = {node.name: sum(1 for n in _reads(node) if n in self._producer) for node in nodes}
+        ready = [position[name] for name, count in missing.items() if count == 0]
+        heapq.heapify(ready)
+        order = []
+        while ready:
+            node = nodes[heapq.heappop(ready)]
+            order.append(node)
+            for name in node.output:
+                for consumer in {use.name for use, _ in self._consumers.get(name, [])}:
+                    missing[consumer] -= 1
+                    if missing[consumer] == 0:
+                        heapq.heappush(ready, position[consumer])
+        if len(order) != len(nodes):
+            stuck = next(n.name for n in nodes if missing[n.name] > 0)
+            raise GraphpruneError(f"the graph has a cycle (node '{stuck}' depends on itself)")
+        return order
+
+    def _file_order_is_topological(self) -> bool:
+        available = set(self.graph_inputs) | set(self.initializers) | {""}
+        for node in self.model.graph.node:
+            if not _reads(node) <= available:
+                return False
+            available.update(node.output)
+        return True
+
+    @cached_property
+    def position(self) -> dict[str, int]:
+        return {node.name: i for i, node in enumerate(self.order)}
+
+    def producer(self, tensor: str) -> onnx.NodeProto | None:
+        found = self._producer.get(tensor)
+        return None if found is None else found[0]
+
+    def consumers(self, tensor: str) -> list[tuple[onnx.NodeProto, int]]:
+        """(node, input index) for every use of the tensor, in topological order; index
+        SUBGRAPH_READ (-1) where a subgraph of the node reads it."""
+        uses = self._consumers.get(tensor, [])
+        return sorted(uses, key=lambda use: (self.position[use[0].name], use[1]))
+
+    def shape(self, tensor: str) -> Shape | None:
+        return self.shapes.get(tensor)
+
+    def storage(self, tensor: str) -> str | None:
+        """The initializer or Constant output that holds a constant's value."""
+        for _ in range(_MAX_IDENTITY_CHAIN):
+            if tensor in self.initializers:
+                return tensor
+            node = self.producer(tensor)
+            if node is None:
+                return None
+            if node.op_type == "Constant":
+                return tensor
+            if node.op_type != "Identity":
+                return None
+            tensor = node.input[0]
+        return None
+
+    def is_constant(self, tensor: str) -> bool:
+        return self.storage(tensor) is not None
+
+    def constant_shape(self, tensor: str) -> tuple[int, ...] | None:
+        """The shape of a constant without decoding its values (None if not constant)."""
+        name = self.storage(tensor)
+        if name is None:
+            return None
+        if name in self.initializers:
+            return tuple(int(d) for d in self.initializers[name].dims)
+        value = self.constant(name)
+        return None if value is None else value.shape
+
+    def constant_type(self, tensor: str) -> int | None:
+        """The ONNX element type of a constant (None if not constant)."""
+        name = self.storage(tensor)
+        if name is None:
+            return None
+        if name in self.initializers:
+            return int(self.initializers[name].data_type)
+        value = self.constant(name)
+        return None if value is None else onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
+
+    def constant(self, tensor: str) -> np.ndarray | None:
+        """The value of a tensor known without running the model, else None. Callers must
+        not modify it (small values are shared)."""
+        name = self.storage(tensor)
+        if name is None:
+            return None
+        if name in self._small:
+            return self._small[name]
+        if name in self.initializers:
+            value = numpy_helper.to_array(self.initializers[name])
+        else:
+            node = self.producer(name)
+            assert node is not None
+            value = constant_value(node)
+        if value is None or value.size <= _CACHED_ELEMENTS:
+            self._small[name] = value
+        return value
+
+    def attribute(self, node: onnx.NodeProto, name: str, default=None):
+        return node_attribute(node, name, default)
+
+    def input(self, node: onnx.NodeProto, index: int) -> str | None:
+        """The node's index-th input name, None when absent or omitted."""
+        if index < len(node.input) and node.input[index]:
+            return node.input[index]
+        return None
+
+    def int_list(
+        self, node: onnx.NodeProto, input_index: int | None, attribute: str | None
+    ) -> list[int] | None:
+        """An integer list given as a constant input (newer opsets) or an attribute."""
+        name = None if input_index is None else self.input(node, input_index)
+        if name is not None:
+            value = self.constant(name)
+            return None if value is None else [int(v) for v in np.asarray(value).reshape(-1)]
+        value = None if attribute is None else self.attribute(node, attribute)
+        return None if value is None else [int(v) for v in np.atleast_1d(value)]
+
+
+def _reads(node: onnx.NodeProto) -> set[str]:
+    return {name for name in node.input if name} | outer_scope_reads(node)

@@ -1,0 +1,52 @@
+"""Model size and cost: parameters (float constants) and multiply-accumulates of the
+ops that dominate compute (Conv, ConvTranspose, Gemm, MatMul)."""
+
+from __future__ import annotations
+
+import math
+
+import onnx
+
+from ..io.protos import element_count, is_float, node_attribute
+from ..io.shapes import infer_shapes
+
+
+def count_params(model: onnx.ModelProto) -> int:
+    """Elements of floating-point initializers and Constant node values."""
+    total = sum(element_count(t.dims) for t in model.graph.initializer if is_float(t.data_type))
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for attribute in node.attribute:
+                if attribute.name == "value" and is_float(attribute.t.data_type):
+                    total += element_count(attribute.t.dims)
+    return int(total)
+
+
+def count_macs(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> int:
+    """MACs of one run with the given input shapes (unknown shapes count as zero)."""
+    shapes = infer_shapes(model, input_shapes)
+    return int(sum(node_macs(node, shapes) for node in model.graph.node))
+
+
+def node_macs(node: onnx.NodeProto, shapes: dict) -> int:
+    """MACs of one node given inferred shapes (per-layer costs in `graphprune diff`)."""
+    out = shapes.get(node.output[0]) if node.output else None
+    if out is None or not all(isinstance(d, int) for d in out):
+        return 0
+    if node.op_type in ("Conv", "ConvTranspose"):
+        weight = shapes.get(node.input[1]) if len(node.input) > 1 else None
+        if weight is None:
+            return 0
+        kernel = math.prod(weight[2:])
+        if node.op_type == "Conv":
+            return int(math.prod(out) * weight[1] * kernel)
+        x = shapes.get(node.input[0])
+        if x and all(isinstance(d, int) for d in x):
+            return int(math.prod(x) * weight[1] * kernel)
+    elif node.op_type in ("Gemm", "MatMul"):
+        a = shapes.get(node.input[0])
+        if a and isinstance(a[-1], int):
+            transposed = node_attribute(node, "transA", 0) if node.op_type == "Gemm" else 0
+            k = a[0] if transposed else a[-1]
+            return int(math.prod(out) * int(k))
+    return 0

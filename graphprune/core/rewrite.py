@@ -1,0 +1,236 @@
+"""The rewrite: apply the analysis' edits for a set of kept channels with onnx-graphsurgeon.
+
+Every edit is a function of the kept atoms, so this module knows no op: it slices constant
+inputs, sets counted integers (attributes, shape and split entries), then cleans up.
+A constant shared with other uses gets its own copy, so no other node sees the change.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..errors import InternalError
+from ..io.shapes import infer_shapes
+from .analysis import Analysis
+from .channels import Edit, MaskInput, SetCount, SliceConstant, SliceGroupedInput
+
+PLAN_METADATA_KEY = "graphprune.plan"
+
+
+def rewrite(analysis: Analysis, keep_atom: np.ndarray, plan_json: dict | None = None):
+    """A new ModelProto with the removed channels gone."""
+    edits = [e for e in analysis.edits if not isinstance(e, MaskInput)]
+    return _edited(analysis, keep_atom, edits, _apply, plan_json)
+
+
+def masked(analysis: Analysis, keep_atom: np.ndarray) -> onnx.ModelProto:
+    """The oracle: the original model with exactly what removal removes zeroed, i.e. every
+    consumer's input weights for the removed channels. It must compute what the pruned
+    model computes; a wrong slice anywhere in the rewrite breaks the equality."""
+    absorbing = [
+        e for e in analysis.edits if getattr(e, "absorbs", False) or isinstance(e, MaskInput)
+    ]
+    return _edited(analysis, keep_atom, absorbing, _zero, None)
+
+
+def _zero(edit: Edit, value: np.ndarray, keep_atom: np.ndarray) -> np.ndarray:
+    value = value.copy()
+    if isinstance(edit, SliceGroupedInput):
+        groups = edit.atoms.shape[0]
+        rows = value.shape[0] // groups
+        for group in range(groups):
+            removed = ~keep_atom[edit.atoms[group]]
+            value[group * rows : (group + 1) * rows][:, removed] = 0
+        return value
+    index = [slice(None)] * value.ndim
+    index[edit.axis] = ~keep_atom[edit.atoms]
+    value[tuple(index)] = 0
+    return value
+
+
+def _edited(analysis: Analysis, keep_atom, edits_to_apply, apply, plan_json):
+    view = analysis.view
+    graph = gs.import_onnx(view.model)
+    nodes = {node.name: node for node in graph.nodes}
+    input_edits: dict[tuple[str, int], list[Edit]] = defaultdict(list)
+    for edit in edits_to_apply:
+        if not _changes(edit, keep_atom):
+            continue
+        if isinstance(edit, MaskInput):
+            _multiply_input(graph, nodes[edit.node], edit, keep_atom)
+            continue
+        if isinstance(edit, SetCount):
+            if edit.target.attribute is not None:
+                _set_attribute(nodes[edit.target.node], edit, keep_atom)
+                continue
+            input_edits[(edit.target.node, edit.target.input_index)].append(edit)
+        else:
+            input_edits[(edit.node, edit.input_index)].append(edit)
+    uses = _constant_uses(view)
+    for (node_name, index), edits in sorted(input_edits.items()):
+        node = nodes[node_name]
+        value = _current_value(view, node, index, edits)
+        for edit in sorted(edits, key=_edit_order):
+            value = apply(edit, value, keep_atom)
+        _replace_input(graph, node, index, value, view, uses)
+    # Stale shapes would contradict the new widths; outputs keep theirs unless they may
+    # lose channels, then they are inferred again.
+    fixed = graph.inputs + ([] if analysis.prune_outputs else graph.outputs)
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Variable) and tensor not in fixed:
+            tensor.shape = None
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    model = gs.export_onnx(graph, do_type_check=False)
+    _restore_model_fields(model, view.model, plan_json)
+    if analysis.prune_outputs:
+        _infer_output_shapes(model)
+    return model
+
+
+def _infer_output_shapes(model: onnx.ModelProto) -> None:
+    shapes = infer_shapes(model)
+    for output in model.graph.output:
+        shape = shapes.get(output.name)
+        if shape is None:
+            continue
+        dims = output.type.tensor_type.shape.dim
+        del dims[:]
+        for size in shape:
+            dim = dims.add()
+            if isinstance(size, int):
+                dim.dim_value = size
+            elif size is not None:
+                dim.dim_param = size
+
+
+def _changes(edit: Edit, keep_atom: np.ndarray) -> bool:
+    return not bool(keep_atom[edit.atoms].all())
+
+
+def _edit_order(edit: Edit) -> int:
+    # Grouped input slicing reads the original row order, so it goes first.
+    return 0 if isinstance(edit, SliceGroupedInput) else 1
+
+
+def _current_value(view, node: gs.Node, index: int, edits: list[Edit]) -> np.ndarray:
+    name = node.inputs[index].name if index < len(node.inputs) else ""
+    value = view.constant(name) if name else None
+    if value is not None:
+        return np.array(value)
+    fallback = next((e.target.fallback for e in edits if isinstance(e, SetCount)), None)
+    if fallback is None:
+        raise InternalError(f"cannot rewrite input {index} of '{node.name}': not a constant")
+    return np.array(fallback, dtype=np.int64)
+
+
+def _apply(edit: Edit, value: np.ndarray, keep_atom: np.ndarray) -> np.ndarray:
+    if isinstance(edit, SliceConstant):
+        return np.compress(keep_atom[edit.atoms], value, axis=edit.axis)
+    if isinstance(edit, SliceGroupedInput):
+        keep = keep_atom[edit.atoms]
+        counts = keep.sum(axis=1)
+        if len(set(counts.tolist())) != 1:
+            raise InternalError(f"grouped conv '{edit.node}' would lose unequal channels")
+        rows_per_group = value.shape[0] // edit.atoms.shape[0]
+        parts = [
+            np.compress(keep[g], value[g * rows_per_group : (g + 1) * rows_per_group], axis=1)
+            for g in range(edit.atoms.shape[0])
+        ]
+        return np.concatenate(parts, axis=0)
+    flat = value.reshape(-1).copy()
+    flat[edit.target.entry] = int(keep_atom[edit.atoms].sum())
+    return flat.reshape(value.shape)
+
+
+def _multiply_input(graph: gs.Graph, node: gs.Node, edit: MaskInput, keep_atom) -> None:
+    """Zero removed positions of a computed input with a Mul by a 0/1 mask (oracle only)."""
+    tensor = node.inputs[edit.input_index]
+    shape = [1] * edit.rank
+    shape[edit.axis] = edit.atoms.shape[0]
+    mask = keep_atom[edit.atoms].astype(tensor.dtype or np.float32).reshape(shape)
+    name = f"{node.name}_mask{edit.input_index}"
+    masked_tensor = gs.Variable(f"{name}_output", dtype=tensor.dtype)
+    graph.nodes.append(
+        gs.Node("Mul", name, inputs=[tensor, gs.Constant(name, mask)], outputs=[masked_tensor])
+    )
+    node.inputs[edit.input_index] = masked_tensor
+
+
+def _set_attribute(node: gs.Node, edit: SetCount, keep_atom: np.ndarray) -> None:
+    count = int(keep_atom[edit.atoms].sum())
+    name = edit.target.attribute
+    if edit.target.entry is None:
+        node.attrs[name] = count
+        return
+    values = list(node.attrs.get(name) or edit.target.fallback or [])
+    values[edit.target.entry] = count
+    node.attrs[name] = values
+    node.attrs.pop("num_outputs", None)
+
+
+def _constant_uses(view) -> dict[str, int]:
+    """How many node inputs read each constant storage (directly or through Identity)."""
+    counts: dict[str, int] = defaultdict(int)
+    for node in view.order:
+        for name in node.input:
+            storage = view.storage(name) if name else None
+            if storage is not None:
+                counts[storage] += 1
+    return counts
+
+
+def _replace_input(graph: gs.Graph, node: gs.Node, index: int, value, view, uses) -> None:
+    old = node.inputs[index] if index < len(node.inputs) else None
+    storage = view.storage(old.name) if old is not None else None
+    dtype = _dtype_of(view, storage)
+    value = value.astype(dtype) if dtype is not None else value
+    if (
+        isinstance(old, gs.Constant)
+        and storage == old.name
+        and uses.get(storage, 0) == 1
+        and old not in graph.outputs
+    ):
+        old.values = value
+        return
+    base = storage or f"{node.name}_input{index}"
+    constant = gs.Constant(f"{base}__{node.name}_{index}", np.ascontiguousarray(value))
+    if old is None:
+        while len(node.inputs) < index:
+            node.inputs.append(gs.Variable.empty())
+        node.inputs.append(constant)
+        node.attrs.pop("num_outputs", None)
+    else:
+        node.inputs[index] = constant
+
+
+def _dtype_of(view, storage: str | None):
+    if storage is None:
+        return None
+    value = view.constant(storage)
+    return None if value is None else value.dtype
+
+
+def _restore_model_fields(model: onnx.ModelProto, original: onnx.ModelProto, plan_json) -> None:
+    model.ir_version = original.ir_version
+    del model.opset_import[:]
+    model.opset_import.extend(original.opset_import)
+    model.producer_name = original.producer_name
+    model.producer_version = original.producer_version
+    model.domain = original.domain
+    model.model_version = original.model_version
+    model.doc_string = original.doc_string
+    del model.metadata_props[:]
+    for prop in original.metadata_props:
+        if prop.key != PLAN_METADATA_KEY:
+            model.metadata_props.add(key=prop.key, value=prop.value)
+    if plan_json is not None:
+        model.metadata_props.add(
+            key=PLAN_METADATA_KEY,
+            value=json.dumps(plan_json, sort_keys=True, separators=(",", ":")),
+        )
+    del model.graph.value_info[:]

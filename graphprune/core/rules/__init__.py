@@ -1,0 +1,13 @@
+"""The per-op channel rules: one short function per ONNX op family.
+
+A rule receives a `Context` for one node and describes, in the words of the ONNX operator
+spec, how channel indices flow through the op. An op without a rule is a barrier: the
+channels reaching it are frozen and the analysis says which op stopped them. Rules
+register themselves in `registry.RULES` when their module is imported here.
+"""
+
+from . import conv, elementwise, linear, normalization, reduction, routing, shape  # noqa: F401
+from .context import Context, Recorder
+from .registry import RULES, Rule, find_rule, rule
+
+__all__ = ["RULES", "Context", "Recorder", "Rule", "find_rule", "rule"]

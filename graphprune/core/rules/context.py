@@ -1,0 +1,204 @@
+"""What a rule sees of one node (`Context`) and where its statements go (`Recorder`).
+
+The analyzer owns one `Recorder` for the whole walk; it hands each rule a `Context` for
+one node. Rules read layouts, shapes, attributes and constants through the context and
+state channel flow with its verbs:
+
+- `emit(output, layout)`: an output carries these channels;
+- `new_atoms(count)`: fresh channels produced here (a Conv's or Gemm's outputs);
+- `opaque_atoms(count, reason)`: positions nothing may remove (an untracked Concat input);
+- `couple(a, b)`, `couple_all(atoms)`: positions that must be removed together;
+- `slice(index, axis, atoms, role=..., absorbs=...)`: a constant input loses positions;
+- `slice_grouped_input(index, atoms)`: a grouped Conv's input channels;
+- `set_count(target, atoms)`: an integer (attribute or shape entry) becomes the kept count;
+- `mask_input(index, axis, atoms)`: for the oracle, zeroing equals removal here;
+- `equal_blocks(atoms)`, `nonempty(atoms)`: planning constraints;
+- `mark_heads(atoms)`, `mark_embedding(atoms)`: the group's kind;
+- `approximate(atoms, reason)`: an opted-in inexact removal;
+- `block(reason)`: a barrier: every tracked input stops here, with the reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from ..channels import (
+    Edit,
+    Layout,
+    MaskInput,
+    Reason,
+    Role,
+    SetCount,
+    SliceConstant,
+    SliceGroupedInput,
+    Target,
+)
+from ..graph import GraphView
+
+
+@dataclass
+class Recorder:
+    """Everything the rules state during one analysis, in the order they state it."""
+
+    layouts: dict[str, Layout] = field(default_factory=dict)
+    atom_count: int = 0
+    atom_source: list[np.ndarray] = field(default_factory=list)  # per new_atoms call
+    sources: list[str] = field(default_factory=list)  # producing nodes, by source index
+    source_atoms: dict[str, np.ndarray] = field(default_factory=dict)
+    unions: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    frozen: list[tuple[np.ndarray, Reason]] = field(default_factory=list)
+    approximations: list[tuple[np.ndarray, Reason]] = field(default_factory=list)
+    edits: list[Edit] = field(default_factory=list)
+    equal_blocks: list[np.ndarray] = field(default_factory=list)
+    nonempty: list[np.ndarray] = field(default_factory=list)
+    heads: list[np.ndarray] = field(default_factory=list)
+    embeddings: list[np.ndarray] = field(default_factory=list)
+
+    def new_atoms(self, count: int, source: str | None) -> np.ndarray:
+        """`count` fresh atoms; `source` is the node that owns them (None: nobody)."""
+        atoms = np.arange(self.atom_count, self.atom_count + count, dtype=np.int64)
+        self.atom_count += count
+        owner = -1 if source is None else len(self.sources)
+        self.atom_source.append(np.full(count, owner, dtype=np.int64))
+        if source is not None:
+            self.sources.append(source)
+            self.source_atoms[source] = atoms
+        return atoms
+
+    def freeze(self, atoms: np.ndarray, reason: Reason) -> None:
+        self.frozen.append((np.asarray(atoms).ravel(), reason))
+
+
+class Context:
+    """What a rule sees of one node, and the verbs it uses to describe channel flow."""
+
+    def __init__(
+        self,
+        recorder: Recorder,
+        view: GraphView,
+        node: onnx.NodeProto,
+        *,
+        approximate_norms: bool = False,
+    ) -> None:
+        self._recorder = recorder
+        self.view = view
+        self.node = node
+        self.approximate_norms = approximate_norms
+
+    # Reading the node.
+    def layout(self, index: int) -> Layout | None:
+        name = self.view.input(self.node, index)
+        return None if name is None else self._recorder.layouts.get(name)
+
+    def data_layout(self) -> Layout | None:
+        """The data input's (input 0) layout. Channels that reach any other input (sizes,
+        bounds, indices, parameters) cannot be mapped: they stop here and None is returned."""
+        if any(index != 0 for index, _ in self.tracked()):
+            self.block("channels reach a non-data input (sizes, bounds, indices or parameters)")
+            return None
+        return self.layout(0)
+
+    def tracked(self) -> list[tuple[int, Layout]]:
+        """(input index, layout) of every input that carries channels."""
+        layouts = self._recorder.layouts
+        return [
+            (index, layouts[name])
+            for index, name in enumerate(self.node.input)
+            if name and name in layouts
+        ]
+
+    def attr(self, name: str, default=None):
+        return self.view.attribute(self.node, name, default)
+
+    def constant(self, index: int) -> np.ndarray | None:
+        name = self.view.input(self.node, index)
+        return None if name is None else self.view.constant(name)
+
+    def constant_shape(self, index: int) -> tuple[int, ...] | None:
+        """Shape of a constant input (weights), None when it is computed at runtime."""
+        name = self.view.input(self.node, index)
+        return None if name is None else self.view.constant_shape(name)
+
+    def input_shape(self, index: int):
+        name = self.view.input(self.node, index)
+        return None if name is None else self.view.shape(name)
+
+    def output_shape(self, index: int = 0):
+        if index >= len(self.node.output) or not self.node.output[index]:
+            return None
+        return self.view.shape(self.node.output[index])
+
+    def target(self, **fields) -> Target:
+        return Target(self.node.name, **fields)
+
+    def reason(self, message: str) -> Reason:
+        return Reason(message, self.node.op_type, self.node.name)
+
+    # Describing channel flow.
+    def emit(self, output_index: int, layout: Layout) -> None:
+        if output_index < len(self.node.output) and self.node.output[output_index]:
+            self._recorder.layouts[self.node.output[output_index]] = layout
+
+    def new_atoms(self, count: int) -> np.ndarray:
+        """Fresh channels produced by this node (its output channels)."""
+        return self._recorder.new_atoms(count, self.node.name)
+
+    def opaque_atoms(self, count: int, reason: str) -> np.ndarray:
+        """Positions no rule can remove (e.g. an untracked input of a Concat)."""
+        atoms = self._recorder.new_atoms(count, None)
+        self._recorder.freeze(atoms, Reason(reason))
+        return atoms
+
+    def couple(self, first: np.ndarray, second: np.ndarray) -> None:
+        """Position i of `first` and of `second` must be removed together."""
+        self._recorder.unions.append((np.asarray(first).ravel(), np.asarray(second).ravel()))
+
+    def couple_all(self, atoms: np.ndarray) -> None:
+        atoms = np.asarray(atoms).ravel()
+        if atoms.size > 1:
+            self.couple(np.full(atoms.size - 1, atoms[0]), atoms[1:])
+
+    def slice(
+        self, index: int, axis: int, atoms: np.ndarray, role: Role = "param", absorbs: bool = False
+    ) -> None:
+        edit = SliceConstant(self.node.name, index, axis, atoms, role, absorbs)
+        self._recorder.edits.append(edit)
+
+    def slice_grouped_input(self, index: int, atoms: np.ndarray) -> None:
+        self._recorder.edits.append(SliceGroupedInput(self.node.name, index, atoms))
+
+    def mask_input(self, index: int, axis: int, atoms: np.ndarray) -> None:
+        """Oracle only: zeroing these positions of input `index` equals their removal."""
+        rank = len(self.input_shape(index) or ())
+        self._recorder.edits.append(MaskInput(self.node.name, index, axis, atoms, rank))
+
+    def set_count(self, target: Target, atoms: np.ndarray) -> None:
+        self._recorder.edits.append(SetCount(target, atoms))
+
+    def equal_blocks(self, atoms: np.ndarray) -> None:
+        """Every row of `atoms` must lose the same number of positions."""
+        if atoms.shape[0] > 1:
+            self._recorder.equal_blocks.append(atoms)
+
+    def nonempty(self, atoms: np.ndarray) -> None:
+        self._recorder.nonempty.append(atoms)
+
+    def mark_embedding(self, atoms: np.ndarray) -> None:
+        """These channels are a transformer's hidden size (kind "hidden")."""
+        self._recorder.embeddings.append(np.asarray(atoms).ravel())
+
+    def mark_heads(self, atoms: np.ndarray) -> None:
+        """These channels are attention heads (for --only heads and --head-ratio)."""
+        self._recorder.heads.append(np.asarray(atoms).ravel())
+
+    def approximate(self, atoms: np.ndarray, reason: str) -> None:
+        """Removal changes the values of channels that stay (an opted-in approximation)."""
+        self._recorder.approximations.append((np.asarray(atoms).ravel(), self.reason(reason)))
+
+    def block(self, reason: str) -> None:
+        """Stop every tracked input here: this op cannot map their channels exactly."""
+        for _, layout in self.tracked():
+            self._recorder.freeze(layout.atoms, self.reason(reason))

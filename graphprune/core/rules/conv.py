@@ -1,0 +1,94 @@
+"""Conv and ConvTranspose (1-D, 2-D, 3-D; plain, grouped, depthwise).
+
+Spec: Conv weight is (M, C/group, k...), input channel c belongs to group c // (C/group)
+and output channel m to group m // (M/group). ConvTranspose weight is (C, M/group, k...).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..channels import Layout
+from .context import Context
+from .registry import rule
+
+
+def _weight_shape(ctx: Context) -> tuple[int, ...] | None:
+    """The constant weight's shape; None (after stopping tracked inputs) when the weights are
+    computed at runtime or channels arrive anywhere but the data input's axis 1."""
+    weight_shape = ctx.constant_shape(1)
+    x = ctx.layout(0)
+    if (
+        weight_shape is None
+        or (x is not None and x.axis != 1)
+        or len(ctx.tracked()) > (x is not None)
+    ):
+        ctx.block("weights computed at runtime" if weight_shape is None else "channels off axis 1")
+        return None
+    return weight_shape
+
+
+@rule("Conv")
+def conv(ctx: Context) -> None:
+    """Input channels are absorbed by weight axis 1; output channels are new.
+
+    Depthwise (one input channel per group): output channel m is computed from input
+    channel m // multiplier alone, so it *is* that channel: the atoms pass through and
+    `group` shrinks with them. Other grouped convs keep their group count; each group must
+    lose the same number of input channels and of output channels."""
+    x = ctx.layout(0)
+    weight_shape = _weight_shape(ctx)
+    if weight_shape is None:
+        return
+    groups = int(ctx.attr("group", 1))
+    out_channels, per_group = weight_shape[0], weight_shape[1]
+    if groups == 1:
+        if x is not None:
+            ctx.slice(1, 1, x.atoms, role="weight", absorbs=True)
+        out = ctx.new_atoms(out_channels)
+    elif per_group == 1 and x is not None:
+        out = np.repeat(x.atoms, out_channels // groups)
+        ctx.set_count(ctx.target(attribute="group"), x.atoms)
+    elif out_channels // groups == 1:
+        if x is not None:
+            ctx.block("grouped conv with one output channel per group")
+        return
+    else:
+        if x is not None:
+            blocks = x.atoms.reshape(groups, per_group)
+            ctx.slice_grouped_input(1, blocks)
+            ctx.equal_blocks(blocks)
+        out = ctx.new_atoms(out_channels)
+        ctx.equal_blocks(out.reshape(groups, out_channels // groups))
+    ctx.slice(1, 0, out, role="weight")
+    if ctx.view.input(ctx.node, 2) is not None:
+        ctx.slice(2, 0, out, role="bias")
+    ctx.emit(0, Layout(1, out))
+
+
+@rule("ConvTranspose")
+def conv_transpose(ctx: Context) -> None:
+    """Input channels are absorbed by weight axis 0, output channels are weight axis 1
+    (times group). Depthwise transposed convs pass channels through like Conv."""
+    x = ctx.layout(0)
+    weight_shape = _weight_shape(ctx)
+    if weight_shape is None:
+        return
+    groups = int(ctx.attr("group", 1))
+    in_channels, per_group = weight_shape[0], weight_shape[1]
+    if groups == 1:
+        if x is not None:
+            ctx.slice(1, 0, x.atoms, role="weight", absorbs=True)
+        out = ctx.new_atoms(per_group)
+        ctx.slice(1, 1, out, role="weight")
+    elif groups == in_channels and x is not None:
+        out = np.repeat(x.atoms, per_group)
+        ctx.slice(1, 0, x.atoms, role="weight")
+        ctx.set_count(ctx.target(attribute="group"), x.atoms)
+    else:
+        if x is not None:
+            ctx.block("grouped ConvTranspose is not supported")
+        return
+    if ctx.view.input(ctx.node, 2) is not None:
+        ctx.slice(2, 0, out, role="bias")
+    ctx.emit(0, Layout(1, out))

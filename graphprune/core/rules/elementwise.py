@@ -1,0 +1,81 @@
+"""Elementwise ops: channels pass through unchanged, or are coupled across operands.
+
+Spec: unary ops map each element independently; n-ary ops (Add, Mul, Where, ...) follow
+numpy-style multidirectional broadcasting (PRelu's slope broadcasts unidirectionally, which
+is the same alignment from the right).
+"""
+
+from __future__ import annotations
+
+from ..channels import Layout
+from .context import Context
+from .registry import rule
+
+UNARY = (
+    "Abs", "Acos", "Acosh", "Asin", "Asinh", "Atan", "Atanh", "BitwiseNot", "Cast", "Ceil",
+    "Celu", "Cos", "Cosh", "Elu", "Erf", "Exp", "Floor", "Gelu", "HardSigmoid", "HardSwish",
+    "Identity", "IsInf", "IsNaN", "LeakyRelu", "Log", "Mish", "Neg", "Not", "Reciprocal",
+    "Relu", "Round", "Selu", "Shrink", "Sigmoid", "Sign", "Sin", "Sinh", "Softplus",
+    "Softsign", "Sqrt", "Swish", "Tan", "Tanh", "ThresholdedRelu",
+)  # fmt: skip
+
+BROADCAST = (
+    "Add", "And", "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "Clip", "Div", "Equal",
+    "Greater", "GreaterOrEqual", "Less", "LessOrEqual", "Max", "Mean", "Min", "Mod", "Mul",
+    "Or", "Pow", "PRelu", "Sub", "Sum", "Where", "Xor",
+)  # fmt: skip
+
+
+@rule(*UNARY, "CastLike", "Dropout")
+def unary(ctx: Context) -> None:
+    """Output element i depends on input element i only (CastLike's second input and
+    Dropout's ratio are not data). Dropout's optional mask has the data's shape."""
+    layout = ctx.data_layout()
+    if layout is not None:
+        for output in range(len(ctx.node.output)):
+            ctx.emit(output, layout)
+
+
+# onnxruntime's contrib ops that are elementwise with an optional per-channel bias input.
+CONTRIB_ELEMENTWISE = ("BiasGelu", "FastGelu", "Gelu", "QuickGelu")
+
+
+@rule(*CONTRIB_ELEMENTWISE, domain="com.microsoft")
+@rule(*BROADCAST)
+def broadcast(ctx: Context) -> None:
+    """Tracked operands couple position by position; a constant operand that is per-channel
+    is sliced; one that broadcasts (size 1) needs nothing; a runtime operand that is
+    per-channel but not tracked cannot be sliced, so the channels stop here."""
+    tracked = ctx.tracked()
+    if not tracked:
+        return
+    out_shape = ctx.output_shape()
+    if out_shape is None:
+        ctx.block("output shape unknown")
+        return
+    rank = len(out_shape)
+    axes = {layout.axis + rank - len(ctx.input_shape(i)) for i, layout in tracked}
+    sizes = {layout.size for _, layout in tracked}
+    if len(axes) != 1 or len(sizes) != 1 or out_shape[next(iter(axes))] != sizes.pop():
+        ctx.block("operands carry channels on different axes or broadcast them")
+        return
+    axis = axes.pop()
+    first = tracked[0][1]
+    for _, layout in tracked[1:]:
+        ctx.couple(first.atoms, layout.atoms)
+    tracked_indices = {i for i, _ in tracked}
+    for index, name in enumerate(ctx.node.input):
+        if not name or index in tracked_indices:
+            continue
+        shape = ctx.input_shape(index)
+        if shape is None:
+            ctx.block(f"shape of operand {index} unknown")
+            return
+        operand_axis = axis - (rank - len(shape))
+        if operand_axis < 0 or shape[operand_axis] == 1:
+            continue
+        if ctx.constant(index) is None:
+            ctx.block(f"per-channel operand {name!r} is computed from untracked channels")
+            return
+        ctx.slice(index, operand_axis, first.atoms)
+    ctx.emit(0, Layout(axis, first.atoms))

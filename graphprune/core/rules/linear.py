@@ -1,0 +1,111 @@
+"""Gemm and MatMul with a constant weight: the fully connected layers of every exporter.
+
+Spec: Gemm computes alpha * A' B' + beta * C with A' = A or A^T (transA), B' = B or B^T
+(transB), C broadcast to (M, N). MatMul follows numpy.matmul: the last axis of A meets the
+first axis of a 2-D B. The dynamo exporter writes Linear as MatMul with a pre-transposed
+weight (K, N); the classic one as Gemm with transB=1.
+"""
+
+from __future__ import annotations
+
+from ..channels import Layout
+from .context import Context
+from .registry import rule
+
+
+@rule("Gemm")
+def gemm(ctx: Context) -> None:
+    """Input features are absorbed by B's K axis; output features are new and cut B's N
+    axis and C's last axis (when C is per-feature)."""
+    weight_shape = ctx.constant_shape(1)
+    a = ctx.layout(0)
+    if weight_shape is None or any(i != 0 for i, _ in ctx.tracked()):
+        ctx.block("B is computed at runtime" if weight_shape is None else "channels in B or C")
+        return
+    feature_axis = 0 if ctx.attr("transA", 0) else 1
+    if a is not None and a.axis != feature_axis:
+        ctx.block("channels on the batch axis")
+        return
+    k_axis, n_axis = (1, 0) if ctx.attr("transB", 0) else (0, 1)
+    if a is not None:
+        ctx.slice(1, k_axis, a.atoms, role="weight", absorbs=True)
+    out = ctx.new_atoms(weight_shape[n_axis])
+    ctx.slice(1, n_axis, out, role="weight")
+    bias_shape = ctx.input_shape(2)
+    if bias_shape and bias_shape[-1] == weight_shape[n_axis] and weight_shape[n_axis] != 1:
+        if ctx.constant(2) is None:
+            ctx.block("bias computed at runtime")
+            return
+        ctx.slice(2, len(bias_shape) - 1, out, role="bias")
+    ctx.emit(0, Layout(1, out))
+
+
+@rule("MatMul")
+def matmul(ctx: Context) -> None:
+    """With a constant 2-D B (K, N): A's last axis is absorbed by B's rows, and the output's
+    last axis holds N new features. Two computed operands (attention) go to
+    `activation_matmul`."""
+    weight_shape = ctx.constant_shape(1)
+    a = ctx.layout(0)
+    a_rank = len(ctx.input_shape(0) or ())
+    a_is_constant = ctx.constant_shape(0) is not None
+    if weight_shape is None and not a_is_constant:
+        activation_matmul(ctx)
+        return
+    if weight_shape is None or len(weight_shape) != 2 or a_is_constant or a_rank < 2:
+        ctx.block("multiplies by a constant that is not a 2-D weight")
+        return
+    if any(i != 0 for i, _ in ctx.tracked()) or (a is not None and a.axis != a_rank - 1):
+        ctx.block("channels are not on the contracted axis")
+        return
+    if a is not None:
+        ctx.slice(1, 0, a.atoms, role="weight", absorbs=True)
+    out = ctx.new_atoms(weight_shape[1])
+    ctx.slice(1, 1, out, role="weight")
+    ctx.emit(0, Layout(a_rank - 1, out))
+
+
+def activation_matmul(ctx: Context) -> None:
+    """A (..., M, K) @ B (..., K, N), both computed (attention scores Q.K^T and P.V).
+
+    Batch axes broadcast like elementwise ops: channels on the same batch axis of both
+    operands (heads) are coupled and stay on the output's. Channels on M (A's rows) or N
+    (B's columns) pass to the output's rows or columns. Channels on K in both operands are
+    coupled and summed away: removing index k from both drops exactly the k-th term, which
+    the masking oracle reproduces by zeroing A's k-th column."""
+    tracked = dict(ctx.tracked())
+    shapes = [ctx.input_shape(0), ctx.input_shape(1)]
+    out_shape = ctx.output_shape()
+    if not tracked:
+        return
+    if None in shapes or out_shape is None or min(len(shapes[0]), len(shapes[1])) < 2:
+        ctx.block("operand shapes unknown")
+        return
+    rank = len(out_shape)
+    role = {}  # input index -> (kind, output axis or None)
+    for index, layout in tracked.items():
+        in_rank = len(shapes[index])
+        if layout.axis < in_rank - 2:
+            role[index] = ("batch", layout.axis + rank - in_rank)
+        elif (index, layout.axis - in_rank) in ((0, -2), (1, -1)):
+            role[index] = ("rows" if index == 0 else "columns", rank + layout.axis - in_rank)
+        else:
+            role[index] = ("contracted", None)
+    kinds = {kind for kind, _ in role.values()}
+    if len(tracked) == 2 and len({r for r in role.values()}) != 1:
+        ctx.block("operands carry channels on different axes")
+        return
+    kind, out_axis = next(iter(role.values()))
+    first = next(iter(tracked.values()))
+    if len(tracked) == 2:
+        ctx.couple(tracked[0].atoms, tracked[1].atoms)
+    elif kind in ("batch", "contracted"):
+        other = 1 - next(iter(tracked))
+        other_axis = (out_axis - rank + len(shapes[other])) if kind == "batch" else None
+        if kind == "contracted" or (other_axis >= 0 and shapes[other][other_axis] != 1):
+            ctx.block("the other operand carries these positions untracked")
+            return
+    if kinds == {"contracted"}:
+        ctx.mask_input(0, len(shapes[0]) - 1, tracked[0].atoms)
+        return
+    ctx.emit(0, Layout(out_axis, first.atoms))

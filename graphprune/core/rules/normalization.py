@@ -1,0 +1,141 @@
+"""Normalization and softmax-like ops.
+
+Per-channel normalizations (BatchNormalization, InstanceNormalization) slice their
+per-channel parameters. GroupNormalization normalizes groups of channels together, so a
+channel can only leave with its whole group. Ops whose statistics run *over* the channel
+axis (LayerNormalization over it, Softmax along it, LRN) would change the values of the
+channels that stay: they are barriers.
+"""
+
+from __future__ import annotations
+
+from ..channels import Layout
+from .context import Context
+from .registry import rule
+
+
+def _channel_axis_only(ctx: Context) -> Layout | None:
+    x = ctx.data_layout()
+    if x is not None and x.axis != 1:
+        ctx.block("channels are not on axis 1")
+        return None
+    return x
+
+
+@rule("BatchNormalization")
+def batch_norm(ctx: Context) -> None:
+    """Inputs scale, B, mean, var are all (C,)."""
+    x = _channel_axis_only(ctx)
+    if x is None:
+        return
+    for index in range(1, 5):
+        ctx.slice(index, 0, x.atoms, role="bn_scale" if index == 1 else "param")
+    ctx.emit(0, x)
+
+
+@rule("InstanceNormalization")
+def instance_norm(ctx: Context) -> None:
+    """Statistics per (sample, channel); scale and B are (C,)."""
+    x = _channel_axis_only(ctx)
+    if x is None:
+        return
+    ctx.slice(1, 0, x.atoms, role="weight")
+    ctx.slice(2, 0, x.atoms)
+    ctx.emit(0, x)
+
+
+@rule("GroupNormalization")
+def group_norm(ctx: Context) -> None:
+    """Statistics per (sample, group of C/num_groups channels): the channels of a group
+    are coupled and num_groups counts the groups kept. scale and bias are (C,) since
+    opset 21, (num_groups,) before."""
+    x = _channel_axis_only(ctx)
+    if x is None:
+        return
+    groups = int(ctx.attr("num_groups"))
+    blocks = x.atoms.reshape(groups, -1)
+    for row in blocks:
+        ctx.couple_all(row)
+    heads = blocks[:, 0]
+    ctx.set_count(ctx.target(attribute="num_groups"), heads)
+    for index in (1, 2):
+        shape = ctx.input_shape(index)
+        per_group = shape is not None and shape[0] == groups and groups != x.size
+        ctx.slice(
+            index, 0, heads if per_group else x.atoms, role="weight" if index == 1 else "param"
+        )
+    ctx.emit(0, x)
+
+
+def _stops_if_normalized(ctx: Context, normalized: set[int], what: str) -> None:
+    x = ctx.data_layout()
+    if x is None:
+        return
+    if x.axis in normalized:
+        ctx.block(f"{what} over the channel axis: removing channels changes the others")
+        return
+    ctx.emit(0, x)
+
+
+def _normalized_from(ctx: Context, axis: int) -> set[int]:
+    rank = len(ctx.input_shape(0) or ())
+    axis = axis % rank if rank else axis
+    return set(range(axis, rank))
+
+
+@rule("LayerNormalization", "RMSNormalization")
+def layer_norm(ctx: Context) -> None:
+    """Normalizes over axes [axis, rank); scale and bias cover exactly those axes. Over the
+    channel axis alone it is a barrier unless approximate norms were asked for: then the
+    channels go, scale and bias are sliced, and the group is marked approximate."""
+    normalized = _normalized_from(ctx, int(ctx.attr("axis", -1)))
+    x = ctx.layout(0)
+    if x is None or not ctx.approximate_norms or normalized != {x.axis}:
+        _stops_if_normalized(ctx, normalized, "normalizes")
+        return
+    if ctx.data_layout() is None:
+        return
+    for index in (1, 2):
+        shape = ctx.input_shape(index)
+        if ctx.view.input(ctx.node, index) is not None and shape and shape[-1] == x.size:
+            if ctx.constant(index) is None:
+                ctx.block("scale or bias computed at runtime")
+                return
+            ctx.slice(index, len(shape) - 1, x.atoms, role="weight" if index == 1 else "param")
+    ctx.approximate(x.atoms, "normalizes over the channel axis (statistics change)")
+    ctx.emit(0, x)
+
+
+@rule("MeanVarianceNormalization")
+def mean_variance_norm(ctx: Context) -> None:
+    rank = len(ctx.input_shape(0) or ())
+    axes = {a % rank for a in ctx.attr("axes", [0, 2, 3])}
+    _stops_if_normalized(ctx, axes, "normalizes")
+
+
+@rule("Softmax", "LogSoftmax", "Hardmax")
+def softmax(ctx: Context) -> None:
+    """Since opset 13 along one axis (default -1); before, over the input flattened to 2-D
+    at `axis` (default 1), i.e. over every axis from `axis` on."""
+    rank = len(ctx.input_shape(0) or ())
+    if ctx.view.opset >= 13:
+        normalized = {int(ctx.attr("axis", -1)) % rank}
+    else:
+        normalized = _normalized_from(ctx, int(ctx.attr("axis", 1)))
+    _stops_if_normalized(ctx, normalized, "normalizes")
+
+
+@rule("LRN")
+def lrn(ctx: Context) -> None:
+    """Local response normalization sums squares across neighbouring channels."""
+    _stops_if_normalized(ctx, {1}, "sums across neighbouring channels")
+
+
+@rule("CumSum")
+def cumsum(ctx: Context) -> None:
+    axis = ctx.constant(1)
+    if axis is None:
+        ctx.block("axis computed at runtime")
+        return
+    rank = len(ctx.input_shape(0) or ())
+    _stops_if_normalized(ctx, {int(axis) % rank}, "accumulates")

@@ -1,0 +1,42 @@
+"""Writing models atomically: a temporary file in the destination folder, then a rename,
+so a failure never leaves a half-written model and readers never see one."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import onnx
+
+from .protos import PROTOBUF_LIMIT
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
+    """Save `model` to `path`; models over 2 GB keep their weights in `<name>.data`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    external = model.ByteSize() > PROTOBUF_LIMIT
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as folder:
+        staged = Path(folder) / path.name
+        data_name = f"{path.name}.data"
+        if external:
+            onnx.save_model(model, str(staged), save_as_external_data=True, location=data_name)
+            os.replace(Path(folder) / data_name, path.parent / data_name)
+        else:
+            staged.write_bytes(model.SerializeToString(deterministic=True))
+        os.replace(staged, path)
+    return path
+
+
+def write_text_atomically(path: str | os.PathLike, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,173 @@
+"""Shape inference on a weight-free *skeleton* of the model: large initializers become
+graph inputs carrying only their type and shape, so models over the 2 GB protobuf limit
+infer just as small ones do, and symbolic dimensions stay symbolic. onnxruntime's symbolic
+inference fills in what onnx's leaves unknown (products of symbolic dims).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import onnx
+from onnx import shape_inference
+
+from ..errors import GraphpruneError
+from .protos import element_count
+
+# Initializers up to this many elements stay real values in the skeleton, so that shape
+# computations that read them (Reshape targets, Slice bounds) still infer.
+_SMALL_INITIALIZER = 4096
+
+Shape = tuple[int | str | None, ...]
+
+
+def infer_shapes(
+    model: onnx.ModelProto,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    symbolic: bool = True,
+) -> dict[str, Shape]:
+    """Shapes of every tensor onnx shape inference can reach, symbolic dims as strings.
+
+    `input_shapes` fixes the graph inputs' dims (to count MACs of a concrete run);
+    `symbolic` adds onnxruntime's symbolic inference, slower but exact on symbolic dims."""
+    skeleton = _skeleton(model)
+    for info in skeleton.graph.input:
+        if input_shapes and info.name in input_shapes:
+            dims = info.type.tensor_type.shape.dim
+            for dim, size in zip(dims, input_shapes[info.name], strict=True):
+                dim.Clear()
+                dim.dim_value = int(size)
+    inferred = _infer(skeleton)
+    # Some ops have no shape inference in onnx (function ops such as GroupNormalization):
+    # their output has the data input's shape; state it and infer again downstream.
+    for _ in range(4):
+        known = {info.name for info in [*inferred.graph.value_info, *inferred.graph.input]}
+        stated = [
+            _copy_type(inferred, node.input[0], node.output[0])
+            for node in inferred.graph.node
+            if node.op_type in _SHAPE_PRESERVING
+            and node.output[0] not in known
+            and node.input[0] in known
+        ]
+        if not stated:
+            break
+        skeleton.graph.value_info.extend(stated)
+        inferred = _infer(skeleton)
+    shapes = _shapes_in(inferred)
+    # onnxruntime's symbolic inference keeps products of symbolic dims exact (a Reshape to
+    # [B, S, -1, 64] gets its head count), which onnx's leaves unknown: it wins where it ran.
+    if symbolic and _has_unknown_dims(skeleton, shapes):
+        for name, shape in _symbolic_shapes(skeleton).items():
+            if _better(shape, shapes.get(name)):
+                shapes[name] = shape
+    for tensor in model.graph.initializer:
+        shapes[tensor.name] = tuple(int(d) for d in tensor.dims)
+    return shapes
+
+
+def _shapes_in(model: onnx.ModelProto) -> dict[str, Shape]:
+    shapes: dict[str, Shape] = {}
+    graph = model.graph
+    for info in [*graph.input, *graph.value_info, *graph.output]:
+        shape = _shape_of(info.type)
+        if shape is not None and (None not in shape or info.name not in shapes):
+            shapes[info.name] = shape
+    return shapes
+
+
+def _better(candidate: Shape, current: Shape | None) -> bool:
+    """Whether the symbolic result knows more than onnx's: more static dims, or as many
+    with related symbols where onnx invented unrelated ones."""
+    if current is None or len(current) != len(candidate):
+        return True
+
+    def static(shape: Shape) -> int:
+        return sum(isinstance(d, int) for d in shape)
+
+    if static(candidate) != static(current):
+        return static(candidate) > static(current)
+    return any(d is None or (isinstance(d, str) and d.startswith("unk__")) for d in current)
+
+
+def _has_unknown_dims(model: onnx.ModelProto, shapes: dict[str, Shape]) -> bool:
+    """Whether onnx left shapes out (ops it does not know, such as onnxruntime's contrib
+    ops) or dims it could not relate (None, or symbols it invented)."""
+    if any(name and name not in shapes for node in model.graph.node for name in node.output):
+        return True
+    return any(
+        d is None or (isinstance(d, str) and d.startswith("unk__"))
+        for shape in shapes.values()
+        for d in shape
+    )
+
+
+def _symbolic_shapes(skeleton: onnx.ModelProto) -> dict[str, Shape]:
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            inferred = SymbolicShapeInference.infer_shapes(skeleton, auto_merge=True)
+    except Exception:  # unsupported ops or missing sympy: onnx's inference stands alone
+        return {}
+    if inferred is None:
+        return {}
+    return {name: shape for name, shape in _shapes_in(inferred).items() if None not in shape}
+
+
+_SHAPE_PRESERVING = {"GroupNormalization", "LayerNormalization", "RMSNormalization"}
+
+
+def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception as error:  # onnx raises several unrelated types here
+        raise GraphpruneError(f"shape inference failed: {str(error).splitlines()[0]}") from None
+
+
+def _copy_type(model: onnx.ModelProto, source: str, name: str) -> onnx.ValueInfoProto:
+    for info in [*model.graph.value_info, *model.graph.input]:
+        if info.name == source:
+            copy = onnx.ValueInfoProto()
+            copy.CopyFrom(info)
+            copy.name = name
+            return copy
+    raise KeyError(source)
+
+
+def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    skeleton = onnx.ModelProto()
+    skeleton.ir_version = model.ir_version
+    skeleton.opset_import.extend(model.opset_import)
+    skeleton.functions.extend(model.functions)
+    graph = skeleton.graph
+    graph.node.extend(model.graph.node)
+    graph.input.extend(model.graph.input)
+    graph.output.extend(model.graph.output)
+    existing_inputs = {info.name for info in model.graph.input}
+    for tensor in model.graph.initializer:
+        if element_count(tensor.dims) <= _SMALL_INITIALIZER and not _is_external(tensor):
+            graph.initializer.append(tensor)
+        elif tensor.name not in existing_inputs:
+            graph.input.append(
+                onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims)
+            )
+    return skeleton
+
+
+def _is_external(tensor: onnx.TensorProto) -> bool:
+    return tensor.data_location == onnx.TensorProto.EXTERNAL
+
+
+def _shape_of(type_proto: onnx.TypeProto) -> Shape | None:
+    if not type_proto.HasField("tensor_type") or not type_proto.tensor_type.HasField("shape"):
+        return None
+    dims: list[int | str | None] = []
+    for dim in type_proto.tensor_type.shape.dim:
+        if dim.HasField("dim_value"):
+            dims.append(int(dim.dim_value))
+        elif dim.HasField("dim_param"):
+            dims.append(dim.dim_param)
+        else:
+            dims.append(None)
+    return tuple(dims)

@@ -1,0 +1,260 @@
+"""The whole prune as one library call: load, analyze, calibrate, plan, rewrite (with
+compensation), validate, measure, report. The command line only parses and prints.
+
+    result = prune_model(PruneOptions(model="model.onnx", plan=PlanOptions(ratio=0.5)))
+    save(result.model, "small.onnx")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TypedDict
+
+import onnx
+
+from .api import analyze, calibrate, compensate, load, plan, prune
+from .core.analysis import Analysis
+from .core.metrics import count_macs, count_params
+from .errors import GraphpruneError
+from .inspect.report import GroupRow, groups_json, params_removed_by_kind
+from .planning.plan import Plan, PlanOptions, plan_from_json
+from .posttrain.compensation import METHODS
+from .posttrain.criteria import CALIBRATED
+from .posttrain.data import CalibrationData, describe
+from .posttrain.statistics import CalibrationStats
+from .runtime.inputs import input_shapes, load_inputs, random_inputs
+from .runtime.latency import Latency, bench
+from .runtime.validation import Validation, compare
+from .version import __version__
+
+
+@dataclass(frozen=True)
+class CalibrationOptions:
+    """Where calibration samples come from (`path`: an NPZ or a folder of them; `random`:
+    that many seeded random samples) and how many run at once."""
+
+    path: str | None = None
+    random: int | None = None
+    batch: int = 32
+
+    def __post_init__(self) -> None:
+        if self.path is not None and self.random is not None:
+            raise GraphpruneError("give --calib or --calib-random, not both")
+
+    @property
+    def given(self) -> bool:
+        return self.path is not None or self.random is not None
+
+
+@dataclass(frozen=True)
+class PruneOptions:
+    """Everything one prune needs. `plan` chooses the channels, or `plan_record` (the
+    "plan" of an earlier report) re-applies exact ones; `inputs` (an NPZ) or seeded random
+    inputs shaped by `input_shapes` validate the result; `output` is only recorded."""
+
+    model: str | os.PathLike | onnx.ModelProto
+    plan: PlanOptions = field(default_factory=PlanOptions)
+    plan_record: dict | None = None
+    approximate_norms: bool = False
+    prune_outputs: bool = False
+    calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
+    compensate: str = "none"
+    damp: float = 0.01
+    inputs: str | None = None
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    seed: int = 0
+    bench: bool = False
+    output: str | None = None
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        if self.compensate not in METHODS:
+            raise GraphpruneError(
+                f"unknown compensation {self.compensate!r} (choose from {', '.join(METHODS)})"
+            )
+
+    @property
+    def needs_statistics(self) -> bool:
+        return self.plan.criterion in CALIBRATED or self.compensate != "none"
+
+
+class BeforeAfter(TypedDict):
+    before: int
+    after: int
+    removed_fraction: float
+
+
+class PruneReport(TypedDict, total=False):
+    """The JSON report (`graphprune prune --report`); keys in this order."""
+
+    graphprune: str
+    model: str
+    output: str
+    plan: dict
+    params: BeforeAfter
+    macs: BeforeAfter
+    input_shapes: dict[str, list[int]]
+    validation: Validation
+    params_removed_by_kind: dict[str, int]
+    groups: list[GroupRow]
+    notes: list[str]
+    calibration: dict
+    compensation: dict
+    budget: dict
+    bench: Latency
+    timings: dict[str, float]
+
+
+@dataclass
+class PruneResult:
+    """The pruned model with everything that produced it."""
+
+    model: onnx.ModelProto
+    original: onnx.ModelProto
+    analysis: Analysis
+    plan: Plan
+    report: PruneReport
+    shapes: dict[str, tuple[int, ...]]
+
+    @property
+    def provider(self) -> str:
+        return self.report["validation"]["execution_provider"]
+
+    @property
+    def timings(self) -> dict[str, float]:
+        return self.report["timings"]
+
+
+class _Timings(dict):
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[f"{name}_s"] = time.perf_counter() - started
+
+
+def prune_model(options: PruneOptions) -> PruneResult:
+    """Run the whole prune; raises GraphpruneError for bad input or a model that cannot be
+    pruned safely (nothing is written here: saving is the caller's)."""
+    timings = _Timings()
+    with timings.stage("load"):
+        model = load(options.model)
+        shapes = input_shapes(model, options.input_shapes)
+        if options.inputs:
+            feeds = load_inputs(options.inputs)
+            shapes = {name: tuple(value.shape) for name, value in feeds.items()}
+        else:
+            feeds = random_inputs(model, shapes, options.seed)
+
+    recorded = (options.plan_record or {}).get("options", {})
+    plan_options = options.plan
+    if plan_options.budget is not None and plan_options.budget.shapes is None:
+        budget = dataclasses.replace(plan_options.budget, shapes=shapes)
+        plan_options = dataclasses.replace(plan_options, budget=budget)
+    with timings.stage("analyze"):
+        analysis = analyze(
+            model,
+            # A transformer's hidden size only goes with its normalizations (approximate).
+            approximate_norms=options.approximate_norms
+            or "hidden" in plan_options.only
+            or recorded.get("approximate_norms", False),
+            prune_outputs=options.prune_outputs or recorded.get("prune_outputs", False),
+            progress=options.progress,
+        )
+
+    with timings.stage("calibrate"):
+        stats = _statistics(options, analysis, shapes)
+
+    with timings.stage("plan"):
+        if options.plan_record is not None:
+            chosen = plan_from_json(analysis, options.plan_record)
+        else:
+            chosen = plan(analysis, plan_options, stats=stats)
+
+    compensation_notes: list[str] = []
+    with timings.stage("rewrite"):
+        if stats is not None and options.compensate != "none":
+            pruned = compensate(
+                analysis, chosen, stats, method=options.compensate, damp=options.damp,
+                notes=compensation_notes,
+            )  # fmt: skip
+        else:
+            pruned = prune(analysis, chosen)
+
+    with timings.stage("validate"):
+        validation = compare(model, pruned, feeds, shapes_may_change=analysis.prune_outputs)
+
+    report: PruneReport = {
+        "graphprune": __version__,
+        "model": _label(options.model),
+        "output": str(options.output),
+        "plan": chosen.to_json(analysis),
+        "params": _before_after(count_params(model), count_params(pruned)),
+        "macs": _before_after(count_macs(model, shapes), count_macs(pruned, shapes)),
+        "input_shapes": {k: list(v) for k, v in shapes.items()},
+        "validation": validation,
+        "params_removed_by_kind": params_removed_by_kind(analysis, chosen),
+        "groups": groups_json(analysis, chosen),
+        "notes": chosen.notes,
+    }
+    if stats is not None:
+        data = _calibration_data(options, shapes)
+        report["calibration"] = {"data": describe(data), **stats.summary()}
+        report["compensation"] = {
+            "method": options.compensate, "damp": options.damp, "notes": compensation_notes,
+        }  # fmt: skip
+    if chosen.budget is not None:
+        report["budget"] = chosen.budget
+    if options.bench:
+        report["bench"] = bench(model, pruned, feeds)
+    report["timings"] = {k: round(v, 4) for k, v in timings.items()}
+    return PruneResult(pruned, model, analysis, chosen, report, shapes)
+
+
+def _statistics(
+    options: PruneOptions, analysis: Analysis, shapes: dict[str, tuple[int, ...]]
+) -> CalibrationStats | None:
+    """Calibration statistics when a calibrated criterion or compensation needs them."""
+    if not options.needs_statistics:
+        return None
+    if not options.calibration.given:
+        criterion = options.plan.criterion
+        what = f"criterion {criterion!r}" if criterion in CALIBRATED else "--compensate"
+        raise GraphpruneError(f"{what} needs calibration data (--calib FILE or --calib-random N)")
+    return calibrate(
+        analysis,
+        _calibration_data(options, shapes),
+        batch=options.calibration.batch,
+        scatter=options.compensate == "lsq",
+        progress=options.progress,
+    )
+
+
+def _calibration_data(options: PruneOptions, shapes) -> CalibrationData:
+    return CalibrationData(
+        path=options.calibration.path,
+        random=options.calibration.random,
+        shapes={name: tuple(shape[1:]) for name, shape in shapes.items()},
+        seed=options.seed,
+    )
+
+
+def _label(source: str | os.PathLike | onnx.ModelProto) -> str:
+    return "<in memory>" if isinstance(source, onnx.ModelProto) else str(source)
+
+
+def _before_after(before: int, after: int) -> BeforeAfter:
+    return {
+        "before": before,
+        "after": after,
+        "removed_fraction": round(1 - after / before, 6) if before else 0.0,
+    }
+
+

@@ -1,0 +1,184 @@
+"""Budgets: keep a fraction of the model's MACs or parameters instead of a ratio per group.
+
+Like FLAP (An et al., AAAI 2024) the removal is global: every candidate channel is ranked
+by its normalised score across all groups, and channels go lowest first (never more than
+`max_group_ratio` of a group, never below `min_keep`), so groups whose channels matter
+less lose more. How many go is found by bisection on the length of that ranked list,
+each candidate length rounded per group (`round_to`, grouped-conv blocks) exactly as the
+planner will round it, until the estimated cost reaches the target.
+
+The cost is computed from the edits, without rewriting: a weight's size is the product of
+its kept extents, and a Conv/Gemm/MatMul's MACs scale with the kept fraction of every
+weight axis that loses channels (exact for those ops; activation x activation MatMuls
+scale with their contracted positions only, an estimate). The report gives the MACs and
+parameters measured on the pruned model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..core.analysis import Analysis, Group
+from ..core.channels import MaskInput, SliceConstant, SliceGroupedInput
+from ..core.metrics import count_params, node_macs
+from ..errors import GraphpruneError
+from ..io.shapes import infer_shapes
+from ..runtime.inputs import input_shapes
+
+METRICS = ("macs", "params")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Keep `keep` (0 < keep <= 1) of the model's `metric`; `shapes` fix symbolic input
+    dims for counting MACs (default: those `graphprune prune` validates with)."""
+
+    metric: str
+    keep: float
+    shapes: dict[str, tuple[int, ...]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise GraphpruneError(f"unknown budget metric {self.metric!r} (macs or params)")
+        if not 0.0 < self.keep <= 1.0:
+            raise GraphpruneError(
+                f"--target-{self.metric} must be a fraction to keep in (0, 1], got {self.keep}"
+            )
+
+
+class CostModel:
+    """Estimated MACs and parameters of the model for a given set of kept atoms."""
+
+    def __init__(self, analysis: Analysis, metric: str, shapes=None) -> None:
+        view = analysis.view
+        self.items: list[tuple[float, list[np.ndarray]]] = []
+        by_input: dict[tuple[str, int], list] = defaultdict(list)
+        for edit in analysis.edits:
+            if isinstance(edit, SliceConstant | SliceGroupedInput):
+                by_input[(edit.node, edit.input_index)].append(edit)
+        if metric == "params":
+            self.total = float(count_params(view.model))
+            seen: set[str] = set()
+            for (node, index), edits in sorted(by_input.items()):
+                storage = view.storage(view.nodes[node].input[index])
+                shape = view.constant_shape(view.nodes[node].input[index])
+                if storage is None or storage in seen or shape is None:
+                    continue
+                value_kind = view.initializers.get(storage)
+                if value_kind is not None and value_kind.data_type not in (1, 10, 11, 16):
+                    continue
+                seen.add(storage)
+                self.items.append((float(math.prod(shape)), _axes(edits)))
+        else:
+            concrete = infer_shapes(view.model, input_shapes(view.model, shapes))
+            self.total = 0.0
+            masks: dict[str, list] = defaultdict(list)
+            for edit in analysis.edits:
+                if isinstance(edit, MaskInput):
+                    masks[edit.node].append(edit)
+            for node in view.order:
+                macs = float(node_macs(node, concrete))
+                self.total += macs
+                edits = by_input.get((node.name, 1), []) + masks.get(node.name, [])
+                if macs and edits:
+                    self.items.append((macs, _axes(edits)))
+        self.fixed = self.total - sum(base for base, _ in self.items)
+
+    def cost(self, keep_atom: np.ndarray) -> float:
+        total = self.fixed
+        for base, axes in self.items:
+            fraction = 1.0
+            for atoms in axes:
+                fraction *= float(keep_atom[atoms].mean()) if atoms.size else 1.0
+            total += base * fraction
+        return total
+
+
+def _axes(edits) -> list[np.ndarray]:
+    """One atom array per edited axis (edits on one axis of one input do not multiply)."""
+    axes: dict[tuple[bool, object], np.ndarray] = {}
+    for edit in edits:
+        axis = "grouped" if isinstance(edit, SliceGroupedInput) else edit.axis
+        axes.setdefault((isinstance(edit, MaskInput), axis), edit.atoms.ravel())
+    return list(axes.values())
+
+
+def budget_counts(
+    analysis: Analysis,
+    candidates: list[Group],
+    scores: np.ndarray,
+    budget: Budget,
+    min_keep: int,
+    max_group_ratio: float,
+    kept_positions: Callable[[Group, int], list[int]],
+) -> tuple[dict[int, int], list[str], dict]:
+    """Channels to keep per candidate group so that the estimated cost meets the budget.
+
+    `kept_positions(group, keep)` is the planner's own rounding and selection, so the
+    counts returned here survive its rounding unchanged. Returns the counts, notes and a
+    summary for the report."""
+    model = CostModel(analysis, budget.metric, budget.shapes)
+    target = budget.keep * model.total
+    limit = {
+        g.id: min(g.channels - min_keep, math.floor(g.channels * max_group_ratio))
+        for g in candidates
+    }
+    entries = sorted(
+        (float(scores[c]), g.id, i) for g in candidates for i, c in enumerate(g.classes)
+    )
+    accepted: list[int] = []
+    taken = dict.fromkeys(limit, 0)
+    for _, gid, _ in entries:
+        if taken[gid] < limit[gid]:
+            taken[gid] += 1
+            accepted.append(gid)
+    groups = {g.id: g for g in candidates}
+
+    def evaluate(k: int) -> tuple[float, dict[int, int]]:
+        removed = dict.fromkeys(limit, 0)
+        for gid in accepted[:k]:
+            removed[gid] += 1
+        keep_atom = np.ones(analysis.class_of.shape[0], dtype=bool)
+        counts = {}
+        removed_classes = []
+        for gid, group in groups.items():
+            kept = kept_positions(group, group.channels - removed[gid])
+            counts[gid] = len(kept)
+            mask = np.ones(group.channels, dtype=bool)
+            mask[kept] = False
+            removed_classes.append(group.classes[mask])
+        if removed_classes:
+            dropped = np.isin(analysis.class_of, np.concatenate(removed_classes))
+            keep_atom &= ~dropped
+        return model.cost(keep_atom), counts
+
+    low, high = 0, len(accepted)
+    best_cost, best_counts = evaluate(high)
+    notes = []
+    if best_cost > target:
+        notes.append(
+            f"{budget.metric} target {budget.keep:.1%} not reachable within the group limits: "
+            f"best {best_cost / model.total:.1%}"
+        )
+        low = high
+    while low < high:
+        middle = (low + high) // 2
+        cost, counts = evaluate(middle)
+        if cost <= target:
+            high, best_cost, best_counts = middle, cost, counts
+        else:
+            low = middle + 1
+    summary = {
+        "metric": budget.metric,
+        "target_keep": budget.keep,
+        "estimated_keep": round(best_cost / model.total, 6) if model.total else 1.0,
+        "groups": {groups[g].name: [best_counts[g], groups[g].channels] for g in best_counts},
+    }
+    estimated = summary["estimated_keep"]
+    notes.append(f"budget: keep {budget.keep:.1%} of {budget.metric}, estimated {estimated:.1%}")
+    return best_counts, notes, summary

@@ -1,0 +1,108 @@
+"""Channel importance: one score per class, aggregated over every weight in its group.
+
+Magnitude criteria follow DepGraph (Fang et al., CVPR 2023): each weight slice that
+removal deletes contributes sum |w|^p over the slice (p = 1 for "l1", 2 for "l2"), the
+contributions of one class are reduced over the layers of its group (sum, mean or max) and
+normalised within the group, so that scores of different groups can be ranked together.
+"bn" uses |gamma| of the BatchNormalization scales in the group (Liu et al., Network
+Slimming, ICCV 2017); exporters usually fold BatchNorm into Conv, and groups without one
+fall back to "l2". "random" is the usual sanity baseline. "activation", "wanda" and
+"flap" weigh the consumers' weights by calibration statistics (`graphprune.criteria`);
+classes no calibrated consumer reads fall back to "l2".
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..core.analysis import Analysis
+from ..core.channels import SliceConstant, SliceGroupedInput
+from ..errors import GraphpruneError
+from ..posttrain.criteria import CALIBRATED, LayerReduction, calibrated_scores, standardize
+
+CRITERIA = ("l1", "l2", "bn", "random", *CALIBRATED)
+REDUCTIONS = ("sum", "mean", "max")
+NORMALIZATIONS = ("mean", "max", "sum", "standard", "none")
+
+
+def class_scores(
+    analysis: Analysis,
+    criterion: str = "l2",
+    reduction: str = "mean",
+    normalization: str = "mean",
+    seed: int = 0,
+    stats=None,
+) -> tuple[np.ndarray, list[int]]:
+    """Scores indexed by class id, and the groups where "bn" or a calibrated criterion
+    fell back to "l2". `stats` (`graphprune.calibration.collect`) feeds the calibrated
+    criteria; `normalization=None` means "standard" for "flap" and "mean" otherwise."""
+    if normalization is None:
+        normalization = "standard" if criterion == "flap" else "mean"
+    for value, allowed, what in (
+        (criterion, CRITERIA, "criterion"),
+        (reduction, REDUCTIONS, "reduction"),
+        (normalization, NORMALIZATIONS, "normalization"),
+    ):
+        if value not in allowed:
+            raise GraphpruneError(f"unknown {what} {value!r} (choose from {', '.join(allowed)})")
+    n_classes = analysis.group_of_class.shape[0]
+    if criterion == "random":
+        return np.random.default_rng(seed).random(n_classes), []
+    fallback: list[int] = []
+    if criterion in ("bn", *CALIBRATED):
+        if criterion == "bn":
+            scores = _reduce(analysis, {"bn_scale"}, p=1, reduction=reduction)
+        else:
+            scores = calibrated_scores(analysis, stats, criterion, reduction)
+        has_bn = np.zeros(len(analysis.groups), dtype=bool)
+        covered = ~np.isnan(scores)
+        has_bn[np.unique(analysis.group_of_class[covered & (analysis.group_of_class >= 0)])] = True
+        fallback = [g.id for g in analysis.groups if g.prunable and not has_bn[g.id]]
+        if fallback:
+            l2 = _reduce(analysis, {"weight"}, p=2, reduction=reduction)
+            use_l2 = np.isin(analysis.group_of_class, fallback)
+            scores = np.where(use_l2, l2, scores)
+    else:
+        power = 1 if criterion == "l1" else 2
+        scores = _reduce(analysis, {"weight"}, p=power, reduction=reduction)
+    scores = np.nan_to_num(scores, nan=0.0)
+    return _normalize(analysis, scores, normalization), fallback
+
+
+def _reduce(analysis: Analysis, roles: set[str], p: int, reduction: str) -> np.ndarray:
+    layers = LayerReduction(analysis)
+    for edit in analysis.edits:
+        if not isinstance(edit, SliceConstant | SliceGroupedInput) or edit.role not in roles:
+            continue
+        node = analysis.view.nodes[edit.node]
+        value = analysis.view.constant(node.input[edit.input_index])
+        if value is None:
+            continue
+        magnitude = np.abs(value.astype(np.float64)) ** p
+        if isinstance(edit, SliceGroupedInput):
+            groups, per_group = edit.atoms.shape
+            rows = magnitude.reshape(groups, magnitude.shape[0] // groups, per_group, -1)
+            per_position = rows.sum(axis=(1, 3)).ravel()
+        else:
+            per_position = (
+                np.moveaxis(magnitude, edit.axis, 0)
+                .reshape(magnitude.shape[edit.axis], -1)
+                .sum(axis=1)
+            )
+        layers.add(edit.atoms, per_position)
+    return layers.result(reduction)
+
+
+def _normalize(analysis: Analysis, scores: np.ndarray, normalization: str) -> np.ndarray:
+    if normalization == "none":
+        return scores
+    out = scores.copy()
+    for group in analysis.groups:
+        values = scores[group.classes]
+        if normalization == "standard":
+            out[group.classes] = standardize(values)
+            continue
+        scale = {"mean": values.mean(), "max": values.max(), "sum": values.sum()}[normalization]
+        if scale > 0:
+            out[group.classes] = values / scale
+    return out

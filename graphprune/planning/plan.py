@@ -1,0 +1,327 @@
+"""Choosing which channels go: per-group or global ratios, rounding, minimums, grouped-conv
+constraints, ignore patterns, and plans saved to and loaded from JSON."""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..core.analysis import Analysis, Group
+from ..core.channels import KINDS, Kind, SliceConstant, SliceGroupedInput, edit_node
+from ..errors import GraphpruneError
+from ..posttrain.statistics import CalibrationStats
+from .budget import Budget, budget_counts
+from .importance import class_scores
+
+
+@dataclass
+class GroupChoice:
+    """What one group keeps; indices are positions in `Group.classes` order."""
+
+    group: int
+    removed: list[int]
+    kept: list[int]
+
+
+@dataclass
+class Plan:
+    """The channels a prune removes: per group, and as classes of the analysis. `options`
+    is the record of how they were chosen (JSON, as reports and the metadata keep it)."""
+
+    choices: list[GroupChoice]
+    removed_classes: np.ndarray
+    options: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    budget: dict | None = None  # what each group got under a MACs/params target
+
+    def keep_atom(self, analysis: Analysis) -> np.ndarray:
+        return ~np.isin(analysis.class_of, self.removed_classes)
+
+    def to_json(self, analysis: Analysis) -> dict:
+        return {
+            "options": {
+                **self.options,
+                "approximate_norms": analysis.approximate_norms,
+                "prune_outputs": analysis.prune_outputs,
+            },
+            "groups": [
+                {
+                    "name": analysis.groups[c.group].name,
+                    "sources": analysis.groups[c.group].sources,
+                    "channels": analysis.groups[c.group].channels,
+                    "removed": c.removed,
+                }
+                for c in self.choices
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """How to choose the channels that go.
+
+    `ratio` of the channels of every prunable group go (or of all of them ranked together,
+    `global_ranking`, never more than `max_group_ratio` of a group), lowest scores first
+    by `criterion` (`graphprune.planning.importance`); a `budget` (keep a fraction of MACs
+    or params) replaces `ratio` and ranks globally (`graphprune.planning.budget`). Every
+    group keeps a multiple of `round_to` and at least `min_keep`. `ignore` (glob patterns of
+    node or initializer names) leaves the groups touching them alone. `only` restricts
+    pruning to group kinds; `kind_ratios` gives a kind its own per-group ratio."""
+
+    ratio: float = 0.0
+    criterion: str = "l2"
+    global_ranking: bool = False
+    round_to: int = 1
+    min_keep: int = 1
+    max_group_ratio: float = 0.9
+    ignore: tuple[str, ...] = ()
+    reduction: str = "mean"
+    normalization: str | None = None  # None: "standard" for flap, "mean" otherwise
+    seed: int = 0
+    budget: Budget | None = None
+    only: tuple[Kind, ...] = ()
+    kind_ratios: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ignore", tuple(self.ignore))
+        object.__setattr__(self, "only", tuple(self.only))
+        object.__setattr__(self, "kind_ratios", dict(self.kind_ratios))
+        if self.budget is None and not 0.0 <= self.ratio < 1.0:
+            raise GraphpruneError(f"ratio must be in [0, 1), got {self.ratio}")
+        if self.round_to < 1 or self.min_keep < 1:
+            raise GraphpruneError("round-to and min-keep must be at least 1")
+        for kind in [*self.only, *self.kind_ratios]:
+            if kind not in KINDS:
+                raise GraphpruneError(
+                    f"unknown group kind {kind!r} (choose from {', '.join(KINDS)})"
+                )
+        if any(not 0.0 <= r < 1.0 for r in self.kind_ratios.values()):
+            raise GraphpruneError("per-kind ratios must be in [0, 1)")
+
+    @property
+    def resolved_normalization(self) -> str:
+        if self.normalization is not None:
+            return self.normalization
+        return "standard" if self.criterion == "flap" else "mean"
+
+    def to_json(self) -> dict:
+        """The options as the plan records them (in reports and the model's metadata)."""
+        options = {
+            "ratio": self.ratio, "criterion": self.criterion, "global": self.global_ranking,
+            "round_to": self.round_to, "min_keep": self.min_keep, "ignore": list(self.ignore),
+            "reduction": self.reduction, "normalization": self.resolved_normalization,
+            "seed": self.seed, "only": list(self.only), "kind_ratios": dict(self.kind_ratios),
+        }  # fmt: skip
+        if self.budget is not None:
+            options[f"target_{self.budget.metric}"] = self.budget.keep
+        return options
+
+
+def make_plan(
+    analysis: Analysis, options: PlanOptions, *, stats: CalibrationStats | None = None
+) -> Plan:
+    """The channels to remove under `options`; `stats` (calibration statistics) feed the
+    calibrated criteria."""
+    ratio, criterion, round_to, min_keep = (
+        options.ratio, options.criterion, options.round_to, options.min_keep
+    )  # fmt: skip
+    normalization, budget, only = options.resolved_normalization, options.budget, options.only
+    kind_ratios = options.kind_ratios
+    scores, fallback = class_scores(
+        analysis, criterion, options.reduction, normalization, options.seed, stats
+    )
+    lacks = "BatchNorm scale" if criterion == "bn" else "calibrated consumer"
+    notes = [f"group '{analysis.groups[g].name}' has no {lacks}: scored by l2" for g in fallback]
+    excluded = _ignored(analysis, options.ignore)
+    partitions, partition_problems = _partitions(analysis)
+    candidates = [
+        g
+        for g in analysis.prunable_groups
+        if g.id not in excluded and g.id not in partition_problems and (not only or g.kind in only)
+    ]
+    notes += [f"group '{analysis.groups[g].name}' ignored: {why}" for g, why in excluded.items()]
+    notes += [
+        f"group '{analysis.groups[g].name}' kept: {why}" for g, why in partition_problems.items()
+    ]
+    summary = None
+    if budget is not None:
+
+        def kept_positions(group: Group, keep: int) -> list[int]:
+            partition = partitions.get(group.id)
+            keep = _round_keep(keep, group.channels, round_to, min_keep, partition)
+            return _select(group, scores, keep, partition)
+
+        counts, budget_notes, summary = budget_counts(
+            analysis, candidates, scores, budget, min_keep, options.max_group_ratio, kept_positions
+        )
+        notes += budget_notes
+    else:
+        ranked = [g for g in candidates if options.global_ranking and g.kind not in kind_ratios]
+        counts = _global_counts(ranked, scores, ratio, min_keep, options.max_group_ratio)
+        for group in candidates:
+            if group.id not in counts:
+                share = kind_ratios.get(group.kind, ratio)
+                counts[group.id] = group.channels - math.floor(group.channels * share)
+    choices = []
+    for group in candidates:
+        keep = _round_keep(
+            counts[group.id], group.channels, round_to, min_keep, partitions.get(group.id)
+        )
+        kept = _select(group, scores, keep, partitions.get(group.id))
+        removed = sorted(set(range(group.channels)) - set(kept))
+        if removed:
+            choices.append(GroupChoice(group.id, removed, sorted(kept)))
+    removed_classes = _removed_classes(analysis, choices)
+    removed_classes = _keep_one_per_nonempty(analysis, removed_classes, scores, notes)
+    choices = _choices_from(analysis, removed_classes)
+    plan = Plan(choices, removed_classes, options.to_json(), notes)
+    plan.budget = summary
+    return plan
+
+
+def _ignored(analysis: Analysis, patterns) -> dict[int, str]:
+    if not patterns:
+        return {}
+    view = analysis.view
+    names_by_group: dict[int, set[str]] = {g.id: set(g.sources) for g in analysis.groups}
+    for edit in analysis.edits:
+        extra = {edit_node(edit)}
+        if isinstance(edit, SliceConstant | SliceGroupedInput):
+            storage = view.storage(view.nodes[edit.node].input[edit.input_index])
+            extra.add(storage or "")
+        for gid in np.unique(analysis.group_of_class[analysis.class_of[edit.atoms.ravel()]]):
+            if gid >= 0:
+                names_by_group[int(gid)] |= extra
+    all_names = set(view.nodes) | set(view.initializers)
+    excluded: dict[int, str] = {}
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in all_names):
+            raise GraphpruneError(f"--ignore {pattern!r} matches no node or initializer")
+        for gid, names in names_by_group.items():
+            if gid not in excluded and any(fnmatch.fnmatchcase(n, pattern) for n in names):
+                excluded[gid] = f"matches --ignore {pattern!r}"
+    return excluded
+
+
+def _partitions(analysis: Analysis) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+    """Grouped convs require equal removal per conv group. Returns, per group, its class
+    positions arranged as (conv groups, per conv group), and groups whose constraints we
+    cannot satisfy exactly."""
+    partitions: dict[int, np.ndarray] = {}
+    problems: dict[int, str] = {}
+    for blocks in analysis.equal_blocks:
+        classes = analysis.class_of[blocks]
+        groups = np.unique(analysis.group_of_class[classes])
+        groups = groups[groups >= 0]
+        if len(groups) != 1:
+            for gid in groups:
+                problems[int(gid)] = "a grouped conv mixes channels of several groups"
+            continue
+        group = analysis.groups[int(groups[0])]
+        index = {int(c): i for i, c in enumerate(group.classes)}
+        if len(np.unique(classes)) != classes.size or classes.size != group.channels:
+            problems[group.id] = "grouped conv constraint does not partition the group"
+            continue
+        positions = np.vectorize(index.__getitem__)(classes)
+        previous = partitions.get(group.id)
+        if previous is not None and not _same_partition(previous, positions):
+            problems[group.id] = "two grouped convs partition the group differently"
+            continue
+        partitions[group.id] = positions
+    return partitions, problems
+
+
+def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    return sorted(map(sorted, a.tolist())) == sorted(map(sorted, b.tolist()))
+
+
+def _round_keep(keep: int, channels: int, round_to: int, min_keep: int, partition) -> int:
+    step = round_to
+    if partition is not None:
+        step = math.lcm(step, partition.shape[0])
+    keep = max(keep, min_keep)
+    keep = math.ceil(keep / step) * step
+    return min(keep, channels)
+
+
+def _select(group: Group, scores: np.ndarray, keep: int, partition) -> list[int]:
+    values = scores[group.classes]
+    if partition is None:
+        order = np.argsort(-values, kind="stable")
+        return order[:keep].tolist()
+    per_block = keep // partition.shape[0]
+    kept: list[int] = []
+    for row in partition:
+        order = row[np.argsort(-values[row], kind="stable")]
+        kept += order[:per_block].tolist()
+    return kept
+
+
+def _global_counts(groups: list[Group], scores, ratio, min_keep, max_group_ratio) -> dict[int, int]:
+    """Rank the normalised scores of every candidate class together and remove the lowest
+    `ratio` of them, never more than `max_group_ratio` of one group."""
+    total = sum(g.channels for g in groups)
+    budget = math.floor(total * ratio)
+    entries = sorted((float(scores[c]), g.id, i) for g in groups for i, c in enumerate(g.classes))
+    limit = {
+        g.id: min(g.channels - min_keep, math.floor(g.channels * max_group_ratio)) for g in groups
+    }
+    removed = dict.fromkeys(limit, 0)
+    for _, gid, _ in entries:
+        if budget == 0:
+            break
+        if removed[gid] < limit[gid]:
+            removed[gid] += 1
+            budget -= 1
+    return {g.id: g.channels - removed[g.id] for g in groups}
+
+
+def _removed_classes(analysis: Analysis, choices: list[GroupChoice]) -> np.ndarray:
+    removed = [analysis.groups[c.group].classes[c.removed] for c in choices]
+    return np.sort(np.concatenate(removed)) if removed else np.zeros(0, dtype=np.int64)
+
+
+def _keep_one_per_nonempty(analysis, removed: np.ndarray, scores, notes) -> np.ndarray:
+    """A Split or Slice output must keep one channel: put back its best one."""
+    removed_set = set(removed.tolist())
+    for atoms in analysis.nonempty:
+        classes = np.unique(analysis.class_of[atoms])
+        if classes.size and all(int(c) in removed_set for c in classes):
+            best = int(classes[np.argmax(scores[classes])])
+            removed_set.discard(best)
+            notes.append("kept one channel so that a split output is not empty")
+    return np.array(sorted(removed_set), dtype=np.int64)
+
+
+def _choices_from(analysis: Analysis, removed_classes: np.ndarray) -> list[GroupChoice]:
+    removed = np.isin(np.arange(analysis.group_of_class.shape[0]), removed_classes)
+    choices = []
+    for group in analysis.groups:
+        mask = removed[group.classes]
+        if mask.any():
+            choices.append(
+                GroupChoice(group.id, np.nonzero(mask)[0].tolist(), np.nonzero(~mask)[0].tolist())
+            )
+    return choices
+
+
+def plan_from_json(analysis: Analysis, data: dict) -> Plan:
+    """Re-apply the exact channel choices of an earlier report to this model."""
+    by_name = {g.name: g for g in analysis.groups}
+    choices = []
+    for entry in data.get("groups", []):
+        group = by_name.get(entry["name"])
+        if group is None or group.sources != entry["sources"]:
+            raise GraphpruneError(f"plan group '{entry['name']}' does not exist in this model")
+        if group.channels != entry["channels"] or not group.prunable:
+            raise GraphpruneError(f"plan group '{entry['name']}' does not match this model")
+        removed = sorted(int(i) for i in entry["removed"])
+        if removed and (removed[0] < 0 or removed[-1] >= group.channels):
+            raise GraphpruneError(f"plan group '{entry['name']}' has out-of-range channels")
+        kept = sorted(set(range(group.channels)) - set(removed))
+        choices.append(GroupChoice(group.id, removed, kept))
+    return Plan(choices, _removed_classes(analysis, choices), dict(data.get("options", {})))

@@ -1,0 +1,109 @@
+"""Activation-aware importance from calibration statistics.
+
+A channel j matters through what its consumers do with it: the consumer's output changes by
+X_j W_:,j when j goes. Weight magnitude alone ignores the size of X_j, which is why
+magnitude pruning collapses without fine-tuning. Per consumer, with ||X_j|| the RMS of
+input j over all calibration positions (samples x tokens or pixels) and W_:,j the weight
+slice that multiplies it (all outputs, all kernel positions):
+
+- "activation": ||X_j|| * ||W_:,j||_2, the output energy j carries on its own.
+- "wanda": ||X_j|| * ||W_:,j||_1, Wanda's |W_ij| * ||X_j|| (Sun et al., "A Simple and
+  Effective Pruning Approach for Large Language Models", 2023) summed over the outputs i,
+  i.e. its structured form (Wanda-sp in An et al. 2024).
+- "flap": Var(X_j) * ||W_:,j||_2^2, the fluctuation metric of FLAP (An et al.,
+  "Fluctuation-based Adaptive Structured Pruning for Large Language Models", AAAI 2024):
+  what bias compensation cannot recover is the *fluctuation* of X_j around its mean, so a
+  channel that is nearly constant is cheap to remove. FLAP standardises the scores of each
+  layer ((s - mean) / std) before ranking all layers together; the planner's "standard"
+  normalization does that and is the default for "flap".
+
+A class touching several consumers (a residual stream read by many convs) sums their
+scores (`reduction` "mean" or "max" as for the magnitude criteria); positions of one
+class (the features a Flatten makes of one channel) are summed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..core.analysis import Analysis
+from ..errors import GraphpruneError
+from .statistics import CalibrationStats, Consumer
+
+CALIBRATED = ("activation", "wanda", "flap")
+
+
+def calibrated_scores(
+    analysis: Analysis, stats: CalibrationStats | None, criterion: str, reduction: str = "sum"
+) -> np.ndarray:
+    """Scores indexed by class id; NaN for classes no calibrated consumer reads."""
+    if stats is None:
+        raise GraphpruneError(
+            f"criterion {criterion!r} needs calibration data (--calib FILE or --calib-random N)"
+        )
+    layers = LayerReduction(analysis)
+    for consumer in stats.consumers:
+        layers.add(consumer.positions, _position_scores(analysis, stats, consumer, criterion))
+    return layers.result(reduction)
+
+
+class LayerReduction:
+    """Per-layer contributions to each class's score, reduced across the layers of a group
+    (DepGraph's group reduction): "sum", "mean" or "max"; NaN where no layer contributed."""
+
+    def __init__(self, analysis: Analysis) -> None:
+        self.class_of = analysis.class_of
+        n_classes = analysis.group_of_class.shape[0]
+        self.total = np.zeros(n_classes)
+        self.count = np.zeros(n_classes)
+        self.peak = np.full(n_classes, -np.inf)
+
+    def add(self, atoms: np.ndarray, per_position: np.ndarray) -> None:
+        """One layer: the score of each position of `atoms` (positions of one class sum)."""
+        classes = self.class_of[atoms.ravel()]
+        n_classes = self.total.shape[0]
+        per_class = np.bincount(classes, weights=per_position, minlength=n_classes)
+        touched = np.bincount(classes, minlength=n_classes) > 0
+        self.total += per_class
+        self.count += touched
+        self.peak = np.where(touched, np.maximum(self.peak, per_class), self.peak)
+
+    def result(self, reduction: str) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            if reduction == "sum":
+                return np.where(self.count > 0, self.total, np.nan)
+            if reduction == "mean":
+                return self.total / self.count
+            return np.where(self.count > 0, self.peak, np.nan)
+
+
+def _position_scores(
+    analysis: Analysis, stats: CalibrationStats, consumer: Consumer, criterion: str
+) -> np.ndarray:
+    view = analysis.view
+    weight = view.constant(view.nodes[consumer.node].input[1]).astype(np.float64)
+    power = 1 if criterion == "wanda" else 2
+    magnitude = np.abs(weight) ** power
+    if consumer.grouped:
+        groups, per_group = consumer.positions.shape
+        rows = magnitude.reshape(groups, magnitude.shape[0] // groups, per_group, -1)
+        columns = rows.sum(axis=(1, 3)).ravel()
+    else:
+        axis = consumer.weight_axis
+        columns = np.moveaxis(magnitude, axis, 0).reshape(magnitude.shape[axis], -1).sum(axis=1)
+    moments = stats.channels(consumer)
+    if moments.n == 0 or moments.mean.shape[0] != columns.shape[0]:
+        raise GraphpruneError(
+            f"calibration statistics of '{consumer.node}' do not match its weight"
+        )
+    if criterion == "flap":
+        return moments.variance * columns
+    if criterion == "wanda":
+        return moments.rms * columns
+    return moments.rms * np.sqrt(columns)
+
+
+def standardize(values: np.ndarray) -> np.ndarray:
+    """(s - mean) / std within one group (FLAP's per-layer standardisation)."""
+    spread = values.std()
+    return (values - values.mean()) / spread if spread > 0 else values - values.mean()

@@ -1,0 +1,130 @@
+"""Calibration inputs: NPZ files keyed by graph input name (samples on axis 0), a directory
+of such files, or seeded random inputs for data-free runs, always streamed in batches.
+
+Only one file's arrays are in memory at a time, and only one batch reaches onnxruntime, so
+the activations that `graphprune.calibration` reduces to running statistics never grow
+with the number of samples.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from ..errors import GraphpruneError
+
+
+@dataclass(frozen=True)
+class CalibrationData:
+    """Where calibration batches come from: `path` (an NPZ or a directory of them) or
+    `random` samples shaped like `shapes` (batch dim excluded), generated from `seed`."""
+
+    path: str | None = None
+    random: int | None = None
+    shapes: dict[str, tuple[int, ...]] | None = None
+    seed: int = 0
+
+    def files(self) -> list[Path]:
+        if self.path is None:
+            return []
+        path = Path(self.path)
+        if path.is_dir():
+            found = sorted(path.glob("*.npz"))
+            if not found:
+                raise GraphpruneError(f"calibration directory {path} holds no .npz files")
+            return found
+        if not path.is_file():
+            raise GraphpruneError(f"calibration file {path} does not exist")
+        return [path]
+
+
+def model_inputs(model: onnx.ModelProto) -> dict[str, np.dtype]:
+    """Graph inputs that are not initializers, with their numpy dtypes."""
+    initializers = {t.name for t in model.graph.initializer}
+    return {
+        i.name: np.dtype(onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type))
+        for i in model.graph.input
+        if i.name not in initializers
+    }
+
+
+def batches(
+    model: onnx.ModelProto, data: CalibrationData, batch: int
+) -> Iterator[dict[str, np.ndarray]]:
+    """Feeds of at most `batch` samples each, in a deterministic order."""
+    if batch < 1:
+        raise GraphpruneError(f"--calib-batch must be at least 1, got {batch}")
+    inputs = model_inputs(model)
+    if data.random is not None:
+        yield from _random_batches(inputs, data, batch)
+        return
+    for path in data.files():
+        arrays = _read(path, inputs)
+        count = next(iter(arrays.values())).shape[0]
+        for start in range(0, count, batch):
+            yield {name: value[start : start + batch] for name, value in arrays.items()}
+
+
+def sample_shapes(model: onnx.ModelProto, data: CalibrationData) -> dict[str, tuple[int, ...]]:
+    """Input shapes of one sample (batch dim 1), read from the first file or the options."""
+    if data.random is not None:
+        return {name: (1, *shape) for name, shape in (data.shapes or {}).items()}
+    arrays = _read(data.files()[0], model_inputs(model))
+    return {name: (1, *value.shape[1:]) for name, value in arrays.items()}
+
+
+def _random_batches(inputs: dict[str, np.dtype], data: CalibrationData, batch: int):
+    if data.random < 1:
+        raise GraphpruneError(f"--calib-random must be at least 1, got {data.random}")
+    shapes = data.shapes or {}
+    missing = sorted(set(inputs) - set(shapes))
+    if missing:
+        raise GraphpruneError(f"no shape for calibration input(s) {', '.join(missing)}")
+    for index, start in enumerate(range(0, data.random, batch)):
+        rng = np.random.default_rng([data.seed, index])  # batch b is the same for any size
+        size = min(batch, data.random - start)
+        feeds = {}
+        for name, dtype in inputs.items():
+            shape = (size, *shapes[name])
+            if np.issubdtype(dtype, np.floating):
+                feeds[name] = rng.standard_normal(shape).astype(dtype)
+            elif dtype == np.bool_:
+                feeds[name] = np.ones(shape, dtype=bool)
+            else:
+                feeds[name] = rng.integers(0, 2, size=shape).astype(dtype)
+        yield feeds
+
+
+def _read(path: Path, inputs: dict[str, np.dtype]) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except (OSError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else "unreadable"
+        raise GraphpruneError(f"cannot read calibration file {path}: {first}") from None
+    missing = sorted(set(inputs) - set(arrays))
+    unknown = sorted(set(arrays) - set(inputs))
+    if missing or unknown:
+        what = f"lacks input(s) {', '.join(missing)}" if missing else ""
+        if unknown:
+            what += ("; " if what else "") + f"has arrays that are no model input: {unknown}"
+        raise GraphpruneError(
+            f"calibration file {path.name} {what} (model inputs: {', '.join(inputs)})"
+        )
+    counts = {value.shape[0] if value.ndim else -1 for value in arrays.values()}
+    if len(counts) != 1 or -1 in counts or 0 in counts:
+        raise GraphpruneError(
+            f"calibration file {path.name}: arrays must share a non-empty sample axis 0"
+        )
+    return {name: arrays[name].astype(dtype, copy=False) for name, dtype in inputs.items()}
+
+
+def describe(data: CalibrationData) -> str:
+    if data.random is not None:
+        return f"{data.random} random samples (seed {data.seed})"
+    return os.fspath(data.path)

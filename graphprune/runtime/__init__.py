@@ -1,0 +1,2 @@
+"""Running models in onnxruntime: sessions (imported lazily, quiet), inputs, validation
+and latency."""

@@ -1,0 +1,108 @@
+"""onnxruntime sessions: imported on first use, quiet, on the CUDA execution provider
+when it really runs (onnxruntime-gpu lists it on machines without a GPU and then falls
+back), the CPU provider otherwise; reports say which ran."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import tempfile
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from ..errors import GraphpruneError, first_line
+from ..io.protos import PROTOBUF_LIMIT
+
+_QUIET = 4  # onnxruntime severities: 0 verbose ... 3 error, 4 fatal; we report errors
+
+
+@cache
+def onnxruntime():
+    """The onnxruntime module, imported on first use with its default logger quiet (its
+    own error lines would repeat what graphprune reports in one line)."""
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(_QUIET)
+    return onnxruntime
+
+
+@cache
+def execution_provider() -> str:
+    """CUDAExecutionProvider when a tiny model actually runs on it, else CPU."""
+    ort = onnxruntime()
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return "CPUExecutionProvider"
+    if hasattr(ort, "preload_dlls"):  # CUDA and cuDNN from the nvidia-* pip packages
+        quiet = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+                ort.preload_dlls()
+        except Exception:  # missing libraries only mean CUDA will not work
+            pass
+    node = onnx.helper.make_node("Relu", ["x"], ["y"])
+    graph = onnx.helper.make_graph(
+        [node], "probe",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    )  # fmt: skip
+    probe = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)])
+    probe.ir_version = 7  # any onnxruntime reads it, whatever onnx version wrote it
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    ort.set_default_logger_severity(4)  # a failing CUDA library load is expected here
+    try:
+        session = ort.InferenceSession(
+            probe.SerializeToString(), options, providers=["CUDAExecutionProvider"]
+        )
+        session.run(None, {"x": np.ones(1, np.float32)})
+    except Exception:  # any failure means CUDA is not usable here
+        return "CPUExecutionProvider"
+    finally:
+        ort.set_default_logger_severity(_QUIET)
+    used = session.get_providers()
+    return "CUDAExecutionProvider" if used and used[0] == "CUDAExecutionProvider" else (
+        "CPUExecutionProvider"
+    )
+
+
+def session(
+    model: onnx.ModelProto, provider: str | None = None, threads: int | None = None
+):
+    """An onnxruntime session; `threads` fixes intra-op threads (benchmarks), sequential."""
+    ort = onnxruntime()
+    provider = provider or execution_provider()
+    providers = [provider]
+    if provider != "CPUExecutionProvider":
+        providers.append("CPUExecutionProvider")
+    options = ort.SessionOptions()
+    options.log_severity_level = _QUIET
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    try:
+        if model.ByteSize() < PROTOBUF_LIMIT:
+            serialized = model.SerializeToString()
+            return ort.InferenceSession(serialized, options, providers=providers)
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "model.onnx"
+            onnx.save_model(model, str(path), save_as_external_data=True, location="model.data")
+            return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as error:
+        raise GraphpruneError(f"onnxruntime cannot load the model: {first_line(error)}") from None
+
+
+def run(sess, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    names = {i.name for i in sess.get_inputs()}
+    missing = names - set(feeds)
+    if missing:
+        raise GraphpruneError(f"inputs missing from the feed: {', '.join(sorted(missing))}")
+    try:
+        return sess.run(None, {k: v for k, v in feeds.items() if k in names})
+    except Exception as error:
+        raise GraphpruneError(
+            f"onnxruntime failed to run the model: {first_line(error)}"
+        ) from None

@@ -1,0 +1,74 @@
+"""Validation: run the original and the pruned model on the same inputs and compare."""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+import numpy as np
+import onnx
+
+from ..errors import GraphpruneError
+from .sessions import execution_provider, run, session
+
+
+class Deviation(TypedDict):
+    max_abs: float | None
+    max_rel: float | None  # max_abs over the largest |expected| of the output
+
+
+class _Output(Deviation):
+    name: str
+    shape: list[int]
+
+
+class OutputDeviation(_Output, total=False):
+    shape_before: list[int]  # only where the user let outputs lose channels
+
+
+class Validation(TypedDict):
+    execution_provider: str
+    outputs: list[OutputDeviation]
+
+
+def compare(
+    original: onnx.ModelProto,
+    pruned: onnx.ModelProto,
+    feeds: dict[str, np.ndarray],
+    *,
+    shapes_may_change: bool = False,
+) -> Validation:
+    """Run both models on the same inputs; raise if the pruned outputs change shape, unless
+    the user asked to prune output channels (then the deviation is not defined: None)."""
+    provider = execution_provider()
+    base_session, pruned_session = session(original, provider), session(pruned, provider)
+    expected, actual = run(base_session, feeds), run(pruned_session, feeds)
+    outputs: list[OutputDeviation] = []
+    for meta, a, b in zip(base_session.get_outputs(), expected, actual, strict=True):
+        if a.shape == b.shape:
+            outputs.append({"name": meta.name, "shape": list(a.shape), **deviation(a, b)})
+        elif shapes_may_change and a.ndim == b.ndim:
+            outputs.append(
+                {
+                    "name": meta.name,
+                    "shape_before": list(a.shape),
+                    "shape": list(b.shape),
+                    "max_abs": None,
+                    "max_rel": None,
+                }
+            )
+        else:
+            raise GraphpruneError(
+                f"output '{meta.name}' changed shape {list(a.shape)} -> {list(b.shape)}"
+            )
+    return {"execution_provider": provider, "outputs": outputs}
+
+
+def deviation(expected: np.ndarray, actual: np.ndarray) -> Deviation:
+    if not np.issubdtype(expected.dtype, np.number):
+        return {"max_abs": float(np.any(expected != actual)), "max_rel": 0.0}
+    diff = np.abs(expected.astype(np.float64) - actual.astype(np.float64))
+    scale = float(np.max(np.abs(expected))) if expected.size else 0.0
+    max_abs = float(diff.max()) if diff.size else 0.0
+    return {"max_abs": max_abs, "max_rel": max_abs / scale if scale > 0 else max_abs}
+
+
