@@ -10,11 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 
+import graphprune as gp
 from graphprune import __version__
 from graphprune.cli import main
+from graphprune.runtime.inputs import DEFAULT_DIM, input_shapes
 
 EXAMPLE = Path(__file__).parent.parent / "models" / "example" / "resnet_tiny.onnx"
 
@@ -161,3 +164,40 @@ def test_console_script_version_and_bench(tmp_path):
     code, _ = prune(tmp_path, "--ratio", "0.5", "--bench", "--report", str(report))
     bench = json.loads(report.read_text())["bench"]
     assert code == 0 and bench["latency_ms_before"] > 0 and bench["latency_ms_after"] > 0
+
+
+
+def test_shape_inference_leaves_no_files(tmp_path, monkeypatch):
+    """onnxruntime's symbolic shape inference, when it cannot finish (here: a custom op on
+    a symbolic batch), saves `sym_shape_infer_temp.onnx` into the working directory; the
+    analysis must leave the user's folder as it was."""
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 4])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
+    weight = onnx.numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    nodes = [
+        onnx.helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+        onnx.helper.make_node("Foo", ["h"], ["f"], name="foo", domain="custom.ops"),
+        onnx.helper.make_node("Relu", ["f"], ["y"], name="relu"),
+    ]
+    model = onnx.helper.make_model(
+        onnx.helper.make_graph(nodes, "g", [x], [y], [weight]),
+        opset_imports=[onnx.helper.make_opsetid("", 17), onnx.helper.make_opsetid("custom.ops", 1)],
+    )
+    monkeypatch.chdir(tmp_path)
+    analysis = gp.analyze(gp.load(model))
+    assert [str(r) for g in analysis.groups for r in g.reasons] == [
+        "Foo 'foo': no channel rule for op custom.ops.Foo"
+    ]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_inputs_declared_with_negative_dims_get_default_sizes():
+    """Paddle exports declare free dims as -1: they are symbolic, not sizes."""
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [-1, 3, -1, -1])
+    model = onnx.helper.make_model(
+        onnx.helper.make_graph(
+            [onnx.helper.make_node("Relu", ["x"], ["y"])], "g", [x],
+            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        )
+    )  # fmt: skip
+    assert input_shapes(model) == {"x": (1, 3, DEFAULT_DIM, DEFAULT_DIM)}

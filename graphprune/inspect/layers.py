@@ -17,15 +17,13 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..core.metrics import node_macs
-from ..io.protos import node_attribute, opset_version
+from ..core.graph import GraphView
+from ..core.metrics import count_params, node_macs
+from ..io.protos import graph_inputs, node_attribute, opset_version
+from ..io.protos import is_float as is_float_type
 from ..io.shapes import Shape, infer_shapes
 from ..runtime.inputs import input_shapes as concrete_input_shapes
 
-_FLOAT_TYPES = {
-    onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
-    onnx.TensorProto.DOUBLE,
-}  # fmt: skip
 _INT_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32}
 _SMALL_VALUE = 16  # integer constants up to this size are shown with their values
 _NORMS = {
@@ -98,7 +96,6 @@ def describe(
     given = concrete_input_shapes(model, shapes_given)
     shapes = infer_shapes(model, given)
     storage = _constant_storage(model)
-    initializers = {t.name for t in graph.initializer}
     producer: dict[str, tuple[int, int]] = {}
     opset = opset_version(model)
     layers = []
@@ -112,51 +109,45 @@ def describe(
             if name:
                 producer[name] = (index, slot)
         layers.append(_layer(index, node, shapes, storage, opset))
-    params = sum(math.prod(t.dims) for t in graph.initializer if t.data_type in _FLOAT_TYPES) + sum(
-        math.prod(a.t.dims)
-        for n in graph.node
-        if n.op_type == "Constant"
-        for a in n.attribute
-        if a.name == "value" and a.t.data_type in _FLOAT_TYPES
-    )
     return ModelLayers(
         model=model,
         layers=layers,
         producer=producer,
         constants=set(storage),
-        graph_inputs=[i.name for i in graph.input if i.name not in initializers],
+        graph_inputs=[info.name for info in graph_inputs(model)],
         graph_outputs=[o.name for o in graph.output],
         input_shapes=given,
-        params=int(params),
+        params=count_params(model),
     )
 
 
 def _constant_storage(model: onnx.ModelProto) -> dict[str, tuple]:
-    """tensor -> (storage name, shape, is float, small integer value or None) for
-    initializers, Constant outputs and Identity chains of those (Paddle and tf2onnx route
-    weights through Identity). Small integer values are kept because pruning edits them
-    (Reshape targets, Split sizes, Slice bounds) without changing their shape."""
+    """tensor -> (storage name, shape, is float, small integer value or None) for every
+    constant the graph reads (`GraphView.storage`: initializers, Constant outputs, Identity
+    chains of those). Small integer values are kept because pruning edits them (Reshape
+    targets, Split sizes, Slice bounds) without changing their shape."""
+    view = GraphView(model, shapes=False)
     found: dict[str, tuple] = {}
-    for tensor in model.graph.initializer:
-        found[tensor.name] = _stored(tensor.name, tensor)
-    for node in model.graph.node:
-        if node.op_type == "Constant" and node.output:
-            value = next((a for a in node.attribute if a.name == "value"), None)
-            if value is not None:
-                found[node.output[0]] = _stored(node.output[0], value.t)
-            else:
-                found[node.output[0]] = (node.output[0], [], False, None)
-        elif node.op_type == "Identity" and node.input and node.input[0] in found:
-            found[node.output[0]] = found[node.input[0]]
+    names = {t.name for t in model.graph.initializer}
+    names |= {name for node in model.graph.node for name in [*node.input, *node.output] if name}
+    for name in sorted(names):
+        storage = view.storage(name)
+        if storage is None:
+            continue
+        shape, data_type = view.constant_shape(storage), view.constant_type(storage)
+        if shape is None or data_type is None:  # a sparse or string Constant
+            found[name] = (storage, [], False, None)
+        else:
+            found[name] = _stored(storage, shape, data_type, lambda s=storage: view.constant(s))
     return found
 
 
-def _stored(name: str, tensor: onnx.TensorProto) -> tuple:
-    dims = [int(d) for d in tensor.dims]
-    is_float = tensor.data_type in _FLOAT_TYPES
+def _stored(name: str, dims, data_type: int, read) -> tuple:
+    dims = [int(d) for d in dims]
+    is_float = is_float_type(data_type)
     small = None
-    if not is_float and math.prod(dims) <= _SMALL_VALUE and tensor.data_type in _INT_TYPES:
-        small = [int(v) for v in numpy_helper.to_array(tensor).reshape(-1)]
+    if not is_float and math.prod(dims) <= _SMALL_VALUE and data_type in _INT_TYPES:
+        small = [int(v) for v in np.asarray(read()).reshape(-1)]
     return (name, dims, is_float, small)
 
 
@@ -278,5 +269,5 @@ def _attribute_value(attribute: onnx.AttributeProto):
 
 def _tensor_summary(tensor: onnx.TensorProto) -> str:
     dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).name
-    small = _stored("", tensor)[3]
+    small = _stored("", tensor.dims, tensor.data_type, lambda: numpy_helper.to_array(tensor))[3]
     return f"{dtype}{list(tensor.dims)}" + ("" if small is None else f"={small}")

@@ -103,15 +103,27 @@ def _has_unknown_dims(model: onnx.ModelProto, shapes: dict[str, Shape]) -> bool:
 
 
 def _symbolic_shapes(skeleton: onnx.ModelProto) -> dict[str, Shape]:
+    """onnxruntime's symbolic shape inference, run as its `infer_shapes` runs it except that
+    an incomplete result is dropped here instead of being saved into the current directory
+    (`sym_shape_infer_temp.onnx` and its data: stray files in the user's folder)."""
     try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference, get_opset
 
+        opset = get_opset(skeleton)
+        if not opset or opset < 7:
+            return {}
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            inferred = SymbolicShapeInference.infer_shapes(skeleton, auto_merge=True)
-    except Exception:  # unsupported ops or missing sympy: onnx's inference stands alone
+            inference = SymbolicShapeInference(2**31 - 1, True, False, 0)
+            inference._preprocess(skeleton)
+            complete = False
+            while inference.run_:
+                complete = inference._infer_impl()
+            inference._update_output_from_vi()
+    except Exception:  # unsupported ops, missing sympy, a changed onnxruntime: onnx's stands
         return {}
-    if inferred is None:
+    if not complete:
         return {}
+    inferred = inference.out_mp_
     return {name: shape for name, shape in _shapes_in(inferred).items() if None not in shape}
 
 

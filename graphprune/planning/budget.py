@@ -27,6 +27,7 @@ from ..core.analysis import Analysis, Group
 from ..core.channels import MaskInput, SliceConstant, SliceGroupedInput
 from ..core.metrics import count_params, node_macs
 from ..errors import GraphpruneError
+from ..io.protos import is_float
 from ..io.shapes import infer_shapes
 from ..runtime.inputs import input_shapes
 
@@ -69,8 +70,8 @@ class CostModel:
                 shape = view.constant_shape(view.nodes[node].input[index])
                 if storage is None or storage in seen or shape is None:
                     continue
-                value_kind = view.initializers.get(storage)
-                if value_kind is not None and value_kind.data_type not in (1, 10, 11, 16):
+                stored = view.initializers.get(storage)
+                if stored is not None and not is_float(stored.data_type):
                     continue
                 seen.add(storage)
                 self.items.append((float(math.prod(shape)), _axes(edits)))

@@ -17,6 +17,8 @@ import numpy as np
 import onnx
 
 from ..errors import GraphpruneError
+from ..io.protos import graph_inputs, input_dtype
+from ..runtime.inputs import random_array
 
 
 @dataclass(frozen=True)
@@ -44,13 +46,8 @@ class CalibrationData:
 
 
 def model_inputs(model: onnx.ModelProto) -> dict[str, np.dtype]:
-    """Graph inputs that are not initializers, with their numpy dtypes."""
-    initializers = {t.name for t in model.graph.initializer}
-    return {
-        i.name: np.dtype(onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type))
-        for i in model.graph.input
-        if i.name not in initializers
-    }
+    """The inputs a caller feeds, with their numpy dtypes."""
+    return {info.name: input_dtype(info) for info in graph_inputs(model)}
 
 
 def batches(
@@ -88,16 +85,10 @@ def _random_batches(inputs: dict[str, np.dtype], data: CalibrationData, batch: i
     for index, start in enumerate(range(0, data.random, batch)):
         rng = np.random.default_rng([data.seed, index])  # batch b is the same for any size
         size = min(batch, data.random - start)
-        feeds = {}
-        for name, dtype in inputs.items():
-            shape = (size, *shapes[name])
-            if np.issubdtype(dtype, np.floating):
-                feeds[name] = rng.standard_normal(shape).astype(dtype)
-            elif dtype == np.bool_:
-                feeds[name] = np.ones(shape, dtype=bool)
-            else:
-                feeds[name] = rng.integers(0, 2, size=shape).astype(dtype)
-        yield feeds
+        yield {
+            name: random_array(rng, dtype, (size, *shapes[name]))
+            for name, dtype in inputs.items()
+        }
 
 
 def _read(path: Path, inputs: dict[str, np.dtype]) -> dict[str, np.ndarray]:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from ..core.analysis import Analysis
 from ..core.channels import SliceConstant, SliceGroupedInput
 from ..errors import GraphpruneError
-from ..io.protos import node_attribute
+from ..io.protos import graph_inputs, node_attribute
 from ..io.shapes import infer_shapes
 from ..runtime.sessions import execution_provider, run, session
 from .data import CalibrationData, batches, model_inputs, sample_shapes
@@ -241,15 +241,15 @@ def collect(
 
 def _run_chunk(stats, model, chunk, data, batch, provider, progress) -> int:
     """One pass over the data with `chunk`'s tensors exposed; returns the sample count."""
-    graph_inputs = set(model_inputs(model))
-    exposed = [t for t in chunk if t not in graph_inputs]
+    fed = set(model_inputs(model))
+    exposed = [t for t in chunk if t not in fed]
     sess = session(model, provider)
     samples = 0
     for feeds in tqdm(
         batches(model, data, batch), desc="calibrate", disable=not progress, leave=False
     ):
         values = dict(zip(exposed, run(sess, feeds), strict=True))
-        values.update({name: feeds[name] for name in chunk if name in graph_inputs})
+        values.update({name: feeds[name] for name in chunk if name in fed})
         done: set[str] = set()
         for consumer in stats.consumers:
             if consumer.tensor in values:
@@ -261,10 +261,7 @@ def _run_chunk(stats, model, chunk, data, batch, provider, progress) -> int:
 def _static_batch(model: onnx.ModelProto) -> int | None:
     """The fixed size of the inputs' axis 0, when every input has the same one."""
     sizes = set()
-    initializers = {t.name for t in model.graph.initializer}
-    for info in model.graph.input:
-        if info.name in initializers:
-            continue
+    for info in graph_inputs(model):
         dims = info.type.tensor_type.shape.dim
         if not dims or not dims[0].HasField("dim_value"):
             return None

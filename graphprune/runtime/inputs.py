@@ -30,7 +30,7 @@ def input_shapes(
         default = DEFAULT_LENGTH if np.issubdtype(dtype, np.integer) else DEFAULT_DIM
         dims = []
         for axis, dim in enumerate(info.type.tensor_type.shape.dim):
-            if dim.HasField("dim_value"):
+            if dim.HasField("dim_value") and dim.dim_value > 0:  # Paddle writes -1 for "any"
                 dims.append(int(dim.dim_value))
             else:
                 dims.append(batch if axis == 0 else default)
