@@ -209,10 +209,9 @@ def _replace_input(graph: gs.Graph, node: gs.Node, index: int, value, view, uses
 
 
 def _dtype_of(view, storage: str | None):
-    if storage is None:
-        return None
-    value = view.constant(storage)
-    return None if value is None else value.dtype
+    """The stored element type, read without decoding the weight a second time."""
+    data_type = None if storage is None else view.constant_type(storage)
+    return None if data_type is None else onnx.helper.tensor_dtype_to_np_dtype(data_type)
 
 
 def _restore_model_fields(model: onnx.ModelProto, original: onnx.ModelProto, plan_json) -> None:
