@@ -28,6 +28,9 @@ from torch import nn
 
 from models.attention import TinyEncoder, TorchEncoder
 from models.export import OPSET, cache_dir, normalize, source_fingerprint
+from models.torchvision_cpu import import_torchvision
+
+import_torchvision()  # transformers imports torchvision whenever it is installed
 
 VOCAB = 100
 
@@ -158,11 +161,11 @@ TRANSFORMERS: dict[str, TransformerEntry] = {
     "vit": TransformerEntry(_vit, (1, 3, 32, 32), heads=4, kv_heads=4),
     "minilm": TransformerEntry(_minilm, TEXT, heads=12, kv_heads=12, mlp=1536, layers=6),
     # Our own blocks (models/attention.py). nn.MultiheadAttention folds the heads into the
-    # batch axis ([S, B*H, D]), where they are not always separable (kv_heads=0: heads not
-    # required); the classic exporter cannot export its fused eval path.
+    # batch axis ([S, B*H, D], a tiled layout); the classic exporter cannot export its
+    # fused eval path.
     "tiny_encoder": TransformerEntry(lambda: TinyEncoder().eval(), TEXT, heads=4, kv_heads=4),
     "torch_encoder": TransformerEntry(
-        lambda: TorchEncoder().eval(), TEXT, heads=4, kv_heads=0, exporters=DYNAMO_ONLY
+        lambda: TorchEncoder().eval(), TEXT, heads=4, kv_heads=4, exporters=DYNAMO_ONLY
     ),
 }  # fmt: skip
 

@@ -36,12 +36,9 @@ def test_heads_and_mlp_prune_exactly(name, exporter):
     analysis = gp.analyze(model)
     sizes = sorted(g.channels for g in analysis.prunable_groups)
     kinds = sorted(g.kind for g in analysis.prunable_groups)
-    if entry.kv_heads:  # per layer: one group of (KV) heads and one MLP width
-        assert sizes == sorted([entry.kv_heads, entry.mlp] * entry.layers), sizes
-        assert kinds == sorted(["heads", "mlp"] * entry.layers)
-    else:  # heads folded into the batch axis: some decline, saying why
-        assert kinds.count("mlp") == entry.layers and kinds.count("heads") < entry.layers
-        assert "cannot align" in " ".join(str(r) for g in analysis.groups for r in g.reasons)
+    # per layer: one group of (KV) heads and one MLP width
+    assert sizes == sorted([entry.kv_heads, entry.mlp] * entry.layers), sizes
+    assert kinds == sorted(["heads", "mlp"] * entry.layers)
     plan = gp.plan(analysis, 0.3)
     assert all(c.removed for c in plan.choices) and len(plan.choices) == len(sizes)
     pruned = gp.prune(analysis, plan)

@@ -70,6 +70,10 @@ def model_dir() -> Path:
 
 
 def export(path: Path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from models.torchvision_cpu import import_torchvision
+
+    import_torchvision()  # transformers imports torchvision whenever it is installed
     from transformers import AutoTokenizer, BertModel
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir())

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from .channels import Edit, Kind, Reason
 from .graph import GraphView
-from .rules import Context, Recorder, find_rule
+from .rules import Context, Recorder, apply_rule
 
 
 @dataclass(frozen=True)
@@ -98,12 +98,7 @@ def analyze_view(
     recorder = Recorder()
     for node in tqdm(view.order, desc="analyze", unit="op", disable=not progress, leave=False):
         context = Context(recorder, view, node, approximate_norms=options.approximate_norms)
-        rule = find_rule(node.domain or "", node.op_type)
-        if rule is not None:
-            rule(context)
-        elif context.tracked():
-            domain = f"{node.domain}." if node.domain else ""
-            context.block(f"no channel rule for op {domain}{node.op_type}")
+        apply_rule(context)
     for name in [] if options.prune_outputs else view.graph_outputs:
         if name in recorder.layouts:
             recorder.freeze(recorder.layouts[name].atoms, Reason(f"reaches model output '{name}'"))

@@ -43,10 +43,21 @@ class Reason:
 
 @dataclass(frozen=True)
 class Layout:
-    """Atoms along one axis of a tensor; `atoms[i]` is the channel at position i."""
+    """Atoms along one axis of a tensor; `atoms[i]` is the channel at position i.
+
+    `tiled`: the axis merges a symbolic dim (outer) with the channels (inner), as in a
+    reshape of [S, B, H*D] to [S, B*H, D] with a symbolic batch B, so position p holds
+    `atoms[p % len(atoms)]` and the axis is len(atoms) times an unknown size. Only rules
+    registered with `tiled=True` accept such an input; at any other op it is a barrier.
+
+    `count`: the tensor is a shape vector (or scalar) read at runtime whose entry `axis`
+    is the number of kept positions of `atoms` (times the symbolic size when tiled), as
+    Shape -> Slice -> Concat builds a reshape target. Only count rules accept it."""
 
     axis: int
     atoms: np.ndarray
+    tiled: bool = False
+    count: bool = False
 
     @property
     def size(self) -> int:

@@ -198,7 +198,7 @@ def _replace_input(graph: gs.Graph, node: gs.Node, index: int, value, view, uses
         old.values = value
         return
     base = storage or f"{node.name}_input{index}"
-    constant = gs.Constant(f"{base}__{node.name}_{index}", np.ascontiguousarray(value))
+    constant = gs.Constant(f"{base}__{node.name}_{index}", np.asarray(value, order="C"))
     if old is None:
         while len(node.inputs) < index:
             node.inputs.append(gs.Variable.empty())

@@ -90,7 +90,7 @@ def fold_constants(model: onnx.ModelProto) -> int:
     renamed = {}
     for name, value in sorted(replacements.items()):
         new_name = unique_name(f"{name}_folded", taken)
-        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value), new_name))
+        graph.initializer.append(numpy_helper.from_array(np.asarray(value, order="C"), new_name))
         renamed[name] = new_name
     for node in graph.node:
         for index, name in enumerate(node.input):

@@ -139,7 +139,7 @@ class _Writer:
             self.initializers[name].CopyFrom(numpy_helper.from_array(value, name))
             return
         new_name = self._fresh(f"{name or node.name}__{suffix}")
-        tensor = numpy_helper.from_array(np.ascontiguousarray(value), new_name)
+        tensor = numpy_helper.from_array(np.asarray(value, order="C"), new_name)
         self.model.graph.initializer.append(tensor)
         self.initializers[new_name] = self.model.graph.initializer[-1]
         while len(node.input) <= index:

@@ -6,8 +6,18 @@ channels reaching it are frozen and the analysis says which op stopped them. Rul
 register themselves in `registry.RULES` when their module is imported here.
 """
 
-from . import conv, elementwise, linear, normalization, reduction, routing, shape  # noqa: F401
+from . import (  # noqa: F401
+    conv,
+    counts,
+    elementwise,
+    linear,
+    normalization,
+    reduction,
+    reshape,
+    routing,
+    shape,
+)
 from .context import Context, Recorder
-from .registry import RULES, Rule, find_rule, rule
+from .registry import RULES, Rule, apply_rule, count_rule, find_rule, rule
 
-__all__ = ["RULES", "Context", "Recorder", "Rule", "find_rule", "rule"]
+__all__ = ["RULES", "Context", "Recorder", "Rule", "apply_rule", "count_rule", "find_rule", "rule"]

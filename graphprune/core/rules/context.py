@@ -96,7 +96,7 @@ class Context:
     def data_layout(self) -> Layout | None:
         """The data input's (input 0) layout. Channels that reach any other input (sizes,
         bounds, indices, parameters) cannot be mapped: they stop here and None is returned."""
-        if any(index != 0 for index, _ in self.tracked()):
+        if any(index != 0 and not layout.count for index, layout in self.tracked()):
             self.block("channels reach a non-data input (sizes, bounds, indices or parameters)")
             return None
         return self.layout(0)

@@ -1,5 +1,12 @@
 """The registry of channel rules: `@rule("Relu", "Sigmoid")` registers a function for ops
-of the default domain, `@rule("FastGelu", domain="com.microsoft")` for another one."""
+of the default domain, `@rule("FastGelu", domain="com.microsoft")` for another one.
+
+Two kinds of layout need a rule's explicit consent, because a rule written for plain
+channels would map them wrongly: a tiled layout (`Layout.tiled`; `tiled=True`), and a
+channel count read at runtime (`Layout.count`). Counts go to the op's `@count_rule`
+(`counts`), or to the inputs a rule names in `count_inputs` (a Reshape's target shape).
+Anything else stops them, with the reason, so an unforeseen use is never mapped wrongly.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +16,32 @@ from .context import Context
 
 Rule = Callable[[Context], None]
 RULES: dict[tuple[str, str], Rule] = {}
+COUNT_RULES: dict[tuple[str, str], Rule] = {}
+_TILED: set[tuple[str, str]] = set()
+_COUNT_INPUTS: dict[tuple[str, str], tuple[int, ...]] = {}
 
 
-def rule(*op_types: str, domain: str = "") -> Callable[[Rule], Rule]:
+def rule(
+    *op_types: str, domain: str = "", tiled: bool = False, count_inputs: tuple[int, ...] = ()
+) -> Callable[[Rule], Rule]:
     def register(function: Rule) -> Rule:
         for op_type in op_types:
             RULES[(domain, op_type)] = function
+            if tiled:
+                _TILED.add((domain, op_type))
+            if count_inputs:
+                _COUNT_INPUTS[(domain, op_type)] = count_inputs
+        return function
+
+    return register
+
+
+def count_rule(*op_types: str) -> Callable[[Rule], Rule]:
+    """A rule for an op whose every tracked input is a channel count (a shape vector)."""
+
+    def register(function: Rule) -> Rule:
+        for op_type in op_types:
+            COUNT_RULES[("", op_type)] = function
         return function
 
     return register
@@ -22,3 +49,21 @@ def rule(*op_types: str, domain: str = "") -> Callable[[Rule], Rule]:
 
 def find_rule(domain: str, op_type: str) -> Rule | None:
     return RULES.get((domain, op_type))
+
+
+def apply_rule(ctx: Context) -> None:
+    """Let the node's rule state its channel flow, or stop what no rule can map."""
+    key = (ctx.node.domain or "", ctx.node.op_type)
+    tracked = ctx.tracked()
+    counts = [index for index, layout in tracked if layout.count]
+    if counts and len(counts) == len(tracked) and key in COUNT_RULES:
+        COUNT_RULES[key](ctx)
+    elif any(index not in _COUNT_INPUTS.get(key, ()) for index in counts):
+        ctx.block("a channel count read at runtime (Shape) is used here")
+    elif key not in _TILED and any(layout.tiled for _, layout in tracked):
+        ctx.block("channels share an axis with a symbolic dim (e.g. batch*heads)")
+    elif key in RULES:
+        RULES[key](ctx)
+    elif tracked:
+        domain = f"{key[0]}." if key[0] else ""
+        ctx.block(f"no channel rule for op {domain}{key[1]}")
