@@ -26,7 +26,7 @@ BROADCAST = (
 )  # fmt: skip
 
 
-@rule(*UNARY, "CastLike", "Dropout")
+@rule(*UNARY, "CastLike", "Dropout", tiled=True)
 def unary(ctx: Context) -> None:
     """Output element i depends on input element i only (CastLike's second input and
     Dropout's ratio are not data). Dropout's optional mask has the data's shape."""
@@ -41,7 +41,7 @@ CONTRIB_ELEMENTWISE = ("BiasGelu", "FastGelu", "Gelu", "QuickGelu")
 
 
 @rule(*CONTRIB_ELEMENTWISE, domain="com.microsoft")
-@rule(*BROADCAST)
+@rule(*BROADCAST, tiled=True)
 def broadcast(ctx: Context) -> None:
     """Tracked operands couple position by position; a constant operand that is per-channel
     is sliced; one that broadcasts (size 1) needs nothing; a runtime operand that is
@@ -55,8 +55,10 @@ def broadcast(ctx: Context) -> None:
         return
     rank = len(out_shape)
     axes = {layout.axis + rank - len(ctx.input_shape(i)) for i, layout in tracked}
-    sizes = {layout.size for _, layout in tracked}
-    if len(axes) != 1 or len(sizes) != 1 or out_shape[next(iter(axes))] != sizes.pop():
+    # A tiled axis is as long as the input's symbolic dim, a plain one as its atoms.
+    sizes = {ctx.input_shape(i)[x.axis] if x.tiled else x.size for i, x in tracked}
+    tiled = {layout.tiled for _, layout in tracked}
+    if len(axes) != 1 or len(tiled) != 1 or len(sizes) != 1 or out_shape[min(axes)] != sizes.pop():
         ctx.block("operands carry channels on different axes or broadcast them")
         return
     axis = axes.pop()
@@ -74,8 +76,8 @@ def broadcast(ctx: Context) -> None:
         operand_axis = axis - (rank - len(shape))
         if operand_axis < 0 or shape[operand_axis] == 1:
             continue
-        if ctx.constant(index) is None:
+        if ctx.constant(index) is None or first.tiled:
             ctx.block(f"per-channel operand {name!r} is computed from untracked channels")
             return
         ctx.slice(index, operand_axis, first.atoms)
-    ctx.emit(0, Layout(axis, first.atoms))
+    ctx.emit(0, Layout(axis, first.atoms, first.tiled))

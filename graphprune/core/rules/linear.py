@@ -40,7 +40,7 @@ def gemm(ctx: Context) -> None:
     ctx.emit(0, Layout(1, out))
 
 
-@rule("MatMul")
+@rule("MatMul", tiled=True)
 def matmul(ctx: Context) -> None:
     """With a constant 2-D B (K, N): A's last axis is absorbed by B's rows, and the output's
     last axis holds N new features. Two computed operands (attention) go to
@@ -51,6 +51,9 @@ def matmul(ctx: Context) -> None:
     a_is_constant = ctx.constant_shape(0) is not None
     if weight_shape is None and not a_is_constant:
         activation_matmul(ctx)
+        return
+    if a is not None and a.tiled:
+        ctx.block("channels share an axis with a symbolic dim (e.g. batch*heads)")
         return
     if weight_shape is None or len(weight_shape) != 2 or a_is_constant or a_rank < 2:
         ctx.block("multiplies by a constant that is not a 2-D weight")
@@ -97,6 +100,11 @@ def activation_matmul(ctx: Context) -> None:
         return
     kind, out_axis = next(iter(role.values()))
     first = next(iter(tracked.values()))
+    if any(layout.tiled for layout in tracked.values()) and (
+        kind != "batch" or len(tracked) != 2 or not all(x.tiled for x in tracked.values())
+    ):  # a tiled axis repeats its channels: only batch axes of both operands may hold it
+        ctx.block("channels share an axis with a symbolic dim (e.g. batch*heads)")
+        return
     if len(tracked) == 2:
         ctx.couple(tracked[0].atoms, tracked[1].atoms)
     elif kind in ("batch", "contracted"):
@@ -108,4 +116,4 @@ def activation_matmul(ctx: Context) -> None:
     if kinds == {"contracted"}:
         ctx.mask_input(0, len(shapes[0]) - 1, tracked[0].atoms)
         return
-    ctx.emit(0, Layout(out_axis, first.atoms))
+    ctx.emit(0, Layout(out_axis, first.atoms, first.tiled))

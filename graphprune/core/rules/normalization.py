@@ -113,7 +113,7 @@ def mean_variance_norm(ctx: Context) -> None:
     _stops_if_normalized(ctx, axes, "normalizes")
 
 
-@rule("Softmax", "LogSoftmax", "Hardmax")
+@rule("Softmax", "LogSoftmax", "Hardmax", tiled=True)
 def softmax(ctx: Context) -> None:
     """Since opset 13 along one axis (default -1); before, over the input flattened to 2-D
     at `axis` (default 1), i.e. over every axis from `axis` on."""
