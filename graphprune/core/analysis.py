@@ -96,14 +96,16 @@ def analyze_view(
     group the coupled channels (see `AnalysisOptions`)."""
     options = options or AnalysisOptions()
     recorder = Recorder()
-    for node in tqdm(view.order, desc="analyze", unit="op", disable=not progress, leave=False):
-        context = Context(recorder, view, node, approximate_norms=options.approximate_norms)
-        rule = find_rule(node.domain or "", node.op_type)
-        if rule is not None:
-            rule(context)
-        elif context.tracked():
-            domain = f"{node.domain}." if node.domain else ""
-            context.block(f"no channel rule for op {domain}{node.op_type}")
+    # A with-block closes the bar on errors too, so no half-drawn line stays on stderr.
+    with tqdm(view.order, desc="analyze", unit="op", disable=not progress, leave=False) as bar:
+        for node in bar:
+            context = Context(recorder, view, node, approximate_norms=options.approximate_norms)
+            rule = find_rule(node.domain or "", node.op_type)
+            if rule is not None:
+                rule(context)
+            elif context.tracked():
+                domain = f"{node.domain}." if node.domain else ""
+                context.block(f"no channel rule for op {domain}{node.op_type}")
     for name in [] if options.prune_outputs else view.graph_outputs:
         if name in recorder.layouts:
             recorder.freeze(recorder.layouts[name].atoms, Reason(f"reaches model output '{name}'"))
