@@ -44,8 +44,8 @@ def choose_batch(
     if first is None:
         return BatchChoice(batch)
     size = next(iter(first.values())).shape[0]
-    if size == (static or 1):
-        return BatchChoice(batch)
+    if size == (static or 1):  # nothing to learn from this batch: the size that surely runs
+        return BatchChoice(static or 1)
     relax = static is not None
     problem = _batch_problem(relax_batch(model) if relax else model, first, provider)
     if problem is None:
