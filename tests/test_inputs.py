@@ -252,3 +252,11 @@ def test_a_failing_run_closes_its_progress_bar(tmp_path, capsys):
     with pytest.raises(gp.GraphpruneError, match="lacks input"):
         collect(analysis, CalibrationData(path=str(folder)), batch=2, progress=True)
     assert capsys.readouterr().err.endswith("\r")  # the bar cleared its line, nothing left
+
+
+def test_a_static_batch_that_runs_relaxed_keeps_the_batch():
+    """Exports with a static batch of 1 (every zoo CNN) still calibrate 32 at a time."""
+    analysis = gp.analyze(gp.load("models/example/resnet_tiny.onnx"))
+    data = CalibrationData(random=40, shapes={"input": (3, 32, 32)})
+    stats = collect(analysis, data)
+    assert stats.batch == 32 and stats.batch_note is None and stats.samples == 40
