@@ -27,8 +27,9 @@ from .posttrain.compensation import METHODS
 from .posttrain.criteria import CALIBRATED
 from .posttrain.data import CalibrationData, describe
 from .posttrain.statistics import CalibrationStats
-from .runtime.inputs import input_shapes, load_inputs, random_inputs
+from .runtime.inputs import load_inputs
 from .runtime.latency import Latency, bench
+from .runtime.probe import ProbedInputs, check_inputs, choose_inputs
 from .runtime.validation import Validation, compare
 from .version import __version__
 
@@ -55,7 +56,8 @@ class CalibrationOptions:
 class PruneOptions:
     """Everything one prune needs. `plan` chooses the channels, or `plan_record` (the
     "plan" of an earlier report) re-applies exact ones; `inputs` (an NPZ) or seeded random
-    inputs shaped by `input_shapes` validate the result; `output` is only recorded."""
+    inputs shaped by `input_shapes` validate the result (dims left open get the first
+    candidate size the original model runs on); `output` is only recorded."""
 
     model: str | os.PathLike | onnx.ModelProto
     plan: PlanOptions = field(default_factory=PlanOptions)
@@ -99,6 +101,7 @@ class PruneReport(TypedDict, total=False):
     params: BeforeAfter
     macs: BeforeAfter
     input_shapes: dict[str, list[int]]
+    input_notes: list[str]  # only when the default shapes did not run
     validation: Validation
     params_removed_by_kind: dict[str, int]
     groups: list[GroupRow]
@@ -146,12 +149,9 @@ def prune_model(options: PruneOptions) -> PruneResult:
     timings = _Timings()
     with timings.stage("load"):
         model = load(options.model)
-        shapes = input_shapes(model, options.input_shapes)
-        if options.inputs:
-            feeds = load_inputs(options.inputs)
-            shapes = {name: tuple(value.shape) for name, value in feeds.items()}
-        else:
-            feeds = random_inputs(model, shapes, options.seed)
+    with timings.stage("inputs"):
+        probed = _inputs(model, options)
+        shapes, feeds = probed.shapes, probed.feeds
 
     recorded = (options.plan_record or {}).get("options", {})
     plan_options = options.plan
@@ -189,7 +189,10 @@ def prune_model(options: PruneOptions) -> PruneResult:
             pruned = prune(analysis, chosen)
 
     with timings.stage("validate"):
-        validation = compare(model, pruned, feeds, shapes_may_change=analysis.prune_outputs)
+        validation = compare(
+            model, pruned, feeds, shapes_may_change=analysis.prune_outputs,
+            expected=probed.expected,
+        )  # fmt: skip
 
     report: PruneReport = {
         "graphprune": __version__,
@@ -199,6 +202,7 @@ def prune_model(options: PruneOptions) -> PruneResult:
         "params": _before_after(count_params(model), count_params(pruned)),
         "macs": _before_after(count_macs(model, shapes), count_macs(pruned, shapes)),
         "input_shapes": {k: list(v) for k, v in shapes.items()},
+        **({"input_notes": probed.notes} if probed.notes else {}),
         "validation": validation,
         "params_removed_by_kind": params_removed_by_kind(analysis, chosen),
         "groups": groups_json(analysis, chosen),
@@ -216,6 +220,14 @@ def prune_model(options: PruneOptions) -> PruneResult:
         report["bench"] = bench(model, pruned, feeds)
     report["timings"] = {k: round(v, 4) for k, v in timings.items()}
     return PruneResult(pruned, model, analysis, chosen, report, shapes)
+
+
+def _inputs(model: onnx.ModelProto, options: PruneOptions) -> ProbedInputs:
+    """Inputs the original model runs on, checked before anything is pruned: the user's
+    NPZ, or seeded random ones of the first candidate shapes that run."""
+    if options.inputs:
+        return check_inputs(model, load_inputs(options.inputs), str(options.inputs))
+    return choose_inputs(model, options.input_shapes, options.seed)
 
 
 def _statistics(

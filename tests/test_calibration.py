@@ -235,4 +235,4 @@ def test_fixed_batch_inside_the_model_falls_back_to_that_batch(tmp_path):
     np.savez(tmp_path / "c.npz", x=rng.standard_normal((20, 8)).astype(np.float32))
     analysis = gp.analyze(gp.load(model))
     stats = collect(analysis, gp.CalibrationData(path=str(tmp_path / "c.npz")), batch=8)
-    assert stats.samples == 20 and "fixed at 1" in stats.notes[0]
+    assert stats.samples == 20 and stats.batch == 1 and "fixed at 1" in stats.batch_note

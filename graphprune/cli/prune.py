@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from ..core.channels import KINDS
@@ -138,7 +139,8 @@ def options_from(args: argparse.Namespace) -> PruneOptions:
         seed=args.seed,
         bench=args.bench,
         output=args.output,
-        progress=not args.quiet,
+        # Bars redraw a line with carriage returns: only a terminal shows that cleanly.
+        progress=not args.quiet and sys.stderr.isatty(),
     )
 
 
@@ -189,6 +191,9 @@ def _print_summary(report: PruneReport) -> None:
         f"validated on {report['validation']['execution_provider']}: {shapes}, "
         f"max relative deviation {worst:.3g}"
     )
+    notes = [*report.get("input_notes", []), report.get("calibration", {}).get("batch_note")]
+    for note in filter(None, notes):  # choices the user did not make: said, not silent
+        print(f"note: {note}")
     if "bench" in report:
         b = report["bench"]
         print(

@@ -96,9 +96,10 @@ def analyze_view(
     group the coupled channels (see `AnalysisOptions`)."""
     options = options or AnalysisOptions()
     recorder = Recorder()
-    for node in tqdm(view.order, desc="analyze", unit="op", disable=not progress, leave=False):
-        context = Context(recorder, view, node, approximate_norms=options.approximate_norms)
-        apply_rule(context)
+    # A with-block closes the bar on errors too, so no half-drawn line stays on stderr.
+    with tqdm(view.order, desc="analyze", unit="op", disable=not progress, leave=False) as bar:
+        for node in bar:
+            apply_rule(Context(recorder, view, node, approximate_norms=options.approximate_norms))
     for name in [] if options.prune_outputs else view.graph_outputs:
         if name in recorder.layouts:
             recorder.freeze(recorder.layouts[name].atoms, Reason(f"reaches model output '{name}'"))

@@ -18,7 +18,7 @@ import onnx
 
 from ..errors import GraphpruneError
 from ..io.protos import graph_inputs, input_dtype
-from ..runtime.inputs import random_array
+from ..runtime.inputs import id_ranges, random_array, shapes_text
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def batches(
         raise GraphpruneError(f"--calib-batch must be at least 1, got {batch}")
     inputs = model_inputs(model)
     if data.random is not None:
-        yield from _random_batches(inputs, data, batch)
+        yield from _random_batches(inputs, data, batch, id_ranges(model))
         return
     for path in data.files():
         arrays = _read(path, inputs)
@@ -75,7 +75,9 @@ def sample_shapes(model: onnx.ModelProto, data: CalibrationData) -> dict[str, tu
     return {name: (1, *value.shape[1:]) for name, value in arrays.items()}
 
 
-def _random_batches(inputs: dict[str, np.dtype], data: CalibrationData, batch: int):
+def _random_batches(
+    inputs: dict[str, np.dtype], data: CalibrationData, batch: int, ranges: dict[str, int]
+):
     if data.random < 1:
         raise GraphpruneError(f"--calib-random must be at least 1, got {data.random}")
     shapes = data.shapes or {}
@@ -86,7 +88,7 @@ def _random_batches(inputs: dict[str, np.dtype], data: CalibrationData, batch: i
         rng = np.random.default_rng([data.seed, index])  # batch b is the same for any size
         size = min(batch, data.random - start)
         yield {
-            name: random_array(rng, dtype, (size, *shapes[name]))
+            name: random_array(rng, dtype, (size, *shapes[name]), ranges.get(name, 2))
             for name, dtype in inputs.items()
         }
 
@@ -117,5 +119,6 @@ def _read(path: Path, inputs: dict[str, np.dtype]) -> dict[str, np.ndarray]:
 
 def describe(data: CalibrationData) -> str:
     if data.random is not None:
-        return f"{data.random} random samples (seed {data.seed})"
+        shapes = shapes_text({k: (1, *v) for k, v in (data.shapes or {}).items()})
+        return f"{data.random} random samples of {shapes} (seed {data.seed})"
     return os.fspath(data.path)

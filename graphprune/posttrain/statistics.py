@@ -25,9 +25,10 @@ from tqdm import tqdm
 from ..core.analysis import Analysis
 from ..core.channels import SliceConstant, SliceGroupedInput
 from ..errors import GraphpruneError
-from ..io.protos import graph_inputs, node_attribute
+from ..io.protos import node_attribute
 from ..io.shapes import infer_shapes
 from ..runtime.sessions import execution_provider, run, session
+from .batching import choose_batch, relax_batch
 from .data import CalibrationData, batches, model_inputs, sample_shapes
 from .patches import ConvGeometry, conv_geometry, im2col
 
@@ -120,6 +121,8 @@ class CalibrationStats:
     consumers: list[Consumer]
     moments: dict[str, Moments]
     samples: int = 0
+    batch: int = 0  # the batch size it ran at (`batching.choose_batch`)
+    batch_note: str | None = None  # why that is not the batch asked for
     provider: str = "CPUExecutionProvider"
     chunks: int = 1
     notes: list[str] = field(default_factory=list)
@@ -134,6 +137,8 @@ class CalibrationStats:
     def summary(self) -> dict:
         return {
             "samples": self.samples,
+            "batch": self.batch,
+            **({"batch_note": self.batch_note} if self.batch_note else {}),
             "consumers": len(self.consumers),
             "tensors": len({c.tensor for c in self.consumers}),
             "execution_provider": self.provider,
@@ -214,26 +219,15 @@ def collect(
             stats.moments.setdefault(key, Moments(scatter=keep))
         elif scatter:
             stats.moments[key].keep_scatter = True
+    chosen = choose_batch(model, data, batch, provider)
+    stats.batch, stats.batch_note = chosen.size, chosen.note
     per_sample = _bytes_per_sample(model, data, consumers)
-    chunks = _chunks(model, consumers, per_sample, chunk_bytes // max(batch, 1))
+    chunks = _chunks(model, consumers, per_sample, chunk_bytes // max(chosen.size, 1))
     stats.chunks = len(chunks)
     dtypes = _dtypes(analysis, consumers)
-    static = _static_batch(model)
-    relax = static is not None and static != batch
     for chunk in chunks:
-        exposed = _exposing(model, chunk, dtypes, relax)
-        try:
-            stats.samples = _run_chunk(stats, exposed, chunk, data, batch, provider, progress)
-        except GraphpruneError:
-            if not relax:
-                raise
-            # The export hard-codes its batch size somewhere inside: run at that size.
-            again = collect(
-                analysis, data, consumers=consumers, batch=static, scatter=scatter,
-                provider=provider, chunk_bytes=chunk_bytes, progress=progress,
-            )  # fmt: skip
-            again.notes.insert(0, f"the model's batch is fixed at {static}: calibrated at that")
-            return again
+        exposed = _exposing(model, chunk, dtypes, chosen.relax)
+        stats.samples = _run_chunk(stats, exposed, chunk, data, chosen.size, provider, progress)
     if stats.samples == 0:
         raise GraphpruneError("the calibration data holds no samples")
     return stats
@@ -245,28 +239,18 @@ def _run_chunk(stats, model, chunk, data, batch, provider, progress) -> int:
     exposed = [t for t in chunk if t not in fed]
     sess = session(model, provider)
     samples = 0
-    for feeds in tqdm(
-        batches(model, data, batch), desc="calibrate", disable=not progress, leave=False
-    ):
-        values = dict(zip(exposed, run(sess, feeds), strict=True))
-        values.update({name: feeds[name] for name in chunk if name in fed})
-        done: set[str] = set()
-        for consumer in stats.consumers:
-            if consumer.tensor in values:
-                _fold(stats, consumer, values[consumer.tensor], done)
-        samples += next(iter(feeds.values())).shape[0]
+    # A with-block closes the bar on errors too, so no half-drawn line stays on stderr.
+    with tqdm(batches(model, data, batch), desc="calibrate", disable=not progress,
+              leave=False) as bar:  # fmt: skip
+        for feeds in bar:
+            values = dict(zip(exposed, run(sess, feeds), strict=True))
+            values.update({name: feeds[name] for name in chunk if name in fed})
+            done: set[str] = set()
+            for consumer in stats.consumers:
+                if consumer.tensor in values:
+                    _fold(stats, consumer, values[consumer.tensor], done)
+            samples += next(iter(feeds.values())).shape[0]
     return samples
-
-
-def _static_batch(model: onnx.ModelProto) -> int | None:
-    """The fixed size of the inputs' axis 0, when every input has the same one."""
-    sizes = set()
-    for info in graph_inputs(model):
-        dims = info.type.tensor_type.shape.dim
-        if not dims or not dims[0].HasField("dim_value"):
-            return None
-        sizes.add(int(dims[0].dim_value))
-    return sizes.pop() if len(sizes) == 1 else None
 
 
 def _fold(stats: CalibrationStats, consumer: Consumer, value: np.ndarray, done: set[str]):
@@ -290,8 +274,9 @@ def _fold(stats: CalibrationStats, consumer: Consumer, value: np.ndarray, done: 
 def _exposing(model: onnx.ModelProto, tensors: list[str], dtypes: dict[str, int], relax: bool):
     """A copy whose outputs are exactly `tensors` (onnxruntime then skips the rest);
     `relax` makes a fixed batch dim symbolic, so that batches of any size run."""
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(model)
+    exposed = relax_batch(model) if relax else onnx.ModelProto()
+    if not relax:
+        exposed.CopyFrom(model)
     inputs = set(model_inputs(model))
     del exposed.graph.output[:]
     exposed.graph.output.extend(
@@ -299,13 +284,6 @@ def _exposing(model: onnx.ModelProto, tensors: list[str], dtypes: dict[str, int]
         for name in tensors
         if name not in inputs
     )
-    if relax:
-        del exposed.graph.value_info[:]
-        for info in exposed.graph.input:
-            if info.name in inputs:
-                dim = info.type.tensor_type.shape.dim[0]
-                dim.Clear()
-                dim.dim_param = "calibration_batch"
     return exposed
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import tempfile
 from functools import cache
 from pathlib import Path
@@ -17,6 +18,8 @@ from ..errors import GraphpruneError, first_line
 from ..io.protos import PROTOBUF_LIMIT
 
 _QUIET = 4  # onnxruntime severities: 0 verbose ... 3 error, 4 fatal; we report errors
+# "[ONNXRuntimeError] : 1 : FAIL : " says nothing that the rest of its line does not.
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
 
 
 @cache
@@ -106,3 +109,13 @@ def run(sess, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         raise GraphpruneError(
             f"onnxruntime failed to run the model: {first_line(error)}"
         ) from None
+
+
+def try_run(sess, feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], str | None]:
+    """The outputs and None, or no outputs and the first line of onnxruntime's error: for
+    probes, where failing is an answer (which inputs or batch sizes the model accepts)."""
+    names = {i.name for i in sess.get_inputs()}
+    try:
+        return sess.run(None, {k: v for k, v in feeds.items() if k in names}), None
+    except Exception as error:  # any failure to run is the model's answer to these inputs
+        return [], _ORT_PREFIX.sub("", first_line(error))
