@@ -33,8 +33,25 @@ _MAX_ELEMENTS = 1 << 24
 _SMALL = 65536  # constants read as inputs of folding; larger ones are weights
 
 
+_MAX_PASSES = 8
+
+
 def fold_constants(model: onnx.ModelProto) -> int:
-    """Fold in place; returns how many tensors became initializers."""
+    """Fold in place; returns how many tensors became initializers.
+
+    Each pass reads shapes inferred before it, so a value that only becomes known through
+    a fold (Pad's computed pads, then Shape of its output, as Swin's window partition
+    reads it) folds in the next pass."""
+    total = 0
+    for _ in range(_MAX_PASSES):
+        folded = _fold_pass(model)
+        total += folded
+        if not folded:
+            break
+    return total
+
+
+def _fold_pass(model: onnx.ModelProto) -> int:
     graph = model.graph
     known: dict[str, np.ndarray] = {
         t.name: numpy_helper.to_array(t)
@@ -66,6 +83,13 @@ def fold_constants(model: onnx.ModelProto) -> int:
             if entries is not None:
                 scalar = node.op_type == "Gather" and known[node.input[1]].ndim == 0
                 _record(node.output[0], entries, known, partial, folded, scalar)
+            continue
+        if node.op_type == "Identity" and node.input[0] in known:
+            # Shape vectors behind Identity (onnx's inference does not look through it);
+            # float weights stay where they are.
+            if known[node.input[0]].dtype.kind in "iu":
+                known[node.output[0]] = known[node.input[0]]
+                folded[node.output[0]] = known[node.input[0]]
             continue
         if node.op_type not in _FOLDABLE or len(node.output) != 1:
             continue
@@ -150,18 +174,22 @@ def _evaluate(node, known, opsets) -> np.ndarray | None:
 
 def _remove_dead_nodes(graph: onnx.GraphProto) -> None:
     needed = {o.name for o in graph.output}
-    keep = []
-    for node in reversed(graph.node):
+    dead = []
+    for index in range(len(graph.node) - 1, -1, -1):
+        node = graph.node[index]
         subgraph_reads = has_subgraphs(node)
         if subgraph_reads or any(o in needed for o in node.output if o):
-            keep.append(node)
             needed |= {name for name in node.input if name}
             if subgraph_reads:
                 needed |= outer_scope_reads(node)
-    keep.reverse()
-    del graph.node[:]
-    graph.node.extend(keep)
-    used = {name for node in graph.node for name in node.input}
-    alive = [t for t in graph.initializer if t.name in used or t.name in needed]
-    del graph.initializer[:]
-    graph.initializer.extend(alive)
+        else:
+            dead.append(index)
+    _delete(graph.node, dead)
+    used = {name for node in graph.node for name in node.input} | needed
+    _delete(graph.initializer, [i for i, t in enumerate(graph.initializer) if t.name not in used])
+
+
+def _delete(container, indices: list[int]) -> None:
+    """Delete in place, last first: rebuilding the field would copy every weight."""
+    for index in sorted(indices, reverse=True):
+        del container[index]

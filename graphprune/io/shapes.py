@@ -7,7 +7,10 @@ inference fills in what onnx's leaves unknown (products of symbolic dims).
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib.util
 import io
+from pathlib import Path
 
 import onnx
 from onnx import shape_inference
@@ -107,8 +110,8 @@ def _symbolic_shapes(skeleton: onnx.ModelProto) -> dict[str, Shape]:
     an incomplete result is dropped here instead of being saved into the current directory
     (`sym_shape_infer_temp.onnx` and its data: stray files in the user's folder)."""
     try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference, get_opset
-
+        module = _symbolic_shape_infer()
+        SymbolicShapeInference, get_opset = module.SymbolicShapeInference, module.get_opset
         opset = get_opset(skeleton)
         if not opset or opset < 7:
             return {}
@@ -125,6 +128,21 @@ def _symbolic_shapes(skeleton: onnx.ModelProto) -> dict[str, Shape]:
         return {}
     inferred = inference.out_mp_
     return {name: shape for name, shape in _shapes_in(inferred).items() if None not in shape}
+
+
+@functools.cache
+def _symbolic_shape_infer():
+    """onnxruntime's symbolic_shape_infer module, loaded from its file: importing it as
+    `onnxruntime.tools.symbolic_shape_infer` runs `onnxruntime.tools/__init__`, which
+    imports torch when it is installed (seconds, for nothing used here)."""
+    package = importlib.util.find_spec("onnxruntime")
+    if package is None or not package.submodule_search_locations:
+        raise ImportError("onnxruntime is not installed")
+    path = Path(package.submodule_search_locations[0]) / "tools" / "symbolic_shape_infer.py"
+    spec = importlib.util.spec_from_file_location("_graphprune_symbolic_shape_infer", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 _SHAPE_PRESERVING = {"GroupNormalization", "LayerNormalization", "RMSNormalization"}
