@@ -67,7 +67,7 @@ def prune(analysis: Analysis, plan: Plan, *, check: bool = True) -> onnx.ModelPr
     """The pruned model; the plan is recorded in its metadata ("graphprune.plan")."""
     pruned = rewrite(analysis, plan.keep_atom(analysis), plan.to_json(analysis))
     if check:
-        check_model(pruned)
+        check_model(pruned, original=analysis.view.model)
     return pruned
 
 
@@ -119,7 +119,7 @@ def compensate(
         same = plan_from_json(again, record)
         pruned = rewrite(again, same.keep_atom(again), record)
     if check:
-        check_model(pruned)
+        check_model(pruned, original=analysis.view.model)
     return pruned
 
 

@@ -72,6 +72,7 @@ class Analysis:
     nonempty: list[np.ndarray]  # atom arrays that must keep at least one position
     group_of_class: np.ndarray  # class -> group id, -1 for classes outside any group
     options: AnalysisOptions = AnalysisOptions()
+    ops_without_rule: dict[str, int] = field(default_factory=dict)  # op -> node count
 
     @property
     def approximate_norms(self) -> bool:
@@ -172,6 +173,7 @@ def _group(view: GraphView, recorder: Recorder, options: AnalysisOptions) -> Ana
         nonempty=recorder.nonempty,
         group_of_class=group_of_class,
         options=options,
+        ops_without_rule=dict(sorted(recorder.without_rule.items())),
     )
 
 

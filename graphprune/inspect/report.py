@@ -62,6 +62,7 @@ def analysis_json(analysis: Analysis) -> dict:
         "prunable_channels": sum(g.channels for g in prunable),
         "total_channels": sum(g.channels for g in analysis.groups),
         "barriers": barrier_counts(analysis),
+        "ops_without_rule": analysis.ops_without_rule,
         "group_list": groups_json(analysis),
     }
 
@@ -81,6 +82,7 @@ def analysis_text(analysis: Analysis) -> str:
         f"{summary['nodes']} nodes, {summary['groups']} channel groups, "
         f"{summary['prunable_groups']} prunable "
         f"({summary['prunable_channels']} of {summary['total_channels']} channels)",
+        *_without_rule_line(analysis.ops_without_rule),
         "",
         f"{'group':>5}  {'channels':>8}  {'kind':<8}  {'status':<8}  name / reason",
     ]
@@ -94,6 +96,14 @@ def analysis_text(analysis: Analysis) -> str:
         for note in group.approximations:
             lines.append(f"{'':>37}  ~ approximate: {note}")
     return "\n".join(lines)
+
+
+def _without_rule_line(ops: dict[str, int]) -> list[str]:
+    """Ops no rule maps: channels that reach them stop, and layers among them (quantized
+    or fused kernels) are not pruned at all, which no group shows."""
+    if not ops:
+        return []
+    return ["ops without a channel rule: " + ", ".join(f"{op} ({n})" for op, n in ops.items())]
 
 
 def params_removed_by_kind(analysis: Analysis, plan: Plan) -> dict[str, int]:

@@ -7,13 +7,30 @@ import onnx
 from ..errors import GraphpruneError
 from .protos import PROTOBUF_LIMIT
 
+_CHECKER_ERRORS = (onnx.checker.ValidationError, onnx.shape_inference.InferenceError)
 
-def check_model(model: onnx.ModelProto) -> None:
-    """Raise a one-line GraphpruneError when the full ONNX checker rejects `model` (models
-    over the protobuf limit are not checked in memory)."""
+
+def check_model(model: onnx.ModelProto, *, original: onnx.ModelProto | None = None) -> None:
+    """Raise a one-line GraphpruneError when the ONNX checker rejects `model`: the full
+    checker, or the strictest check `original` passes. onnxruntime runs graphs onnx cannot
+    check (its contrib ops written into the default domain, as its transformer optimizer
+    does); those rest on onnxruntime's validation alone. Models over the protobuf limit
+    are not checked in memory."""
+    if model.ByteSize() >= PROTOBUF_LIMIT:
+        return
+    for full_check in (True, False):
+        if original is None or _passes(original, full_check):
+            try:
+                onnx.checker.check_model(model, full_check=full_check)
+            except _CHECKER_ERRORS as error:
+                first = str(error).strip().splitlines()[0]
+                raise GraphpruneError(f"the pruned model fails the ONNX checker: {first}") from None
+            return
+
+
+def _passes(model: onnx.ModelProto, full_check: bool) -> bool:
     try:
-        if model.ByteSize() < PROTOBUF_LIMIT:
-            onnx.checker.check_model(model, full_check=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
-        first = str(error).strip().splitlines()[0]
-        raise GraphpruneError(f"the pruned model fails the ONNX checker: {first}") from None
+        onnx.checker.check_model(model, full_check=full_check)
+    except _CHECKER_ERRORS:
+        return False
+    return True

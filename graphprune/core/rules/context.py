@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from ...io.protos import outer_scope_reads
 from ..channels import (
     Edit,
     Layout,
@@ -56,6 +57,7 @@ class Recorder:
     nonempty: list[np.ndarray] = field(default_factory=list)
     heads: list[np.ndarray] = field(default_factory=list)
     embeddings: list[np.ndarray] = field(default_factory=list)
+    without_rule: dict[str, int] = field(default_factory=dict)  # op -> nodes, tracked or not
 
     def new_atoms(self, count: int, source: str | None) -> np.ndarray:
         """`count` fresh atoms; `source` is the node that owns them (None: nobody)."""
@@ -197,6 +199,19 @@ class Context:
     def approximate(self, atoms: np.ndarray, reason: str) -> None:
         """Removal changes the values of channels that stay (an opted-in approximation)."""
         self._recorder.approximations.append((np.asarray(atoms).ravel(), self.reason(reason)))
+
+    def note_without_rule(self) -> None:
+        op = f"{self.node.domain}.{self.node.op_type}" if self.node.domain else self.node.op_type
+        self._recorder.without_rule[op] = self._recorder.without_rule.get(op, 0) + 1
+
+    def block_subgraph_reads(self) -> None:
+        """Channels read inside this node's subgraphs stop here (outer-scope reads are
+        the node's inputs in all but name)."""
+        layouts = self._recorder.layouts
+        for name in sorted(outer_scope_reads(self.node)):
+            if name in layouts:
+                reason = self.reason(f"'{name}' is read inside a subgraph")
+                self._recorder.freeze(layouts[name].atoms, reason)
 
     def block(self, reason: str) -> None:
         """Stop every tracked input here: this op cannot map their channels exactly."""

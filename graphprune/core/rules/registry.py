@@ -52,11 +52,18 @@ def find_rule(domain: str, op_type: str) -> Rule | None:
 
 
 def apply_rule(ctx: Context) -> None:
-    """Let the node's rule state its channel flow, or stop what no rule can map."""
+    """Let the node's rule state its channel flow, or stop what no rule can map. Channels
+    a subgraph (If, Loop, Scan body) reads from the enclosing graph stop at its node: no
+    rule maps channels inside bodies yet."""
     key = (ctx.node.domain or "", ctx.node.op_type)
+    if key not in RULES and key != ("", "Constant"):
+        ctx.note_without_rule()
+    ctx.block_subgraph_reads()
     tracked = ctx.tracked()
     counts = [index for index, layout in tracked if layout.count]
-    if counts and len(counts) == len(tracked) and key in COUNT_RULES:
+    if any(ctx.input_shape(index) is None for index, _ in tracked):
+        ctx.block("shape inference left the shape of an input with channels unknown")
+    elif counts and len(counts) == len(tracked) and key in COUNT_RULES:
         COUNT_RULES[key](ctx)
     elif any(index not in _COUNT_INPUTS.get(key, ()) for index in counts):
         ctx.block("a channel count read at runtime (Shape) is used here")

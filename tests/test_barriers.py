@@ -1,0 +1,124 @@
+"""Graphs beyond plain exports are decided during analysis, never after the rewrite:
+channels read inside subgraphs, quantized graphs, onnxruntime contrib ops in the default
+domain, unknown shapes. Each prunes what it can, runs, and names what it keeps."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+from oracle import GraphBuilder, assert_same_outputs, outputs
+
+import graphprune as gp
+from graphprune.runtime.inputs import input_shapes, random_inputs
+
+
+def _reasons(analysis) -> str:
+    return " ".join(str(r) for grp in analysis.groups for r in grp.reasons)
+
+
+def _prunes_exactly(model: onnx.ModelProto, ratio: float = 0.5):
+    analysis = gp.analyze(model)
+    plan = gp.plan(analysis, ratio)
+    pruned = gp.prune(analysis, plan)
+    feeds = random_inputs(model, input_shapes(model), seed=0)
+    assert_same_outputs(outputs(gp.mask(analysis, plan), feeds), outputs(pruned, feeds))
+    return analysis, pruned
+
+
+def test_channels_read_inside_a_subgraph_stop_at_its_node():
+    g = GraphBuilder()
+    x = g.input([1, 3, 8, 8])
+    read_inside = g.conv(x, 3, 8)
+    free = g.conv(x, 3, 6)
+    branch = [helper.make_node("Relu", [read_inside], ["r"])]
+    then = helper.make_graph(
+        branch, "then", [], [helper.make_tensor_value_info("r", TensorProto.FLOAT, None)]
+    )
+    other = [helper.make_node("Sigmoid", [read_inside], ["s"])]
+    otherwise = helper.make_graph(
+        other, "else", [], [helper.make_tensor_value_info("s", TensorProto.FLOAT, None)]
+    )
+    chosen = g.op("If", [g.const(np.array(True))], then_branch=then, else_branch=otherwise)
+    g.output(g.conv(g.op("Concat", [g.conv(chosen, 8, 4), g.conv(free, 6, 4)], axis=1), 8, 2, k=1))
+    model = gp.load(g.model())
+    analysis, pruned = _prunes_exactly(model)
+    assert "is read inside a subgraph" in _reasons(analysis)
+    kept = [
+        grp
+        for grp in analysis.groups
+        if not grp.prunable and "subgraph" in " ".join(map(str, grp.reasons))
+    ]
+    assert [grp.channels for grp in kept] == [8]
+    assert len(analysis.prunable_groups) >= 1
+    onnx.checker.check_model(pruned, full_check=True)
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_quantized_graphs_are_kept_whole_and_say_why(per_channel, tmp_path):
+    quantization = pytest.importorskip("onnxruntime.quantization")
+    g = GraphBuilder(opset=17)
+    x = g.input([1, 3, 8, 8])
+    g.output(g.conv(g.op("Relu", [g.conv(x, 3, 8)]), 8, 4))
+    float_path, quantized_path = tmp_path / "float.onnx", tmp_path / "int8.onnx"
+    onnx.save(g.model(), float_path)
+    rng = np.random.default_rng(0)
+
+    class Reader(quantization.CalibrationDataReader):
+        def __init__(self) -> None:
+            self.left = 2
+
+        def get_next(self):
+            self.left -= 1
+            return (
+                {"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)}
+                if self.left >= 0
+                else None
+            )
+
+    quantization.quantize_static(
+        str(float_path), str(quantized_path), Reader(), per_channel=per_channel
+    )
+    model = gp.load(str(quantized_path))
+    analysis, _ = _prunes_exactly(model)
+    assert not analysis.prunable_groups
+    assert "DequantizeLinear" in analysis.ops_without_rule
+    assert "ops without a channel rule: DequantizeLinear" in gp.inspect.report.analysis_text(
+        analysis
+    )
+
+
+def test_contrib_ops_in_the_default_domain_are_checked_as_the_input_is():
+    """onnxruntime's transformer optimizer writes SimplifiedLayerNormalization into the
+    default domain: onnx's checker rejects the input, onnxruntime runs it."""
+    g = GraphBuilder(opset=17)
+    x = g.input([1, 4, 16])
+    hidden = g.op(
+        "MatMul", [g.op("Relu", [g.op("MatMul", [x, g.weight(16, 32)])]), g.weight(32, 16)]
+    )
+    g.nodes.append(
+        helper.make_node(
+            "SimplifiedLayerNormalization",
+            [hidden, g.const(np.ones(16, np.float32))],
+            ["normed"],
+            axis=-1,
+            epsilon=1e-5,
+        )
+    )
+    g.output("normed")
+    graph = helper.make_graph(
+        g.nodes,
+        "contrib",
+        g.inputs,
+        [helper.make_tensor_value_info("normed", TensorProto.FLOAT, [1, 4, 16])],
+        g.initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    with pytest.raises(onnx.checker.ValidationError):
+        onnx.checker.check_model(model)
+    analysis, pruned = _prunes_exactly(gp.load(model))
+    assert [grp.channels for grp in analysis.prunable_groups] == [32]
+    weights = sorted(list(t.dims) for t in pruned.graph.initializer if len(t.dims) == 2)
+    assert weights == [[16, 16], [16, 16]]  # the 32-wide hidden layer lost half
