@@ -7,18 +7,21 @@ import math
 
 import onnx
 
-from ..io.protos import element_count, is_float, node_attribute
+from ..io.protos import all_graphs, element_count, is_float, node_attribute
 from ..io.shapes import infer_shapes
 
 
 def count_params(model: onnx.ModelProto) -> int:
-    """Elements of floating-point initializers and Constant node values."""
-    total = sum(element_count(t.dims) for t in model.graph.initializer if is_float(t.data_type))
-    for node in model.graph.node:
-        if node.op_type == "Constant":
-            for attribute in node.attribute:
-                if attribute.name == "value" and is_float(attribute.t.data_type):
-                    total += element_count(attribute.t.dims)
+    """Elements of floating-point initializers and Constant node values, subgraphs'
+    included (If branches hold the weights of control-flow exports)."""
+    total = 0
+    for graph in all_graphs(model.graph):
+        total += sum(element_count(t.dims) for t in graph.initializer if is_float(t.data_type))
+        for node in graph.node:
+            if node.op_type == "Constant":
+                for attribute in node.attribute:
+                    if attribute.name == "value" and is_float(attribute.t.data_type):
+                        total += element_count(attribute.t.dims)
     return int(total)
 
 

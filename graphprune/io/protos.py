@@ -7,7 +7,7 @@ decoding, the graph inputs that are real inputs, names read from subgraphs, fres
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import onnx
@@ -78,16 +78,30 @@ def has_subgraphs(node: onnx.NodeProto) -> bool:
     )
 
 
+def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The node's subgraphs: If branches, Loop and Scan bodies."""
+    found = []
+    for attribute in node.attribute:
+        found.extend(attribute.graphs)
+        if attribute.HasField("g"):
+            found.append(attribute.g)
+    return found
+
+
+def all_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """`graph` and every subgraph nested in it."""
+    yield graph
+    for node in graph.node:
+        for subgraph in subgraphs(node):
+            yield from all_graphs(subgraph)
+
+
 def outer_scope_reads(node: onnx.NodeProto) -> set[str]:
     """Names the node's subgraphs (If branches, Loop and Scan bodies) read from the
     enclosing scope: inputs of the node in all but name."""
     reads: set[str] = set()
-    for attribute in node.attribute:
-        subgraphs = list(attribute.graphs)
-        if attribute.HasField("g"):
-            subgraphs.append(attribute.g)
-        for subgraph in subgraphs:
-            reads |= _free_names(subgraph)
+    for subgraph in subgraphs(node):
+        reads |= _free_names(subgraph)
     return reads
 
 

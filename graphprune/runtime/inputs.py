@@ -76,7 +76,9 @@ def candidate_shapes(
 
 def shapes_text(shapes: dict[str, tuple[int, ...]]) -> str:
     """x=1x3x224x224 y=1x16: how messages name a set of input shapes."""
-    return " ".join(f"{name}={'x'.join(map(str, shape))}" for name, shape in shapes.items())
+    return " ".join(
+        f"{name}={'x'.join(map(str, shape)) or 'scalar'}" for name, shape in shapes.items()
+    )
 
 
 def id_ranges(model: onnx.ModelProto) -> dict[str, int]:
