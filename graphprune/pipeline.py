@@ -27,7 +27,7 @@ from .posttrain.compensation import METHODS
 from .posttrain.criteria import CALIBRATED
 from .posttrain.data import CalibrationData, describe
 from .posttrain.statistics import CalibrationStats
-from .runtime.inputs import input_shapes, load_inputs, random_inputs
+from .runtime.inputs import check_given_shapes, input_shapes, load_inputs, random_inputs
 from .runtime.latency import Latency, bench
 from .runtime.validation import Validation, compare
 from .version import __version__
@@ -146,6 +146,7 @@ def prune_model(options: PruneOptions) -> PruneResult:
     timings = _Timings()
     with timings.stage("load"):
         model = load(options.model)
+        check_given_shapes(model, options.input_shapes)
         shapes = input_shapes(model, options.input_shapes)
         if options.inputs:
             feeds = load_inputs(options.inputs)

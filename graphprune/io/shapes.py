@@ -35,6 +35,10 @@ def infer_shapes(
     for info in skeleton.graph.input:
         if input_shapes and info.name in input_shapes:
             dims = info.type.tensor_type.shape.dim
+            if len(dims) != len(input_shapes[info.name]):
+                raise GraphpruneError(
+                    f"input '{info.name}' has {len(dims)} dims, not {len(input_shapes[info.name])}"
+                )
             for dim, size in zip(dims, input_shapes[info.name], strict=True):
                 dim.Clear()
                 dim.dim_value = int(size)
@@ -116,8 +120,12 @@ def _symbolic_shapes(skeleton: onnx.ModelProto) -> dict[str, Shape]:
             inference = SymbolicShapeInference(2**31 - 1, True, False, 0)
             inference._preprocess(skeleton)
             complete = False
-            while inference.run_:
+            for _ in range(_SYMBOLIC_PASSES):  # it can loop forever on malformed models
+                if not inference.run_:
+                    break
                 complete = inference._infer_impl()
+            else:
+                return {}
             inference._update_output_from_vi()
     except Exception:  # unsupported ops, missing sympy, a changed onnxruntime: onnx's stands
         return {}
@@ -126,6 +134,10 @@ def _symbolic_shapes(skeleton: onnx.ModelProto) -> dict[str, Shape]:
     inferred = inference.out_mp_
     return {name: shape for name, shape in _shapes_in(inferred).items() if None not in shape}
 
+
+# onnxruntime's symbolic inference repeats a pass while it guesses new dims; real models
+# settle in a few.
+_SYMBOLIC_PASSES = 16
 
 _SHAPE_PRESERVING = {"GroupNormalization", "LayerNormalization", "RMSNormalization"}
 

@@ -3,7 +3,9 @@ dims, seeded random values, NPZ files. Nothing here needs onnxruntime."""
 
 from __future__ import annotations
 
+import math
 import os
+import zipfile
 
 import numpy as np
 import onnx
@@ -13,6 +15,7 @@ from ..io.protos import graph_inputs, input_dtype
 
 DEFAULT_DIM = 224  # for symbolic non-batch input dims when the user gives no shape
 DEFAULT_LENGTH = 16  # the same for integer inputs (sequences of token ids)
+MAX_RANDOM_BYTES = 2**30  # one random input (or batch) above this is a mistake, not a test
 
 
 def input_shapes(
@@ -38,6 +41,21 @@ def input_shapes(
     return shapes
 
 
+def check_given_shapes(model: onnx.ModelProto, given: dict[str, tuple[int, ...]]) -> None:
+    """Refuse user-given shapes for no input, or of another rank than the input declares."""
+    declared = {info.name: info.type.tensor_type for info in graph_inputs(model)}
+    for name, shape in given.items():
+        if name not in declared:
+            raise GraphpruneError(
+                f"--input-shape {name}: no such model input (inputs: {', '.join(declared)})"
+            )
+        rank = len(declared[name].shape.dim)
+        if declared[name].HasField("shape") and rank != len(shape):
+            raise GraphpruneError(
+                f"--input-shape {name}: the input has {rank} dims, not {len(shape)}"
+            )
+
+
 def random_inputs(
     model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], seed: int = 0
 ) -> dict[str, np.ndarray]:
@@ -51,7 +69,13 @@ def random_inputs(
 
 def random_array(rng: np.random.Generator, dtype: np.dtype, shape) -> np.ndarray:
     """Standard normal floats, all-true booleans, integers in {0, 1} (valid token ids,
-    indices and flags for any table)."""
+    indices and flags for any table). Refused above MAX_RANDOM_BYTES (absurd dims)."""
+    size = math.prod(shape) * max(dtype.itemsize, 8)  # floats are drawn as float64
+    if size > MAX_RANDOM_BYTES:
+        raise GraphpruneError(
+            f"random inputs of shape {list(shape)} would take {size / 2**30:.3g} GiB; "
+            "give smaller shapes (--input-shape) or --inputs"
+        )
     if np.issubdtype(dtype, np.floating):
         return rng.standard_normal(shape).astype(dtype)
     if dtype == np.bool_:
@@ -60,10 +84,25 @@ def random_array(rng: np.random.Generator, dtype: np.dtype, shape) -> np.ndarray
 
 
 def load_inputs(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    return read_npz(path, "inputs")
+
+
+def read_npz(path: str | os.PathLike, what: str) -> dict[str, np.ndarray]:
+    """The arrays of an NPZ file, refused (one line) unless it is one and holds arrays of
+    numbers or booleans."""
     try:
-        with np.load(path) as data:
-            return {key: data[key] for key in data.files}
-    except (OSError, ValueError) as error:
-        raise GraphpruneError(f"cannot read inputs {path}: {first_line(error)}") from None
-
-
+        loaded = np.load(path)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError("not an NPZ archive")
+        with loaded:
+            arrays = {key: loaded[key] for key in loaded.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as error:
+        raise GraphpruneError(f"cannot read {what} {path}: {first_line(error)}") from None
+    if not arrays:
+        raise GraphpruneError(f"cannot read {what} {path}: it holds no arrays")
+    for name, value in arrays.items():
+        if value.dtype.kind not in "biuf":
+            raise GraphpruneError(
+                f"{what} {path}: array '{name}' holds {value.dtype}, not numbers"
+            )
+    return arrays

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import tempfile
+import threading
 from functools import cache
 from pathlib import Path
 
@@ -17,6 +19,16 @@ from ..errors import GraphpruneError, first_line
 from ..io.protos import PROTOBUF_LIMIT
 
 _QUIET = 4  # onnxruntime severities: 0 verbose ... 3 error, 4 fatal; we report errors
+# A model can run for days (a Loop with a huge trip count): every run stops after this long.
+DEFAULT_RUN_TIMEOUT_S = 300.0
+_run_timeout_s = [DEFAULT_RUN_TIMEOUT_S]
+
+
+def limit_runs(seconds: float) -> None:
+    """Stop every later onnxruntime run after `seconds` with a one-line error."""
+    if not 0 < seconds < math.inf:
+        raise GraphpruneError(f"the run time limit must be a positive number, got {seconds}")
+    _run_timeout_s[0] = seconds
 
 
 @cache
@@ -100,9 +112,20 @@ def run(sess, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     missing = names - set(feeds)
     if missing:
         raise GraphpruneError(f"inputs missing from the feed: {', '.join(sorted(missing))}")
+    limit = _run_timeout_s[0]
+    options = onnxruntime().RunOptions()
+    timer = threading.Timer(limit, setattr, (options, "terminate", True))
+    timer.daemon = True
+    timer.start()
     try:
-        return sess.run(None, {k: v for k, v in feeds.items() if k in names})
+        return sess.run(None, {k: v for k, v in feeds.items() if k in names}, options)
     except Exception as error:
+        if options.terminate:
+            raise GraphpruneError(
+                f"onnxruntime ran past the {limit:g} s limit (--run-timeout)"
+            ) from None
         raise GraphpruneError(
             f"onnxruntime failed to run the model: {first_line(error)}"
         ) from None
+    finally:
+        timer.cancel()
