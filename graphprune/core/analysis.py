@@ -11,6 +11,7 @@ components) and producers whose classes touch become one `Group`.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,6 +19,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from tqdm import tqdm
 
+from ..errors import first_line
 from .channels import Edit, Kind, Reason
 from .graph import GraphView
 from .rules import Context, Recorder, find_rule
@@ -100,7 +102,7 @@ def analyze_view(
         context = Context(recorder, view, node, approximate_norms=options.approximate_norms)
         rule = find_rule(node.domain or "", node.op_type)
         if rule is not None:
-            rule(context)
+            _apply(rule, context)
         elif context.tracked():
             domain = f"{node.domain}." if node.domain else ""
             context.block(f"no channel rule for op {domain}{node.op_type}")
@@ -108,6 +110,15 @@ def analyze_view(
         if name in recorder.layouts:
             recorder.freeze(recorder.layouts[name].atoms, Reason(f"reaches model output '{name}'"))
     return _group(view, recorder, options)
+
+
+def _apply(rule: Callable[[Context], None], context: Context) -> None:
+    """Run a rule; one that fails on a malformed node (an input of unknown rank, say)
+    cannot state its channel mapping, so the node is a barrier, as an op without a rule."""
+    try:
+        rule(context)
+    except (ArithmeticError, IndexError, KeyError, TypeError, ValueError) as error:
+        context.block(f"channel rule failed ({type(error).__name__}: {first_line(error)})")
 
 
 def _kind(view: GraphView, sources: list[str], heads: bool, hidden: bool) -> Kind:

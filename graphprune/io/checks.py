@@ -8,7 +8,15 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import GraphpruneError, first_line
-from .protos import PROTOBUF_LIMIT, all_tensors, byte_size, element_count, graph_inputs, known_type
+from .protos import (
+    PROTOBUF_LIMIT,
+    all_tensors,
+    byte_size,
+    element_count,
+    graph_inputs,
+    known_type,
+    outer_scope_reads,
+)
 
 # Tensors without raw bytes up to this many elements are decoded to check them; larger ones
 # in typed fields are rare (writers use raw_data) and only their field length is checked.
@@ -21,11 +29,33 @@ def check_input_model(model: onnx.ModelProto) -> None:
         problem = tensor_problem(tensor)
         if problem is not None:
             raise GraphpruneError(f"tensor '{tensor.name}' {problem}")
+    _check_names(model.graph)
     for info in graph_inputs(model):
         kind = info.type.WhichOneof("value")
         if kind == "tensor_type" and not known_type(info.type.tensor_type.elem_type):
             elem = info.type.tensor_type.elem_type
             raise GraphpruneError(f"input '{info.name}' has an unknown element type ({elem})")
+
+
+def _check_names(graph: onnx.GraphProto) -> None:
+    """Every tensor has one source (graph input, initializer or one node output: ONNX graphs
+    are single assignment), and every tensor a node or its subgraphs read has one."""
+    initializers = [tensor.name for tensor in graph.initializer]
+    sources = set(initializers) | {info.name for info in graph.input}
+    if len(set(initializers)) != len(initializers):
+        raise GraphpruneError("two initializers have the same name")
+    for node in graph.node:
+        for name in filter(None, node.output):
+            if name in sources:
+                raise GraphpruneError(f"tensor '{name}' has two sources (node '{node.name}')")
+            sources.add(name)
+    for node in graph.node:
+        missing = sorted(({*node.input} | outer_scope_reads(node)) - sources - {""})
+        if missing:
+            raise GraphpruneError(
+                f"node '{node.name}' ({node.op_type}) reads '{missing[0]}', which no node, "
+                "input or initializer provides"
+            )
 
 
 def tensor_problem(tensor: onnx.TensorProto) -> str | None:

@@ -105,4 +105,6 @@ def read_npz(path: str | os.PathLike, what: str) -> dict[str, np.ndarray]:
             raise GraphpruneError(
                 f"{what} {path}: array '{name}' holds {value.dtype}, not numbers"
             )
+        if value.size == 0:
+            raise GraphpruneError(f"{what} {path}: array '{name}' is empty {value.shape}")
     return arrays

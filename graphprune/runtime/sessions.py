@@ -109,16 +109,18 @@ def session(
 
 def run(sess, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     names = {i.name for i in sess.get_inputs()}
-    missing = names - set(feeds)
+    missing, unknown = names - set(feeds), set(feeds) - names
     if missing:
         raise GraphpruneError(f"inputs missing from the feed: {', '.join(sorted(missing))}")
+    if unknown:
+        raise GraphpruneError(f"inputs that the model does not have: {', '.join(sorted(unknown))}")
     limit = _run_timeout_s[0]
     options = onnxruntime().RunOptions()
     timer = threading.Timer(limit, setattr, (options, "terminate", True))
     timer.daemon = True
     timer.start()
     try:
-        return sess.run(None, {k: v for k, v in feeds.items() if k in names}, options)
+        return sess.run(None, feeds, options)
     except Exception as error:
         if options.terminate:
             raise GraphpruneError(
