@@ -27,7 +27,7 @@ from .posttrain.compensation import METHODS
 from .posttrain.criteria import CALIBRATED
 from .posttrain.data import CalibrationData, describe
 from .posttrain.statistics import CalibrationStats
-from .runtime.inputs import load_inputs
+from .runtime.inputs import check_given_shapes, load_inputs
 from .runtime.latency import Latency, bench
 from .runtime.probe import ProbedInputs, check_inputs, choose_inputs
 from .runtime.validation import Validation, compare
@@ -150,6 +150,7 @@ def prune_model(options: PruneOptions) -> PruneResult:
     with timings.stage("load"):
         model = load(options.model)
     with timings.stage("inputs"):
+        check_given_shapes(model, options.input_shapes)
         probed = _inputs(model, options)
         shapes, feeds = probed.shapes, probed.feeds
 

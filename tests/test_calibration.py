@@ -21,13 +21,15 @@ EXAMPLE = "models/example/resnet_tiny.onnx"
 rng = np.random.default_rng(0)
 
 
-def _model(nodes, weights: dict, x_shape, y_shape) -> onnx.ModelProto:
+def _model(nodes, weights: dict, x_shape, y_shape, extra=()) -> onnx.ModelProto:
+    """`weights` become float32 initializers; `extra` initializers are added as they are."""
     graph = helper.make_graph(
         nodes,
         "calib",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
-        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()]
+        + list(extra),
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -229,9 +231,8 @@ def test_fixed_batch_inside_the_model_falls_back_to_that_batch(tmp_path):
         helper.make_node("Gemm", ["h", "w2"], ["y"], name="fc2", transB=1),
     ]
     weights = {"w1": w1, "b1": b1, "w2": rng.standard_normal((4, 6))}
-    graph_weights = [numpy_helper.from_array(np.array([1, 8], np.int64), "shape")]
-    model = _model(nodes, weights, [1, 8], [1, 4])
-    model.graph.initializer.extend(graph_weights)
+    shape = numpy_helper.from_array(np.array([1, 8], np.int64), "shape")
+    model = _model(nodes, weights, [1, 8], [1, 4], extra=[shape])
     np.savez(tmp_path / "c.npz", x=rng.standard_normal((20, 8)).astype(np.float32))
     analysis = gp.analyze(gp.load(model))
     stats = collect(analysis, gp.CalibrationData(path=str(tmp_path / "c.npz")), batch=8)

@@ -12,6 +12,8 @@ import argparse
 import sys
 import traceback
 
+import numpy as np
+
 from ..errors import GraphpruneError, InternalError
 from ..version import __version__
 from . import analyze, diff, prune
@@ -22,7 +24,10 @@ INTERNAL_ERROR = 70  # EX_SOFTWARE
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return args.run(args)
+        # NaN or inf in a user's weights or data would print numpy's warnings before the
+        # one line that says what is wrong.
+        with np.errstate(all="ignore"):
+            return args.run(args)
     except GraphpruneError as error:
         print(f"graphprune: error: {error}", file=sys.stderr)
         return 1

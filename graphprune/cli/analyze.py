@@ -9,7 +9,7 @@ from ..api import analyze, load
 from ..inspect.html import analysis_html
 from ..inspect.report import analysis_json, analysis_text
 from ..io.saving import write_text_atomically
-from .common import APPROXIMATE_HELP
+from .common import APPROXIMATE_HELP, check_outputs, write_all
 
 
 def add_parser(commands) -> None:
@@ -22,9 +22,12 @@ def add_parser(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_outputs({"--html": args.html}, [args.model])
     model = load(args.model)
     analysis = analyze(model, approximate_norms=args.approximate_norms)
-    print(json.dumps(analysis_json(analysis), indent=2) if args.json else analysis_text(analysis))
+    text = json.dumps(analysis_json(analysis), indent=2) if args.json else analysis_text(analysis)
+    html = analysis_html(analysis, str(args.model)) if args.html else ""
+    print(text)
     if args.html:
-        write_text_atomically(args.html, analysis_html(analysis, str(args.model)))
+        write_all([(args.html, lambda: write_text_atomically(args.html, html))])
     return 0

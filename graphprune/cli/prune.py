@@ -6,19 +6,27 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from ..core.channels import KINDS
 from ..errors import GraphpruneError
 from ..inspect.diff import diff_models
 from ..inspect.html import diff_html
 from ..io.saving import save_model, write_text_atomically
-from ..pipeline import CalibrationOptions, PruneOptions, PruneReport, prune_model
+from ..pipeline import CalibrationOptions, PruneOptions, PruneReport, PruneResult, prune_model
 from ..planning.budget import Budget
 from ..planning.importance import CRITERIA, NORMALIZATIONS, REDUCTIONS
 from ..planning.plan import PlanOptions
 from ..posttrain.compensation import METHODS
-from .common import APPROXIMATE_HELP, parse_shapes, read_json
+from ..runtime.sessions import DEFAULT_RUN_TIMEOUT_S, limit_runs
+from .common import (
+    APPROXIMATE_HELP,
+    RUN_TIMEOUT_HELP,
+    check_number,
+    check_outputs,
+    parse_shapes,
+    read_json,
+    write_all,
+)
 
 
 def add_parser(commands) -> None:
@@ -74,6 +82,9 @@ def add_parser(commands) -> None:
     p.add_argument("--html", metavar="REPORT.html", help="write an HTML diff of the pruned pair")
     p.add_argument("--bench", action="store_true", help="time both models in onnxruntime")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--run-timeout", type=float, default=DEFAULT_RUN_TIMEOUT_S, help=RUN_TIMEOUT_HELP
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     calib = p.add_argument_group("post-training pruning (calibration data)")
@@ -103,12 +114,11 @@ def options_from(args: argparse.Namespace) -> PruneOptions:
     budget = _budget(args)
     if args.ratio is None and args.plan is None and budget is None:
         raise GraphpruneError("give --ratio R, --target-macs F, --target-params F or --plan")
-    if Path(args.output).resolve() == Path(args.model).resolve():
-        raise GraphpruneError("the output path is the input model; choose another")
-    record = None
-    if args.plan:
-        earlier = read_json(args.plan, "plan")
-        record = earlier.get("plan", earlier)
+    check_outputs(
+        {"-o": args.output, "--report": args.report, "--html": args.html},
+        [args.model], [args.plan, args.calib, args.inputs],
+    )  # fmt: skip
+    _check_numbers(args)
     return PruneOptions(
         model=args.model,
         plan=PlanOptions(
@@ -126,7 +136,7 @@ def options_from(args: argparse.Namespace) -> PruneOptions:
             only=tuple(args.only),
             kind_ratios={} if args.head_ratio is None else {"heads": args.head_ratio},
         ),
-        plan_record=record,
+        plan_record=_plan_record(args.plan) if args.plan else None,
         approximate_norms=args.approximate_norms,
         prune_outputs=args.prune_outputs,
         calibration=CalibrationOptions(
@@ -144,6 +154,28 @@ def options_from(args: argparse.Namespace) -> PruneOptions:
     )
 
 
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Values the library checks only where it uses them are refused here in any case."""
+    check_number("--max-group-ratio", args.max_group_ratio, 0.0, 1.0)
+    check_number("--calib-random", args.calib_random, 1)
+    check_number("--calib-batch", args.calib_batch, 1)
+    check_number("--damp", args.damp, 0.0)
+    check_number("--seed", args.seed, 0)
+
+
+def _plan_record(path: str) -> dict:
+    """The "plan" of an earlier report (or a bare plan), with the shape plan_from_json reads."""
+    earlier = read_json(path, "plan")
+    record = earlier.get("plan", earlier) if isinstance(earlier, dict) else None
+    if (
+        not isinstance(record, dict)
+        or not isinstance(record.get("options", {}), dict)
+        or not isinstance(record.get("groups", []), list)
+    ):
+        raise GraphpruneError(f"{path} is not a graphprune report or plan")
+    return record
+
+
 def _budget(args: argparse.Namespace) -> Budget | None:
     if args.target_macs is not None and args.target_params is not None:
         raise GraphpruneError("give --target-macs or --target-params, not both")
@@ -157,19 +189,28 @@ def _budget(args: argparse.Namespace) -> Budget | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    result = prune_model(options_from(args))
-    save_model(result.model, args.output)
-    if args.report:
-        write_text_atomically(args.report, json.dumps(result.report, indent=2) + "\n")
-    if args.html:
-        pair = diff_models(
-            result.original, result.model, result.shapes, analysis=result.analysis,
-            labels=(str(args.model), str(args.output)),
-        )  # fmt: skip
-        pair["validation"] = result.report["validation"]
-        write_text_atomically(args.html, diff_html(pair))
+    options = options_from(args)
+    limit_runs(args.run_timeout)
+    result = prune_model(options)
+    report = json.dumps(result.report, indent=2) + "\n"
+    html = _html(args, result) if args.html else ""
+    writes = [
+        (args.output, lambda: save_model(result.model, args.output)),
+        (args.report, lambda: write_text_atomically(args.report, report)),
+        (args.html, lambda: write_text_atomically(args.html, html)),
+    ]
+    write_all([(path, write) for path, write in writes if path])
     _print_summary(result.report)
     return 0
+
+
+def _html(args: argparse.Namespace, result: PruneResult) -> str:
+    pair = diff_models(
+        result.original, result.model, result.shapes, analysis=result.analysis,
+        labels=(str(args.model), str(args.output)),
+    )  # fmt: skip
+    pair["validation"] = result.report["validation"]
+    return diff_html(pair)
 
 
 def _print_summary(report: PruneReport) -> None:

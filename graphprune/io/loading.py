@@ -1,5 +1,6 @@
-"""Loading ONNX models: a path (external data included) or a ModelProto, node names made
-unique, and values known before the run folded (`graphprune.io.folding`)."""
+"""Loading ONNX models: a path (external data included) or a ModelProto, checked before any
+stage reads it (`graphprune.io.checks`), node names made unique, and values known before the
+run folded (`graphprune.io.folding`)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
-from ..errors import GraphpruneError
+from ..errors import GraphpruneError, first_line
+from .checks import check_input_model
 from .folding import fold_constants
-from .protos import unique_name
+from .protos import all_tensors, byte_size, element_count, unique_name
 
 
 def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
@@ -27,25 +29,81 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
         model = _read(Path(source))
     if not model.graph.node:
         raise GraphpruneError("the model has no nodes")
+    check_input_model(model)
     _name_nodes(model.graph)
     fold_constants(model)
     return model
 
 
+def external_data_files(path: str | os.PathLike) -> set[Path]:
+    """The files (resolved) whose bytes the model at `path` keeps as external data."""
+    return _external_files(_parse(Path(path)), Path(path).parent)
+
+
 def _read(path: Path) -> onnx.ModelProto:
+    model = _parse(path)
+    if not model.graph.node and not model.graph.input:
+        raise GraphpruneError(f"{path} is not a valid ONNX model (empty graph)")
+    _external_files(model, path.parent)
+    try:
+        onnx.load_external_data_for_model(model, str(path.parent))
+    except (OSError, ValueError, onnx.checker.ValidationError) as error:
+        raise GraphpruneError(f"cannot read external data of {path}: {first_line(error)}") from None
+    return model
+
+
+def _parse(path: Path) -> onnx.ModelProto:
     if not path.is_file():
         raise GraphpruneError(f"no such file: {path}")
     try:
-        model = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, RuntimeWarning, ValueError) as error:
-        raise GraphpruneError(f"{path} is not a valid ONNX model ({error})") from None
-    if not model.graph.node and not model.graph.input:
-        raise GraphpruneError(f"{path} is not a valid ONNX model (empty graph)")
+        return onnx.load(str(path), load_external_data=False)
+    except (DecodeError, RuntimeWarning, ValueError, OSError) as error:
+        raise GraphpruneError(f"{path} is not a valid ONNX model ({first_line(error)})") from None
+
+
+def _external_files(model: onnx.ModelProto, folder: Path) -> set[Path]:
+    return {
+        _external_file(tensor, folder)
+        for tensor in all_tensors(model.graph)
+        if tensor.data_location == onnx.TensorProto.EXTERNAL
+    }
+
+
+def _external_file(tensor: onnx.TensorProto, folder: Path) -> Path:
+    """The file of a tensor's external data, refused (one line) unless
+    the file lies inside the model's folder (no `..`, absolute paths or links out of it) and
+    the range lies inside the file and holds exactly the tensor's bytes."""
+    entries = {entry.key: entry.value for entry in tensor.external_data}
+    location = entries.get("location", "")
+    where = f"external data of tensor '{tensor.name}'"
+    root = folder.resolve()
+    file = (root / location).resolve()
+    relative = Path(location)
+    if not location or relative.is_absolute() or ".." in relative.parts:
+        raise GraphpruneError(f"{where}: location {location!r} is not a file in the model's folder")
+    if not file.is_relative_to(root):
+        raise GraphpruneError(f"{where}: {location!r} leads outside the model's folder")
+    if not file.is_file():
+        raise GraphpruneError(f"missing external data: no file {location!r} next to the model")
+    size = file.stat().st_size
+    offset = _integer(entries.get("offset", "0"), where, "offset")
+    length = _integer(entries.get("length", str(size - offset)), where, "length")
+    if offset < 0 or length < 0 or offset + length > size:
+        raise GraphpruneError(
+            f"{where}: bytes {offset}..{offset + length} are outside {location!r} ({size} bytes)"
+        )
+    expected = byte_size(tensor.data_type, element_count(tensor.dims))
+    if expected is not None and length != expected:
+        dims = list(tensor.dims)
+        raise GraphpruneError(f"{where}: {length} bytes for dims {dims}, not {expected}")
+    return file
+
+
+def _integer(text: str, where: str, what: str) -> int:
     try:
-        onnx.load_external_data_for_model(model, str(path.parent))
-    except (FileNotFoundError, OSError, onnx.checker.ValidationError) as error:
-        raise GraphpruneError(f"missing external data for {path}: {error}") from None
-    return model
+        return int(text)
+    except ValueError:
+        raise GraphpruneError(f"{where}: {what} {text!r} is not an integer") from None
 
 
 def _name_nodes(graph: onnx.GraphProto) -> None:

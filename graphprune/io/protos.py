@@ -31,6 +31,49 @@ def element_count(dims: Iterable[int]) -> int:
     return int(math.prod(int(d) for d in dims))
 
 
+# Element types packed below a byte (onnx packs them densely in raw_data); 6-bit types are
+# left out: their size is not checked.
+_PACKED_BITS = {
+    getattr(onnx.TensorProto, name): bits
+    for name, bits in (("UINT4", 4), ("INT4", 4), ("FLOAT4E2M1", 4), ("UINT2", 2), ("INT2", 2))
+    if hasattr(onnx.TensorProto, name)
+}
+_UNSIZED = {onnx.TensorProto.STRING, getattr(onnx.TensorProto, "FLOAT6E2M3", -1),
+            getattr(onnx.TensorProto, "FLOAT6E3M2", -1)}  # fmt: skip
+
+
+def known_type(data_type: int) -> bool:
+    """Whether numpy (through onnx) has a dtype for an ONNX element type (not UNDEFINED)."""
+    try:
+        onnx.helper.tensor_dtype_to_np_dtype(data_type)
+    except (KeyError, ValueError, TypeError):
+        return False
+    return True
+
+
+def byte_size(data_type: int, count: int) -> int | None:
+    """The bytes `count` elements take in raw_data or external data (None: not fixed)."""
+    if data_type in _UNSIZED or not known_type(data_type):
+        return None
+    if data_type in _PACKED_BITS:
+        return math.ceil(count * _PACKED_BITS[data_type] / 8)
+    return count * onnx.helper.tensor_dtype_to_np_dtype(data_type).itemsize
+
+
+def all_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """The initializers and attribute tensors of a graph and of all its subgraphs."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("g"):
+                yield from all_tensors(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from all_tensors(subgraph)
+
+
 def opset_version(model: onnx.ModelProto) -> int:
     """The default domain's opset (1 when the model does not import it)."""
     for opset in model.opset_import:

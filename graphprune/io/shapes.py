@@ -38,6 +38,10 @@ def infer_shapes(
     for info in skeleton.graph.input:
         if input_shapes and info.name in input_shapes:
             dims = info.type.tensor_type.shape.dim
+            if len(dims) != len(input_shapes[info.name]):
+                raise GraphpruneError(
+                    f"input '{info.name}' has {len(dims)} dims, not {len(input_shapes[info.name])}"
+                )
             for dim, size in zip(dims, input_shapes[info.name], strict=True):
                 dim.Clear()
                 dim.dim_value = int(size)
@@ -119,8 +123,12 @@ def _symbolic_shapes(skeleton: onnx.ModelProto) -> dict[str, Shape]:
             inference = SymbolicShapeInference(2**31 - 1, True, False, 0)
             inference._preprocess(skeleton)
             complete = False
-            while inference.run_:
+            for _ in range(_SYMBOLIC_PASSES):  # it can loop forever on malformed models
+                if not inference.run_:
+                    break
                 complete = inference._infer_impl()
+            else:
+                return {}
             inference._update_output_from_vi()
     except Exception:  # unsupported ops, missing sympy, a changed onnxruntime: onnx's stands
         return {}
@@ -144,6 +152,9 @@ def _symbolic_shape_infer():
     spec.loader.exec_module(module)
     return module
 
+# onnxruntime's symbolic inference repeats a pass while it guesses new dims; real models
+# settle in a few.
+_SYMBOLIC_PASSES = 16
 
 _SHAPE_PRESERVING = {"GroupNormalization", "LayerNormalization", "RMSNormalization"}
 

@@ -92,6 +92,8 @@ class PlanOptions:
         object.__setattr__(self, "kind_ratios", dict(self.kind_ratios))
         if self.budget is None and not 0.0 <= self.ratio < 1.0:
             raise GraphpruneError(f"ratio must be in [0, 1), got {self.ratio}")
+        if not 0.0 <= self.max_group_ratio <= 1.0:
+            raise GraphpruneError(f"max group ratio must be in [0, 1], got {self.max_group_ratio}")
         if self.round_to < 1 or self.min_keep < 1:
             raise GraphpruneError("round-to and min-keep must be at least 1")
         for kind in [*self.only, *self.kind_ratios]:
@@ -311,17 +313,46 @@ def _choices_from(analysis: Analysis, removed_classes: np.ndarray) -> list[Group
 
 def plan_from_json(analysis: Analysis, data: dict) -> Plan:
     """Re-apply the exact channel choices of an earlier report to this model."""
+    groups = data.get("groups", []) if isinstance(data, dict) else None
+    options = data.get("options", {}) if isinstance(data, dict) else None
+    if not isinstance(groups, list) or not isinstance(options, dict):
+        raise GraphpruneError("the plan is not an object with a list of groups")
     by_name = {g.name: g for g in analysis.groups}
     choices = []
-    for entry in data.get("groups", []):
-        group = by_name.get(entry["name"])
-        if group is None or group.sources != entry["sources"]:
-            raise GraphpruneError(f"plan group '{entry['name']}' does not exist in this model")
-        if group.channels != entry["channels"] or not group.prunable:
-            raise GraphpruneError(f"plan group '{entry['name']}' does not match this model")
-        removed = sorted(int(i) for i in entry["removed"])
+    for entry in groups:
+        name, sources, channels, removed = _plan_entry(entry)
+        group = by_name.get(name)
+        if group is None or group.sources != sources:
+            raise GraphpruneError(f"plan group '{name}' does not exist in this model")
+        if group.channels != channels or not group.prunable:
+            raise GraphpruneError(f"plan group '{name}' does not match this model")
         if removed and (removed[0] < 0 or removed[-1] >= group.channels):
-            raise GraphpruneError(f"plan group '{entry['name']}' has out-of-range channels")
+            raise GraphpruneError(f"plan group '{name}' has out-of-range channels")
+        if len(removed) == group.channels:
+            raise GraphpruneError(f"plan group '{name}' removes every channel")
         kept = sorted(set(range(group.channels)) - set(removed))
         choices.append(GroupChoice(group.id, removed, kept))
-    return Plan(choices, _removed_classes(analysis, choices), dict(data.get("options", {})))
+    return Plan(choices, _removed_classes(analysis, choices), dict(options))
+
+
+def _plan_entry(entry: object) -> tuple[str, list, int, list[int]]:
+    """A plan group's name, sources, channel count and removed channels, checked."""
+    values = entry if isinstance(entry, dict) else {}
+    name, sources, channels, removed = (
+        values.get(key) for key in ("name", "sources", "channels", "removed")
+    )
+    if not (
+        isinstance(name, str)
+        and isinstance(sources, list)
+        and _is_int(channels)
+        and isinstance(removed, list)
+        and all(_is_int(index) for index in removed)
+    ):
+        raise GraphpruneError(
+            f"plan group {str(entry)[:60]} lacks a name, sources, channels or removed channels"
+        )
+    return name, sources, channels, sorted(set(removed))
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -28,6 +28,7 @@ then slices it with the same plan, re-analysed (`graphprune.api.compensate`).
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 import numpy as np
@@ -37,7 +38,7 @@ from onnx import numpy_helper
 
 from ..core.analysis import Analysis
 from ..core.graph import GraphView
-from ..errors import GraphpruneError
+from ..errors import GraphpruneError, first_line
 from ..io.protos import node_attribute, unique_name
 from .statistics import CalibrationStats, Consumer
 
@@ -56,8 +57,8 @@ def compensated_model(
     are compensated, with notes on what was not; the rewrite then removes the channels."""
     if method not in METHODS:
         raise GraphpruneError(f"unknown compensation {method!r} (choose from {METHODS})")
-    if damp < 0:
-        raise GraphpruneError(f"--damp must be non-negative, got {damp}")
+    if not 0 <= damp < math.inf:
+        raise GraphpruneError(f"--damp must be non-negative and finite, got {damp}")
     model = onnx.ModelProto()
     model.CopyFrom(analysis.view.model)
     notes: list[str] = []
@@ -86,6 +87,13 @@ def compensated_model(
     return writer.finish(), notes
 
 
+def _lstsq(system: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    try:
+        return np.linalg.lstsq(system, rhs, rcond=None)[0]
+    except np.linalg.LinAlgError as error:  # "SVD did not converge" on degenerate statistics
+        raise GraphpruneError(f"least-squares compensation failed: {first_line(error)}") from None
+
+
 def least_squares(
     covariance: np.ndarray, mean: np.ndarray, weight: np.ndarray, kept: np.ndarray, damp: float
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -97,10 +105,12 @@ def least_squares(
     lam = damp * scale if scale > 0 else 1e-12
     rhs = covariance[np.ix_(s, r)] @ weight[r]
     system = c_ss + lam * np.eye(s.size)
+    if not (np.isfinite(system).all() and np.isfinite(rhs).all()):
+        raise GraphpruneError("least-squares compensation: NaN or inf in statistics or weights")
     try:
         update = scipy.linalg.solve(system, rhs, assume_a="pos")
     except (np.linalg.LinAlgError, scipy.linalg.LinAlgError, ValueError):
-        update = np.linalg.lstsq(system, rhs, rcond=None)[0]
+        update = _lstsq(system, rhs)
     delta = np.zeros_like(weight)
     delta[s] = update
     shift = mean[r] @ weight[r] - mean[s] @ update

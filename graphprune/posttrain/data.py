@@ -18,7 +18,7 @@ import onnx
 
 from ..errors import GraphpruneError
 from ..io.protos import graph_inputs, input_dtype
-from ..runtime.inputs import id_ranges, random_array, shapes_text
+from ..runtime.inputs import id_ranges, random_array, read_npz, shapes_text
 
 
 @dataclass(frozen=True)
@@ -94,12 +94,7 @@ def _random_batches(
 
 
 def _read(path: Path, inputs: dict[str, np.dtype]) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-    except (OSError, ValueError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else "unreadable"
-        raise GraphpruneError(f"cannot read calibration file {path}: {first}") from None
+    arrays = read_npz(path, "calibration file")
     missing = sorted(set(inputs) - set(arrays))
     unknown = sorted(set(arrays) - set(inputs))
     if missing or unknown:

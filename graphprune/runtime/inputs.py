@@ -4,7 +4,9 @@ runs the model to choose among candidate shapes)."""
 
 from __future__ import annotations
 
+import math
 import os
+import zipfile
 from collections import defaultdict
 
 import numpy as np
@@ -26,6 +28,7 @@ CANDIDATE_LENGTHS = (DEFAULT_LENGTH, 8, 32, 64, 128, 4, 2)
 _INDEX_PASSTHROUGH = frozenset(
     {"Cast", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Expand"}
 )
+MAX_RANDOM_BYTES = 2**30  # one random input (or batch) above this is a mistake, not a test
 
 
 def input_shapes(
@@ -164,6 +167,21 @@ def _index_uses(name: str, consumers) -> list[onnx.NodeProto]:
     return found
 
 
+def check_given_shapes(model: onnx.ModelProto, given: dict[str, tuple[int, ...]]) -> None:
+    """Refuse user-given shapes for no input, or of another rank than the input declares."""
+    declared = {info.name: info.type.tensor_type for info in graph_inputs(model)}
+    for name, shape in given.items():
+        if name not in declared:
+            raise GraphpruneError(
+                f"--input-shape {name}: no such model input (inputs: {', '.join(declared)})"
+            )
+        rank = len(declared[name].shape.dim)
+        if declared[name].HasField("shape") and rank != len(shape):
+            raise GraphpruneError(
+                f"--input-shape {name}: the input has {rank} dims, not {len(shape)}"
+            )
+
+
 def random_inputs(
     model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], seed: int = 0
 ) -> dict[str, np.ndarray]:
@@ -179,7 +197,14 @@ def random_inputs(
 
 def random_array(rng: np.random.Generator, dtype: np.dtype, shape, high: int = 2) -> np.ndarray:
     """Standard normal floats, all-true booleans, integers in [0, high): token ids within
-    the embedding table (`id_ranges`), else {0, 1} (valid indices and flags anywhere)."""
+    the embedding table (`id_ranges`), else {0, 1} (valid indices and flags anywhere).
+    Refused above MAX_RANDOM_BYTES (absurd dims)."""
+    size = math.prod(shape) * max(dtype.itemsize, 8)  # floats are drawn as float64
+    if size > MAX_RANDOM_BYTES:
+        raise GraphpruneError(
+            f"random inputs of shape {list(shape)} would take {size / 2**30:.3g} GiB; "
+            "give smaller shapes (--input-shape) or --inputs"
+        )
     if np.issubdtype(dtype, np.floating):
         return rng.standard_normal(shape).astype(dtype)
     if dtype == np.bool_:
@@ -188,8 +213,27 @@ def random_array(rng: np.random.Generator, dtype: np.dtype, shape, high: int = 2
 
 
 def load_inputs(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    return read_npz(path, "inputs")
+
+
+def read_npz(path: str | os.PathLike, what: str) -> dict[str, np.ndarray]:
+    """The arrays of an NPZ file, refused (one line) unless it is one and holds arrays of
+    numbers or booleans."""
     try:
-        with np.load(path) as data:
-            return {key: data[key] for key in data.files}
-    except (OSError, ValueError) as error:
-        raise GraphpruneError(f"cannot read inputs {path}: {first_line(error)}") from None
+        loaded = np.load(path)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError("not an NPZ archive")
+        with loaded:
+            arrays = {key: loaded[key] for key in loaded.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as error:
+        raise GraphpruneError(f"cannot read {what} {path}: {first_line(error)}") from None
+    if not arrays:
+        raise GraphpruneError(f"cannot read {what} {path}: it holds no arrays")
+    for name, value in arrays.items():
+        if value.dtype.kind not in "biuf":
+            raise GraphpruneError(
+                f"{what} {path}: array '{name}' holds {value.dtype}, not numbers"
+            )
+        if value.size == 0:
+            raise GraphpruneError(f"{what} {path}: array '{name}' is empty {value.shape}")
+    return arrays

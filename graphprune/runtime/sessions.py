@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import re
 import tempfile
+import threading
 from functools import cache
 from pathlib import Path
 
@@ -20,6 +22,16 @@ from ..io.protos import PROTOBUF_LIMIT
 _QUIET = 4  # onnxruntime severities: 0 verbose ... 3 error, 4 fatal; we report errors
 # "[ONNXRuntimeError] : 1 : FAIL : " says nothing that the rest of its line does not.
 _ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
+# A model can run for days (a Loop with a huge trip count): every run stops after this long.
+DEFAULT_RUN_TIMEOUT_S = 300.0
+_run_timeout_s = [DEFAULT_RUN_TIMEOUT_S]
+
+
+def limit_runs(seconds: float) -> None:
+    """Stop every later onnxruntime run after `seconds` with a one-line error."""
+    if not 0 < seconds < math.inf:
+        raise GraphpruneError(f"the run time limit must be a positive number, got {seconds}")
+    _run_timeout_s[0] = seconds
 
 
 @cache
@@ -99,23 +111,42 @@ def session(
 
 
 def run(sess, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    names = {i.name for i in sess.get_inputs()}
-    missing = names - set(feeds)
-    if missing:
-        raise GraphpruneError(f"inputs missing from the feed: {', '.join(sorted(missing))}")
     try:
-        return sess.run(None, {k: v for k, v in feeds.items() if k in names})
+        return _timed_run(sess, feeds)
+    except GraphpruneError:
+        raise
     except Exception as error:
-        raise GraphpruneError(
-            f"onnxruntime failed to run the model: {first_line(error)}"
-        ) from None
+        raise GraphpruneError(f"onnxruntime failed to run the model: {first_line(error)}") from None
 
 
 def try_run(sess, feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], str | None]:
     """The outputs and None, or no outputs and the first line of onnxruntime's error: for
     probes, where failing is an answer (which inputs or batch sizes the model accepts)."""
-    names = {i.name for i in sess.get_inputs()}
     try:
-        return sess.run(None, {k: v for k, v in feeds.items() if k in names}), None
+        return _timed_run(sess, feeds), None
+    except GraphpruneError:
+        raise
     except Exception as error:  # any failure to run is the model's answer to these inputs
         return [], _ORT_PREFIX.sub("", first_line(error))
+
+
+def _timed_run(sess, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Run with every input fed (extra feeds are ignored), stopped after the time limit."""
+    names = {i.name for i in sess.get_inputs()}
+    missing = names - set(feeds)
+    if missing:
+        raise GraphpruneError(f"inputs missing from the feed: {', '.join(sorted(missing))}")
+    limit = _run_timeout_s[0]
+    options = onnxruntime().RunOptions()
+    timer = threading.Timer(limit, setattr, (options, "terminate", True))
+    timer.daemon = True
+    timer.start()
+    try:
+        return sess.run(None, {k: v for k, v in feeds.items() if k in names}, options)
+    except Exception:
+        if options.terminate:
+            message = f"onnxruntime ran past the {limit:g} s limit (--run-timeout)"
+            raise GraphpruneError(message) from None
+        raise
+    finally:
+        timer.cancel()

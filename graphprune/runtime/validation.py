@@ -49,7 +49,13 @@ def compare(
     outputs: list[OutputDeviation] = []
     for name, a, b in zip(names, expected, actual, strict=True):
         if a.shape == b.shape:
-            outputs.append({"name": name, "shape": list(a.shape), **deviation(a, b)})
+            found = deviation(a, b)
+            if found["max_abs"] is None:
+                raise GraphpruneError(
+                    f"output '{name}' of the pruned model has NaN or inf where the "
+                    "original's has not (or the reverse)"
+                )
+            outputs.append({"name": name, "shape": list(a.shape), **found})
         elif shapes_may_change and a.ndim == b.ndim:
             outputs.append(
                 {
@@ -68,10 +74,17 @@ def compare(
 
 
 def deviation(expected: np.ndarray, actual: np.ndarray) -> Deviation:
+    """The largest absolute and relative difference; equal NaNs and infinities count as
+    equal, and a difference that is not finite is None (not defined, as JSON can say)."""
     if not np.issubdtype(expected.dtype, np.number):
         return {"max_abs": float(np.any(expected != actual)), "max_rel": 0.0}
-    diff = np.abs(expected.astype(np.float64) - actual.astype(np.float64))
-    scale = float(np.max(np.abs(expected))) if expected.size else 0.0
+    a, b = expected.astype(np.float64), actual.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        diff = np.where((a == b) | (np.isnan(a) & np.isnan(b)), 0.0, np.abs(a - b))
+    if not np.isfinite(diff).all():
+        return {"max_abs": None, "max_rel": None}
+    finite = np.abs(a[np.isfinite(a)])
+    scale = float(finite.max()) if finite.size else 0.0
     max_abs = float(diff.max()) if diff.size else 0.0
     return {"max_abs": max_abs, "max_rel": max_abs / scale if scale > 0 else max_abs}
 

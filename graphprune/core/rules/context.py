@@ -213,6 +213,12 @@ class Context:
                 reason = self.reason(f"'{name}' is read inside a subgraph")
                 self._recorder.freeze(layouts[name].atoms, reason)
 
+    def freeze_own_atoms(self, reason: str) -> None:
+        """The channels this node created may not go either."""
+        atoms = self._recorder.source_atoms.get(self.node.name)
+        if atoms is not None:
+            self._recorder.freeze(atoms, self.reason(reason))
+
     def block(self, reason: str) -> None:
         """Stop every tracked input here: this op cannot map their channels exactly."""
         for _, layout in self.tracked():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ...errors import first_line
 from .context import Context
 
 Rule = Callable[[Context], None]
@@ -70,7 +71,18 @@ def apply_rule(ctx: Context) -> None:
     elif key not in _TILED and any(layout.tiled for _, layout in tracked):
         ctx.block("channels share an axis with a symbolic dim (e.g. batch*heads)")
     elif key in RULES:
-        RULES[key](ctx)
+        _run(RULES[key], ctx)
     elif tracked:
         domain = f"{key[0]}." if key[0] else ""
         ctx.block(f"no channel rule for op {domain}{key[1]}")
+
+
+def _run(function: Rule, ctx: Context) -> None:
+    """Run a rule; one that fails on a malformed node (dims that contradict its weights,
+    say) cannot state its channel mapping, so the node is a barrier for the channels that
+    reach it and for those it made."""
+    try:
+        function(ctx)
+    except (ArithmeticError, IndexError, KeyError, TypeError, ValueError) as error:
+        ctx.block(f"channel rule failed ({type(error).__name__}: {first_line(error)})")
+        ctx.freeze_own_atoms("its channel rule failed")
