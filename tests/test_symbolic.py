@@ -161,3 +161,44 @@ def test_a_tiled_layout_stops_at_ops_that_do_not_take_it():
 
 def _reasons(analysis) -> str:
     return " ".join(str(r) for grp in analysis.groups for r in grp.reasons)
+
+
+def test_packed_qkv_selected_along_its_own_axis_prunes_whole_heads():
+    """timm's ViT as the dynamo exporter writes it: [B, S, 3*H*D] -> [B, S, 3, H, D] ->
+    [3, B, H, S, D], then Q, K and V sliced off axis 0 and squeezed. The 3-axis is selected
+    along, so it is no head axis: the heads are."""
+    g = GraphBuilder()
+    x = g.input(["batch", SEQ, WIDTH])
+    packed = g.op(
+        "Reshape",
+        [
+            g.op("MatMul", [x, g.weight(WIDTH, 3 * WIDTH)]),
+            g.const(np.array([0, SEQ, 3, HEADS, DIM])),
+        ],
+    )
+    moved = g.op("Transpose", [packed], perm=[2, 0, 3, 1, 4])
+    q, k, v = (
+        g.op(
+            "Squeeze",
+            [g.op("Slice", [moved, g.const([i]), g.const([i + 1]), g.const([0])]), g.const([0])],
+        )
+        for i in range(3)
+    )
+    scores = g.op(
+        "Softmax", [g.op("MatMul", [q, g.op("Transpose", [k], perm=[0, 1, 3, 2])])], axis=-1
+    )
+    mixed = g.op("Transpose", [g.op("MatMul", [scores, v])], perm=[0, 2, 1, 3])
+    merged = g.op("Reshape", [mixed, g.const(np.array([0, SEQ, WIDTH]))])
+    g.output(g.op("MatMul", [merged, g.weight(WIDTH, 5)]))
+    model = gp.load(g.model())
+    analysis = gp.analyze(model)
+    assert [(grp.kind, grp.channels) for grp in analysis.prunable_groups] == [("heads", HEADS)]
+    plan = gp.plan(analysis, 0.5)
+    pruned, masked = gp.prune(analysis, plan), gp.mask(analysis, plan)
+    for batch in (1, 2):
+        feeds = {
+            "x": np.random.default_rng(batch)
+            .standard_normal((batch, SEQ, WIDTH))
+            .astype(np.float32)
+        }
+        assert_same_outputs(outputs(masked, feeds), outputs(pruned, feeds))

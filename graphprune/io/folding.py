@@ -85,10 +85,11 @@ def _fold_pass(model: onnx.ModelProto) -> int:
                 _record(node.output[0], entries, known, partial, folded, scalar)
             continue
         if node.op_type == "Identity" and node.input[0] in known:
-            # Shape vectors behind Identity (onnx's inference does not look through it);
-            # float weights stay where they are.
+            # Known behind Identity too (the classic exporter shares equal weights that
+            # way). Shape vectors are replaced, since onnx's inference does not look
+            # through Identity; float weights stay where they are.
+            known[node.output[0]] = known[node.input[0]]
             if known[node.input[0]].dtype.kind in "iu":
-                known[node.output[0]] = known[node.input[0]]
                 folded[node.output[0]] = known[node.input[0]]
             continue
         if node.op_type not in _FOLDABLE or len(node.output) != 1:

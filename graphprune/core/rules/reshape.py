@@ -250,15 +250,59 @@ def _choose_axis(ctx: Context, varying: list[int], axes: list[int]) -> tuple[int
             statistics_over |= set(
                 range(int(ctx.view.attribute(consumer, "axis", -1)) % rank, rank)
             )
+    # Q, K and V of a packed projection ([B, S, 3, H, D]) are selected along one axis
+    # (Gather, Slice, Split, after a Transpose): that axis is no channel axis.
+    statistics_over |= _selected_axes(ctx.view, ctx.node.output[0])
     preferred = [a for a in varying if axes[a] not in statistics_over] or varying
     if len(preferred) > 1 and _feeds_attention(ctx.view, ctx.node.output[0]):
         return preferred[0], True
     return preferred[-1], False
 
 
-# Layers with weights end the search, and so do selectors: a packed QKV projection is
-# reshaped to [B, S, 3, E] and Q, K, V are gathered from the 3-axis, which is no head axis.
-_ENDS_ATTENTION_SEARCH = {"MatMul", "Gemm", "Conv", "ConvTranspose", "Gather", "Split"}
+# Layers with weights end the search.
+_ENDS_ATTENTION_SEARCH = {"MatMul", "Gemm", "Conv", "ConvTranspose"}
+
+
+def _selected_axes(view, tensor: str) -> set[int]:
+    """Axes of `tensor` that consumers select along (Gather, Split, a one-axis Slice),
+    directly or after ops that only move axes (Transpose, Squeeze, Unsqueeze)."""
+    selected: set[int] = set()
+    frontier: list[tuple[str, list]] = [(tensor, list(range(len(view.shape(tensor) or ()))))]
+    while frontier:
+        name, origin = frontier.pop()  # origin[i]: the axis of `tensor` that axis i is
+        rank = len(origin)
+        for consumer, index in view.consumers(name):
+            if index != 0 or not rank:
+                continue
+            moved = _moved_axes(view, consumer, origin)
+            if moved is not None:
+                frontier.append((consumer.output[0], moved))
+            elif consumer.op_type in ("Gather", "Split"):
+                selected.add(origin[int(view.attribute(consumer, "axis", 0)) % rank])
+            elif consumer.op_type == "Slice":
+                picked = view.int_list(consumer, 3, "axes")
+                if picked is not None and len(picked) == 1:
+                    selected.add(origin[picked[0] % rank])
+    return selected - {None}
+
+
+def _moved_axes(view, node, origin: list) -> list | None:
+    """`origin` after a Transpose, Squeeze or Unsqueeze (None for other ops)."""
+    rank = len(origin)
+    if node.op_type == "Transpose":
+        return [origin[p] for p in view.attribute(node, "perm", list(range(rank))[::-1])]
+    if node.op_type not in ("Squeeze", "Unsqueeze"):
+        return None
+    axes = view.int_list(node, 1 if view.opset >= 13 else None, "axes")
+    if axes is None:
+        return None
+    if node.op_type == "Squeeze":
+        removed = {a % rank for a in axes}
+        return [axis for i, axis in enumerate(origin) if i not in removed]
+    out_rank = rank + len(axes)
+    inserted = {a % out_rank for a in axes}
+    rest = iter(origin)
+    return [None if i in inserted else next(rest) for i in range(out_rank)]
 
 
 def _feeds_attention(view, tensor: str, depth: int = 8) -> bool:
