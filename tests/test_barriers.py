@@ -122,3 +122,49 @@ def test_contrib_ops_in_the_default_domain_are_checked_as_the_input_is():
     assert [grp.channels for grp in analysis.prunable_groups] == [32]
     weights = sorted(list(t.dims) for t in pruned.graph.initializer if len(t.dims) == 2)
     assert weights == [[16, 16], [16, 16]]  # the 32-wide hidden layer lost half
+
+
+def _skip_layer_norm(g: GraphBuilder, x: str, skip: str, width: int) -> list[str]:
+    names = [f"sln_{i}" for i in range(4)]
+    gamma, beta = g.const(np.linspace(0.5, 1.5, width, dtype=np.float32)), g.weight(width)
+    g.nodes.append(
+        helper.make_node(
+            "SkipLayerNormalization",
+            [x, skip, gamma, beta],
+            names,
+            domain="com.microsoft",
+            epsilon=1e-5,
+        )
+    )
+    return names
+
+
+def test_skip_layer_norm_adds_exactly_and_normalizes_over_the_last_axis():
+    """Channels on axis 1 of [N, C, L]: onnxruntime's fused residual + LayerNorm runs over
+    L, so both addends lose the same channels and the sum (output 3) carries them too."""
+    g = GraphBuilder(opset=17)
+    x = g.input([1, 3, 6])
+    out, _, _, total = _skip_layer_norm(g, g.conv(x, 3, 8, dims=1), g.conv(x, 3, 8, dims=1), 6)
+    g.output(g.conv(g.op("Add", [out, g.op("Relu", [total])]), 8, 2, k=1, dims=1))
+    analysis, _ = _prunes_exactly(gp.load(g.model()))
+    assert [grp.channels for grp in analysis.prunable_groups] == [8]
+
+
+def test_skip_layer_norm_over_the_hidden_size_is_a_barrier_unless_approximate():
+    g = GraphBuilder(opset=17)
+    x = g.input([1, 4, 16])
+    hidden = g.op("MatMul", [x, g.weight(16, 12)])
+    out = _skip_layer_norm(g, hidden, g.op("MatMul", [x, g.weight(16, 12)]), 12)[0]
+    g.output(g.op("MatMul", [out, g.weight(12, 5)]))
+    model = gp.load(g.model())
+    assert "normalizes over the channel axis" in _reasons(gp.analyze(model))
+    analysis = gp.analyze(model, approximate_norms=True)
+    (group,) = analysis.prunable_groups
+    assert group.channels == 12 and group.approximations
+    pruned = gp.prune(analysis, gp.plan(analysis, 0.5))
+    assert sorted(list(t.dims) for t in pruned.graph.initializer if len(t.dims) == 2) == [
+        [6, 5],
+        [16, 6],
+        [16, 6],
+    ]
+    outputs(pruned, random_inputs(model, input_shapes(model), seed=0))  # onnxruntime runs it

@@ -83,11 +83,14 @@ def _normalized_from(ctx: Context, axis: int) -> set[int]:
     return set(range(axis, rank))
 
 
-@rule("LayerNormalization", "RMSNormalization")
+@rule("SimplifiedLayerNormalization", domain="com.microsoft")
+@rule("LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization")
 def layer_norm(ctx: Context) -> None:
     """Normalizes over axes [axis, rank); scale and bias cover exactly those axes. Over the
     channel axis alone it is a barrier unless approximate norms were asked for: then the
-    channels go, scale and bias are sliced, and the group is marked approximate."""
+    channels go, scale and bias are sliced, and the group is marked approximate.
+    onnxruntime's SimplifiedLayerNormalization (RMSNorm, also written into the default
+    domain by its transformer optimizer) has the same inputs and axis."""
     normalized = _normalized_from(ctx, int(ctx.attr("axis", -1)))
     x = ctx.layout(0)
     if x is None or not ctx.approximate_norms or normalized != {x.axis}:
@@ -139,3 +142,43 @@ def cumsum(ctx: Context) -> None:
         return
     rank = len(ctx.input_shape(0) or ())
     _stops_if_normalized(ctx, {int(axis) % rank}, "accumulates")
+
+
+@rule("SkipLayerNormalization", "SkipSimplifiedLayerNormalization", domain="com.microsoft")
+def skip_layer_norm(ctx: Context) -> None:
+    """onnxruntime: s = input + skip (+ bias); output 0 is s normalized over the last axis,
+    times gamma (plus beta), output 3 is s itself. Input and skip add position by position;
+    gamma, beta and bias are per last-axis position. Over the channel axis it is a barrier
+    unless approximate norms were asked for (as LayerNormalization)."""
+    tracked = dict(ctx.tracked())
+    if any(index > 1 for index in tracked):
+        ctx.block("channels reach gamma, beta or bias")
+        return
+    x = tracked.get(0) or tracked.get(1)
+    if x is None:
+        return
+    rank = len(ctx.output_shape() or ())
+    if x.axis == rank - 1 and not ctx.approximate_norms:
+        ctx.block("normalizes over the channel axis: removing channels changes the others")
+        return
+    if len(tracked) == 2:
+        ctx.couple(tracked[0].atoms, tracked[1].atoms)
+    else:
+        other = 1 - next(iter(tracked))
+        shape = ctx.input_shape(other) or ()
+        axis = x.axis - rank + len(shape)
+        if axis >= 0 and shape[axis] != 1:
+            if ctx.constant(other) is None:
+                ctx.block("the other addend is computed from untracked channels")
+                return
+            ctx.slice(other, axis, x.atoms)
+    if x.axis == rank - 1:
+        for index in (2, 3, 4):
+            if ctx.view.input(ctx.node, index) is not None:
+                if ctx.constant(index) is None:
+                    ctx.block("gamma, beta or bias computed at runtime")
+                    return
+                ctx.slice(index, 0, x.atoms, role="weight" if index == 2 else "param")
+        ctx.approximate(x.atoms, "normalizes over the channel axis (statistics change)")
+    for output in (0, 3):
+        ctx.emit(output, x)
