@@ -377,9 +377,10 @@ def test_onnxruntime_fused_attention_declines_with_the_reason():
     g = GraphBuilder()
     x = g.input([1, 6, 16])
     hidden = g.op("MatMul", [x, g.weight(16, 16)])
-    normed = g.op(
-        "SkipLayerNormalization", [hidden, x, g.weight(16), g.weight(16)], domain="com.microsoft"
+    mixed = g.op(
+        "Attention", [hidden, g.weight(16, 48), g.weight(48)], domain="com.microsoft", num_heads=2
     )
-    g.output(g.op("MatMul", [normed, g.weight(16, 4)]))
+    g.output(g.op("MatMul", [mixed, g.weight(16, 4)]))
     analysis = gp.analyze(gp.load(g.model()))
-    assert "no channel rule for op com.microsoft.SkipLayerNormalization" in reasons(analysis)
+    assert "no channel rule for op com.microsoft.Attention" in reasons(analysis)
+    assert analysis.ops_without_rule == {"com.microsoft.Attention": 1}
