@@ -4,6 +4,7 @@ barrier it should report), and the oracle on the pruned result."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from oracle import GraphBuilder, prune_and_check
 
@@ -373,14 +374,43 @@ def test_onnxruntime_fused_activations_slice_their_bias(op, with_bias):
     assert [grp.channels for grp in groups(analysis)] == [16]
 
 
-def test_onnxruntime_fused_attention_declines_with_the_reason():
+def test_onnxruntime_fused_op_without_a_rule_declines_with_the_reason():
     g = GraphBuilder()
     x = g.input([1, 6, 16])
     hidden = g.op("MatMul", [x, g.weight(16, 16)])
     mixed = g.op(
-        "Attention", [hidden, g.weight(16, 48), g.weight(48)], domain="com.microsoft", num_heads=2
+        "MultiHeadAttention", [hidden, hidden, hidden], domain="com.microsoft", num_heads=2
     )
     g.output(g.op("MatMul", [mixed, g.weight(16, 4)]))
     analysis = gp.analyze(gp.load(g.model()))
-    assert "no channel rule for op com.microsoft.Attention" in reasons(analysis)
-    assert analysis.ops_without_rule == {"com.microsoft.Attention": 1}
+    assert "no channel rule for op com.microsoft.MultiHeadAttention" in reasons(analysis)
+    assert analysis.ops_without_rule == {"com.microsoft.MultiHeadAttention": 1}
+
+
+@pytest.mark.parametrize("sizes", [None, [16, 16, 8]])
+def test_onnxruntime_fused_attention_prunes_whole_heads(sizes):
+    """com.microsoft.Attention: head h owns its columns of Q, K and V; num_heads and
+    qkv_hidden_sizes count the heads that stay."""
+    g = GraphBuilder()
+    x = g.input([1, 6, 16])
+    hidden = g.op("MatMul", [x, g.weight(16, 16)])
+    width = sum(sizes) if sizes else 48
+    extra = {"qkv_hidden_sizes": sizes} if sizes else {}
+    mixed = g.op(
+        "Attention",
+        [hidden, g.weight(16, width), g.weight(width)],
+        domain="com.microsoft",
+        num_heads=4,
+        **extra,
+    )
+    g.output(g.op("MatMul", [mixed, g.weight(sizes[2] if sizes else 16, 4)]))
+    analysis, _, pruned = prune_and_check(g.model())
+    assert sorted((grp.kind, grp.channels) for grp in groups(analysis)) == [
+        ("heads", 4),
+        ("mlp", 16),
+    ]
+    (node,) = [n for n in pruned.graph.node if n.op_type == "Attention"]
+    attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    assert attributes["num_heads"] == 2
+    if sizes:
+        assert attributes["qkv_hidden_sizes"] == [8, 8, 4]

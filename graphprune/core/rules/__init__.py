@@ -7,6 +7,7 @@ register themselves in `registry.RULES` when their module is imported here.
 """
 
 from . import (  # noqa: F401
+    attention,
     conv,
     counts,
     elementwise,
