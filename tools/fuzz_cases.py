@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ class Case:
     links: dict[str, str] = field(default_factory=dict)
     outputs: tuple[str, ...] = ()
     must_fail: bool = False  # a refusal (exit 1 or 2) is the only right answer
+    readonly: tuple[str, ...] = ()  # folders made read-only
 
 
 def _bytes(model: onnx.ModelProto) -> bytes:
@@ -222,8 +224,10 @@ def output_paths(rng: random.Random) -> Case:
         ["analyze", MODEL, "--html", "missing/a.html"],
         ["prune", MODEL, "-o", "", "--ratio", "0.3"],
     ]
+    if os.geteuid() != 0:  # root writes into read-only folders (/proc above stands in)
+        variants.append(["prune", MODEL, "-o", "ro/out.onnx", "--ratio", "0.3"])
     argv = rng.choice(variants)
-    return Case("output_paths", " ".join(argv), argv, files, must_fail=True)
+    return Case("output_paths", " ".join(argv), argv, files, must_fail=True, readonly=("ro",))
 
 
 def _npz(**arrays) -> bytes:

@@ -11,9 +11,9 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from ..errors import GraphpruneError, first_line
-from .checks import check_input_model
 from .folding import fold_constants
 from .protos import all_tensors, byte_size, element_count, unique_name
+from .wellformed import check_input_model, check_reads
 
 
 def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
@@ -44,6 +44,7 @@ def _read(path: Path) -> onnx.ModelProto:
     model = _parse(path)
     if not model.graph.node and not model.graph.input:
         raise GraphpruneError(f"{path} is not a valid ONNX model (empty graph)")
+    check_reads(model.graph)
     _external_files(model, path.parent)
     try:
         onnx.load_external_data_for_model(model, str(path.parent))
