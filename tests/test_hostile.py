@@ -11,6 +11,9 @@ import pytest
 from fuzz import _exit_problems, run_case
 from fuzz_cases import CLASSES, MODEL, RUN_TIMEOUT_S, Case, make_case
 
+import graphprune.cli.analyze as analyze_command
+from graphprune.cli import main
+
 
 @pytest.mark.parametrize("kind", sorted(CLASSES))
 def test_every_mutation_class_ends_cleanly(kind, tmp_path):
@@ -73,3 +76,15 @@ def test_the_checks_catch_tracebacks_and_long_errors():
     assert not _exit_problems(case, 1, "graphprune: error: the model has no nodes\n")
     usage = "usage: graphprune prune ...\ngraphprune prune: error: argument --ratio: invalid\n"
     assert not _exit_problems(case, 2, usage)
+
+
+def test_running_out_of_memory_is_one_line(monkeypatch, capsys):
+    def exhausted(_):
+        raise MemoryError("Unable to allocate 175. TiB for an array with shape (10**12,)")
+
+    monkeypatch.setattr(analyze_command, "load", exhausted)
+    assert main(["analyze", "model.onnx"]) == 1
+    assert capsys.readouterr().err == (
+        "graphprune: error: out of memory: Unable to allocate 175. TiB for an array with shape "
+        "(10**12,)\n"
+    )
