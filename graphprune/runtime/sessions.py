@@ -21,14 +21,15 @@ from ..io.protos import PROTOBUF_LIMIT
 _QUIET = 4  # onnxruntime severities: 0 verbose ... 3 error, 4 fatal; we report errors
 # A model can run for days (a Loop with a huge trip count): every run stops after this long.
 DEFAULT_RUN_TIMEOUT_S = 300.0
-_run_timeout_s = [DEFAULT_RUN_TIMEOUT_S]
+_run_timeout_s = DEFAULT_RUN_TIMEOUT_S
 
 
 def limit_runs(seconds: float) -> None:
     """Stop every later onnxruntime run after `seconds` with a one-line error."""
+    global _run_timeout_s
     if not 0 < seconds < math.inf:
         raise GraphpruneError(f"the run time limit must be a positive number, got {seconds}")
-    _run_timeout_s[0] = seconds
+    _run_timeout_s = seconds
 
 
 @cache
@@ -114,7 +115,7 @@ def run(sess, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         raise GraphpruneError(f"inputs missing from the feed: {', '.join(sorted(missing))}")
     if unknown:
         raise GraphpruneError(f"inputs that the model does not have: {', '.join(sorted(unknown))}")
-    limit = _run_timeout_s[0]
+    limit = _run_timeout_s
     options = onnxruntime().RunOptions()
     timer = threading.Timer(limit, setattr, (options, "terminate", True))
     timer.daemon = True
