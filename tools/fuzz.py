@@ -50,7 +50,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +92,9 @@ def lay_out(case: Case, folder: Path) -> None:
     for relative, target in case.links.items():
         (folder / relative).parent.mkdir(parents=True, exist_ok=True)
         (folder / relative).symlink_to(target)
+    for relative in case.readonly:
+        (folder / relative).mkdir(parents=True, exist_ok=True)
+        (folder / relative).chmod(0o555)
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -140,7 +142,7 @@ def _tree(root: Path) -> dict[str, str]:
 
 
 def _subprocess(argv, work: Path, temp: Path, _, timeout: float) -> tuple[int | None, str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(temp), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(temp)}
     process = subprocess.Popen(
         [sys.executable, "-m", "graphprune", *argv], cwd=work, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace",
@@ -167,8 +169,9 @@ def _fork(argv, work: Path, temp: Path, errors: Path, timeout: float) -> tuple[i
 
 
 def _child(argv: list[str], work: Path, temp: Path, errors: Path) -> None:
-    """`python -m graphprune ARGV` in a forked process: same cwd, TMPDIR, memory limit,
-    stderr and exit status, and an uncaught exception prints its traceback as Python does."""
+    """`python -m graphprune ARGV` in a forked process: same cwd, TMPDIR, memory limit and
+    stderr; multiprocessing turns SystemExit into the exit status and prints the traceback
+    of any other exception, as Python does."""
     os.chdir(work)
     os.environ["TMPDIR"] = str(temp)
     tempfile.tempdir = None
@@ -176,15 +179,7 @@ def _child(argv: list[str], work: Path, temp: Path, errors: Path) -> None:
     os.dup2(os.open(errors, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)
     os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
     sys.argv = ["graphprune", *argv]
-    code = 0
-    try:
-        runpy.run_module("graphprune", run_name="__main__", alter_sys=True)
-    except SystemExit as exit:
-        code = exit.code if isinstance(exit.code, int) else (exit.code is not None)
-    except BaseException:
-        traceback.print_exc()
-        code = 1
-    sys.exit(code)  # multiprocessing flushes, finalizes and exits with this status
+    runpy.run_module("graphprune", run_name="__main__", alter_sys=True)
 
 
 def _problems(outcome: Outcome, work: Path, before: dict, after: dict) -> list[tuple[str, str]]:

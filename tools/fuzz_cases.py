@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ class Case:
     links: dict[str, str] = field(default_factory=dict)
     outputs: tuple[str, ...] = ()
     must_fail: bool = False  # a refusal (exit 1 or 2) is the only right answer
+    readonly: tuple[str, ...] = ()  # folders made read-only
 
 
 def _bytes(model: onnx.ModelProto) -> bytes:
@@ -222,8 +224,10 @@ def output_paths(rng: random.Random) -> Case:
         ["analyze", MODEL, "--html", "missing/a.html"],
         ["prune", MODEL, "-o", "", "--ratio", "0.3"],
     ]
+    if os.geteuid() != 0:  # root writes into read-only folders (/proc above stands in)
+        variants.append(["prune", MODEL, "-o", "ro/out.onnx", "--ratio", "0.3"])
     argv = rng.choice(variants)
-    return Case("output_paths", " ".join(argv), argv, files, must_fail=True)
+    return Case("output_paths", " ".join(argv), argv, files, must_fail=True, readonly=("ro",))
 
 
 def _npz(**arrays) -> bytes:
@@ -341,6 +345,55 @@ def plan_file(rng: random.Random) -> Case:
                 must_fail=must_fail)  # fmt: skip
 
 
+def combined(rng: random.Random) -> Case:
+    """Two to four structural mutations on one model."""
+    name, model = _base(rng, list(BASES))
+    structural = [k for k in MUTATIONS if k not in ("truncate", "bitflip", "subgraph")]
+    kinds = rng.sample(structural, rng.randint(2, 4))
+    for kind in kinds:
+        try:
+            model = MUTATIONS[kind](model, rng)
+        except (IndexError, TypeError, ValueError, StopIteration):  # no longer applies
+            continue
+    argv, outputs = _command(rng)
+    files = _files(_bytes(model), BASES[name]())
+    return Case("combined", f"{' + '.join(kinds)} of {name}", argv, files, outputs=outputs)
+
+
+def misuse(rng: random.Random) -> Case:
+    """Model paths that are no model, and options that contradict each other."""
+    files, _ = _valid(rng)
+    files.update({"empty.onnx": b"", "plan.json": b"{}", "notes.json": b'{"a": 1}'})
+    files["calib.npz"] = _npz(x=np.ones((2, 1), np.float32))
+    variants: list[tuple[list[str], bool]] = [
+        (["analyze", "nosuch.onnx"], True),
+        (["analyze", "m"], True),
+        (["analyze", "empty.onnx"], True),
+        (["analyze", "notes.json"], True),
+        (["diff", MODEL, "nosuch.onnx"], True),
+        (["diff", MODEL, MODEL, "--exit-code"], False),
+        ([*PRUNE, "--ratio", "0.3", "--plan", "plan.json"], False),
+        ([*PRUNE, "--ratio", "0.3", "--target-macs", "0.5"], True),
+        ([*PRUNE, "--target-macs", "0.5", "--target-params", "0.5"], True),
+        ([*PRUNE, "--ratio", "0.3", "--calib", "calib.npz", "--calib-random", "4"], True),
+        ([*PRUNE, "--ratio", "0.3", "--criterion", "flap"], True),
+        ([*PRUNE, "--ratio", "0.3", "--compensate", "lsq"], True),
+        ([*PRUNE, "--ratio", "0.3", "--ignore", "nosuch*"], True),
+        ([*PRUNE, "--ratio", "0.3", "--ignore", "*"], False),
+        ([*PRUNE, "--ratio", "0.3", "--only", "nosuch"], True),
+        ([*PRUNE, "--ratio", "0.3", "--calib", "calib.npz", "--criterion", "wanda"], True),
+        ([*PRUNE, "--ratio", "0.3", "--frobnicate"], True),
+        (["prune", MODEL, "--ratio", "0.3"], True),
+        ([*PRUNE, "--ratio", "0.3", "--run-timeout", "0"], True),
+        ([*PRUNE, "--ratio", "0.3", "--run-timeout", "nan"], True),
+        ([*PRUNE, "--ratio", "0.0", "--bench"], False),
+        ([], True),
+    ]
+    argv, must_fail = rng.choice(variants)
+    outputs = ("out.onnx",) if "-o" in argv else ()
+    return Case("misuse", " ".join(argv), argv, files, outputs=outputs, must_fail=must_fail)
+
+
 CLASSES: dict[str, Callable[[random.Random], Case]] = {
     **{kind: model_case(kind) for kind in MUTATIONS},
     "external_range": external_range,
@@ -353,6 +406,8 @@ CLASSES: dict[str, Callable[[random.Random], Case]] = {
     "calib_file": calib_file,
     "inputs_file": inputs_file,
     "input_shape": input_shape,
+    "combined": combined,
+    "misuse": misuse,
 }
 
 

@@ -14,7 +14,7 @@ import traceback
 
 import numpy as np
 
-from ..errors import GraphpruneError, InternalError
+from ..errors import GraphpruneError, InternalError, first_line
 from ..version import __version__
 from . import analyze, diff, prune
 
@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
             return args.run(args)
     except GraphpruneError as error:
         print(f"graphprune: error: {error}", file=sys.stderr)
+        return 1
+    except MemoryError as error:  # the machine's limit, not a bug: numpy says how much
+        print(f"graphprune: error: out of memory: {first_line(error)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("graphprune: interrupted", file=sys.stderr)

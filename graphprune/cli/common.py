@@ -7,7 +7,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..errors import GraphpruneError, first_line
@@ -49,7 +49,7 @@ def check_number(option: str, value: float | None, low: float, high: float = mat
 
 
 def check_outputs(
-    outputs: dict[str, str | None], models: list[str], inputs: list[str | None] = ()
+    outputs: dict[str, str | None], models: list[str], inputs: Sequence[str | None] = ()
 ) -> None:
     """Refuse, before anything runs, an output path (option -> path) that is an input (a
     model, its external data, a file in `inputs`), the path of another output, not a file,

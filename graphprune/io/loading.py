@@ -8,12 +8,17 @@ import os
 from pathlib import Path
 
 import onnx
+from google.protobuf import json_format, text_format
 from google.protobuf.message import DecodeError
 
 from ..errors import GraphpruneError, first_line
-from .checks import check_input_model
 from .folding import fold_constants
 from .protos import all_tensors, byte_size, element_count, unique_name
+from .wellformed import check_input_model, check_reads
+
+_PARSE_ERRORS = (
+    DecodeError, json_format.ParseError, text_format.ParseError, onnx.parser.ParseError,
+)  # fmt: skip
 
 
 def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
@@ -44,6 +49,7 @@ def _read(path: Path) -> onnx.ModelProto:
     model = _parse(path)
     if not model.graph.node and not model.graph.input:
         raise GraphpruneError(f"{path} is not a valid ONNX model (empty graph)")
+    check_reads(model.graph)
     _external_files(model, path.parent)
     try:
         onnx.load_external_data_for_model(model, str(path.parent))
@@ -55,9 +61,9 @@ def _read(path: Path) -> onnx.ModelProto:
 def _parse(path: Path) -> onnx.ModelProto:
     if not path.is_file():
         raise GraphpruneError(f"no such file: {path}")
-    try:
+    try:  # onnx reads .json and text formats by the file's suffix, each with its own error
         return onnx.load(str(path), load_external_data=False)
-    except (DecodeError, RuntimeWarning, ValueError, OSError) as error:
+    except (*_PARSE_ERRORS, RuntimeWarning, ValueError, OSError) as error:
         raise GraphpruneError(f"{path} is not a valid ONNX model ({first_line(error)})") from None
 
 

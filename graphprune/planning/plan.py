@@ -128,6 +128,7 @@ def make_plan(
 ) -> Plan:
     """The channels to remove under `options`; `stats` (calibration statistics) feed the
     calibrated criteria."""
+    check_weights(analysis)
     ratio, criterion, round_to, min_keep = (
         options.ratio, options.criterion, options.round_to, options.min_keep
     )  # fmt: skip
@@ -183,6 +184,29 @@ def make_plan(
     plan = Plan(choices, removed_classes, options.to_json(), notes)
     plan.budget = summary
     return plan
+
+
+def check_weights(analysis: Analysis) -> None:
+    """Refuse a model whose weights disagree with their consumers (a Conv's input channels,
+    a Gemm's K): it does not run, and no slice of such a weight is defined."""
+    view = analysis.view
+    for edit in analysis.edits:
+        if not isinstance(edit, SliceConstant | SliceGroupedInput):
+            continue
+        name = view.nodes[edit.node].input[edit.input_index]
+        shape = view.constant_shape(name)
+        if shape is None:
+            continue
+        if isinstance(edit, SliceGroupedInput):
+            groups, per_group = edit.atoms.shape
+            fits = len(shape) > 1 and shape[0] % groups == 0 and shape[1] == per_group
+        else:
+            fits = edit.axis < len(shape) and shape[edit.axis] == edit.atoms.size
+        if not fits:
+            raise GraphpruneError(
+                f"weight '{name}' {list(shape)} of node '{edit.node}' does not match its "
+                f"input's {edit.atoms.size} channels"
+            )
 
 
 def _ignored(analysis: Analysis, patterns) -> dict[int, str]:
@@ -313,6 +337,7 @@ def _choices_from(analysis: Analysis, removed_classes: np.ndarray) -> list[Group
 
 def plan_from_json(analysis: Analysis, data: dict) -> Plan:
     """Re-apply the exact channel choices of an earlier report to this model."""
+    check_weights(analysis)
     groups = data.get("groups", []) if isinstance(data, dict) else None
     options = data.get("options", {}) if isinstance(data, dict) else None
     if not isinstance(groups, list) or not isinstance(options, dict):

@@ -24,14 +24,15 @@ _QUIET = 4  # onnxruntime severities: 0 verbose ... 3 error, 4 fatal; we report 
 _ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
 # A model can run for days (a Loop with a huge trip count): every run stops after this long.
 DEFAULT_RUN_TIMEOUT_S = 300.0
-_run_timeout_s = [DEFAULT_RUN_TIMEOUT_S]
+_run_timeout_s = DEFAULT_RUN_TIMEOUT_S
 
 
 def limit_runs(seconds: float) -> None:
     """Stop every later onnxruntime run after `seconds` with a one-line error."""
+    global _run_timeout_s
     if not 0 < seconds < math.inf:
         raise GraphpruneError(f"the run time limit must be a positive number, got {seconds}")
-    _run_timeout_s[0] = seconds
+    _run_timeout_s = seconds
 
 
 @cache
@@ -131,18 +132,21 @@ def try_run(sess, feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], str |
 
 
 def _timed_run(sess, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Run with every input fed (extra feeds are ignored), stopped after the time limit."""
+    """Run with exactly the model's inputs fed, stopped after the time limit."""
     names = {i.name for i in sess.get_inputs()}
     missing = names - set(feeds)
     if missing:
         raise GraphpruneError(f"inputs missing from the feed: {', '.join(sorted(missing))}")
-    limit = _run_timeout_s[0]
+    unknown = set(feeds) - names
+    if unknown:
+        raise GraphpruneError(f"inputs that the model does not have: {', '.join(sorted(unknown))}")
+    limit = _run_timeout_s
     options = onnxruntime().RunOptions()
     timer = threading.Timer(limit, setattr, (options, "terminate", True))
     timer.daemon = True
     timer.start()
     try:
-        return sess.run(None, {k: v for k, v in feeds.items() if k in names}, options)
+        return sess.run(None, feeds, options)
     except Exception:
         if options.terminate:
             message = f"onnxruntime ran past the {limit:g} s limit (--run-timeout)"
