@@ -379,12 +379,12 @@ def test_onnxruntime_fused_op_without_a_rule_declines_with_the_reason():
     x = g.input([1, 6, 16])
     hidden = g.op("MatMul", [x, g.weight(16, 16)])
     mixed = g.op(
-        "MultiHeadAttention", [hidden, hidden, hidden], domain="com.microsoft", num_heads=2
+        "GroupQueryAttention", [hidden, hidden, hidden], domain="com.microsoft", num_heads=2
     )
     g.output(g.op("MatMul", [mixed, g.weight(16, 4)]))
     analysis = gp.analyze(gp.load(g.model()))
-    assert "no channel rule for op com.microsoft.MultiHeadAttention" in reasons(analysis)
-    assert analysis.ops_without_rule == {"com.microsoft.MultiHeadAttention": 1}
+    assert "no channel rule for op com.microsoft.GroupQueryAttention" in reasons(analysis)
+    assert analysis.ops_without_rule == {"com.microsoft.GroupQueryAttention": 1}
 
 
 @pytest.mark.parametrize("sizes", [None, [16, 16, 8]])
@@ -414,3 +414,17 @@ def test_onnxruntime_fused_attention_prunes_whole_heads(sizes):
     assert attributes["num_heads"] == 2
     if sizes:
         assert attributes["qkv_hidden_sizes"] == [8, 8, 4]
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_onnxruntime_multi_head_attention_prunes_whole_heads(with_bias):
+    g = GraphBuilder()
+    x = g.input([1, 6, 16])
+    q, k, v = (g.op("MatMul", [x, g.weight(16, 12)]) for _ in range(3))
+    inputs = [q, k, v] + ([g.weight(36)] if with_bias else [])
+    mixed = g.op("MultiHeadAttention", inputs, domain="com.microsoft", num_heads=3)
+    g.output(g.op("MatMul", [mixed, g.weight(12, 4)]))
+    analysis, _, pruned = prune_and_check(g.model(), ratio=0.34)
+    assert [(grp.kind, grp.channels) for grp in groups(analysis)] == [("heads", 3)]
+    (node,) = [n for n in pruned.graph.node if n.op_type == "MultiHeadAttention"]
+    assert onnx.helper.get_attribute_value(node.attribute[0]) == 2

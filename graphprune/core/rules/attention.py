@@ -1,5 +1,5 @@
-"""onnxruntime's fused attention (com.microsoft.Attention), as its transformer optimizer
-and Optimum write it for BERT-like models.
+"""onnxruntime's fused attention (com.microsoft.Attention and MultiHeadAttention), as its
+transformer optimizer and Optimum write it for BERT-like models.
 
 Spec: input [B, S, D_in] @ weights [D_in, Q + K + V] + bias, split into Q, K, V of
 `qkv_hidden_sizes` (default three equal parts), each `num_heads` heads of equal width;
@@ -59,3 +59,46 @@ def fused_attention(ctx: Context) -> None:
     ctx.mark_heads(head_atoms)
     rank = len(ctx.output_shape() or (0, 0, 0))
     ctx.emit(0, Layout(rank - 1, np.repeat(head_atoms, sizes[2] // heads)))
+
+
+@rule("MultiHeadAttention", domain="com.microsoft")
+def multi_head_attention(ctx: Context) -> None:
+    """com.microsoft.MultiHeadAttention with separate query, key and value [B, S, H*D] (as
+    Optimum and onnxruntime's optimizer write it after the projections): position h*D + d
+    of each is head h, so a head's D positions go together and head h of Q, K and V goes
+    together; the output holds V's heads. A packed bias (input 3, Q, K and V side by side)
+    is sliced with them; the key padding mask (input 4) is per token. Other inputs (an
+    attention bias per head, a KV cache) are not mapped yet."""
+    heads = int(ctx.attr("num_heads", 0))
+    tracked = dict(ctx.tracked())
+    q, k, v = (tracked.get(index) for index in range(3))
+    shapes = [ctx.input_shape(index) for index in range(3)]
+    if heads < 1 or None in (q, k, v) or any(index > 2 for index in tracked):
+        ctx.block("query, key and value must all carry the channels (packed QKV is not mapped)")
+        return
+    if any(
+        len(shape or ()) != 3 or layout.axis != 2
+        for shape, layout in zip(shapes, (q, k, v), strict=True)
+    ):
+        ctx.block("query, key or value is not [batch, sequence, heads * head size]")
+        return
+    if any(ctx.node.input[5:]) or any(ctx.node.output[1:]) or q.size % heads or v.size % heads:
+        ctx.block("an attention bias or KV cache is not mapped yet")
+        return
+    per_head = [layout.atoms.reshape(heads, -1) for layout in (q, k, v)]
+    if per_head[0].shape != per_head[1].shape:
+        ctx.block("query and key heads differ in size")
+        return
+    for atoms in per_head:
+        for head in atoms:
+            ctx.couple_all(head)
+    ctx.couple(per_head[0][:, 0], per_head[1][:, 0])
+    ctx.couple(per_head[0][:, 0], per_head[2][:, 0])
+    if len(ctx.node.input) > 3 and ctx.node.input[3]:
+        if ctx.constant(3) is None:
+            ctx.block("bias computed at runtime")
+            return
+        ctx.slice(3, 0, np.concatenate([q.atoms, k.atoms, v.atoms]), role="bias")
+    ctx.set_count(ctx.target(attribute="num_heads"), per_head[0][:, 0])
+    ctx.mark_heads(per_head[0][:, 0])
+    ctx.emit(0, Layout(2, v.atoms))
