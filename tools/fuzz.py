@@ -9,7 +9,8 @@ a Loop that would run for days, and misuse of every option and input file), lays
 in a fresh folder and runs the real command, `python -m graphprune ...`, there in its own
 process with a time limit. Every case must end with
 
-- exit 0 and valid outputs (models pass the ONNX checker, JSON parses, HTML is a page), or
+- exit 0 and valid outputs (models pass the ONNX checker as fully as the input does, JSON
+  parses, HTML is a page), or
   a refusal: exit 1 and exactly one line on stderr starting with `graphprune:`, or
   argparse's usage error (exit 2). Cases marked `must_fail` (bad options, outputs onto
   inputs, external data outside the model's folder...) must be refused;
@@ -194,7 +195,10 @@ def _problems(outcome: Outcome, work: Path, before: dict, after: dict) -> list[t
     allowed = {f"work/{name}" for name in case.outputs} if code == 0 else set()
     problems += [("stray", f"left {path}") for path in sorted(created - allowed)]
     if code == 0:
-        problems += [("crash", why) for name in case.outputs if (why := _invalid(work / name))]
+        full = _inputs_pass_full_check(case)
+        for name in case.outputs:
+            if why := _invalid(work / name, full):
+                problems.append(("crash", why))
     return problems
 
 
@@ -216,13 +220,25 @@ def _exit_problems(case: Case, code: int, stderr: str) -> list[str]:
     return [f"exit code {code}"]
 
 
-def _invalid(path: Path) -> str | None:
+def _inputs_pass_full_check(case) -> bool:
+    """Whether every input model passes the full checker: then the outputs must too, else
+    the structural check (the rewrite keeps what its input passes, no more)."""
+    for name, data in case.files.items():
+        if name.endswith(".onnx"):
+            try:
+                onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
+            except Exception:  # any failure: the input does not pass it
+                return False
+    return True
+
+
+def _invalid(path: Path, full_check: bool = True) -> str | None:
     """Why a requested output is not valid (None when it is)."""
     if not path.is_file():
         return f"{path.name} missing after exit 0"
     try:
         if path.suffix == ".onnx":
-            onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+            onnx.checker.check_model(onnx.load(str(path)), full_check=full_check)
         elif path.suffix == ".json":
             json.loads(path.read_text())
         elif path.suffix == ".html" and "<html" not in path.read_text().lower():
