@@ -65,7 +65,7 @@ def apply_rule(ctx: Context) -> None:
     if any(ctx.input_shape(index) is None for index, _ in tracked):
         ctx.block("shape inference left the shape of an input with channels unknown")
     elif counts and len(counts) == len(tracked) and key in COUNT_RULES:
-        COUNT_RULES[key](ctx)
+        _run(COUNT_RULES[key], ctx)
     elif any(index not in _COUNT_INPUTS.get(key, ()) for index in counts):
         ctx.block("a channel count read at runtime (Shape) is used here")
     elif key not in _TILED and any(layout.tiled for _, layout in tracked):
