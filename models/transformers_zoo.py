@@ -74,7 +74,9 @@ def _finish(model: nn.Module, pixels: bool = False) -> nn.Module:
     return LastHiddenState(model, pixels).eval()
 
 
-def _bert() -> nn.Module:
+def _bert(attention: str = "eager") -> nn.Module:
+    """`attention="sdpa"` (transformers' default) exports attention as one reshape of the
+    scores to [batch * heads, ...] and back: heads folded into a symbolic batch."""
     from transformers import BertConfig, BertModel
 
     config = BertConfig(
@@ -84,7 +86,7 @@ def _bert() -> nn.Module:
         num_attention_heads=4,
         intermediate_size=128,
         max_position_embeddings=64,
-        attn_implementation="eager",
+        attn_implementation=attention,
     )
     return _finish(BertModel(config))
 
@@ -155,6 +157,7 @@ TEXT = (1, 8)
 DYNAMO_ONLY = ("dynamo",)
 TRANSFORMERS: dict[str, TransformerEntry] = {
     "bert": TransformerEntry(_bert, TEXT, heads=4, kv_heads=4),
+    "bert_sdpa": TransformerEntry(lambda: _bert("sdpa"), TEXT, heads=4, kv_heads=4),
     "gpt2": TransformerEntry(_gpt2, TEXT, heads=4, kv_heads=4, mlp=256, exporters=DYNAMO_ONLY),
     "llama": TransformerEntry(lambda: _llama_like("Llama"), TEXT, 8, 4, exporters=DYNAMO_ONLY),
     "qwen2": TransformerEntry(lambda: _llama_like("Qwen2"), TEXT, 8, 4, exporters=DYNAMO_ONLY),
