@@ -8,8 +8,8 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import GraphpruneError, first_line
+from .large import too_large, weightless
 from .protos import (
-    PROTOBUF_LIMIT,
     all_tensors,
     byte_size,
     element_count,
@@ -95,9 +95,11 @@ def check_model(model: onnx.ModelProto, *, original: onnx.ModelProto | None = No
     checker, or the strictest check `original` passes. onnxruntime runs graphs onnx cannot
     check (its contrib ops written into the default domain, as its transformer optimizer
     does); those rest on onnxruntime's validation alone. Models over the protobuf limit
-    are not checked in memory."""
-    if model.ByteSize() >= PROTOBUF_LIMIT:
-        return
+    are checked without their large weights (typed graph inputs in their place)."""
+    if too_large(model):
+        model = weightless(model)
+    if original is not None and too_large(original):
+        original = weightless(original)
     for full_check in (True, False):
         if original is None or _passes(original, full_check):
             try:

@@ -8,16 +8,14 @@ import contextlib
 import io
 import math
 import re
-import tempfile
 import threading
 from functools import cache
-from pathlib import Path
 
 import numpy as np
 import onnx
 
 from ..errors import GraphpruneError, first_line
-from ..io.protos import PROTOBUF_LIMIT
+from ..io.large import temporary_copy, too_large
 
 _QUIET = 4  # onnxruntime severities: 0 verbose ... 3 error, 4 fatal; we report errors
 # "[ONNXRuntimeError] : 1 : FAIL : " says nothing that the rest of its line does not.
@@ -99,12 +97,11 @@ def session(
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     try:
-        if model.ByteSize() < PROTOBUF_LIMIT:
+        if not too_large(model):
             serialized = model.SerializeToString()
             return ort.InferenceSession(serialized, options, providers=providers)
-        with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / "model.onnx"
-            onnx.save_model(model, str(path), save_as_external_data=True, location="model.data")
+        # Past 2 GB onnxruntime takes the model by path, its weights as external data.
+        with temporary_copy(model) as path:
             return ort.InferenceSession(str(path), options, providers=providers)
     except Exception as error:
         raise GraphpruneError(f"onnxruntime cannot load the model: {first_line(error)}") from None

@@ -1,0 +1,132 @@
+"""Models past protobuf's 2 GB limit: a whole ModelProto of that size can be neither
+serialized nor sized (`ByteSize` raises), so nothing here does either.
+
+`too_large` tells such models apart from the sum of their tensors' sizes; `weightless` is
+the model without its large weights (initializers become typed graph inputs) for the ONNX
+checker; `write_external` streams the weights tensor by tensor into one external-data file
+next to a small .onnx file and never changes the model it writes (onnx's own
+`save_model(save_as_external_data=True)` moves the weights out of the proto it is given);
+`temporary_copy` is such a copy in a private temporary folder, removed afterwards, for
+onnxruntime to load by path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import EncodeError
+
+from . import protos
+
+# Tensors of at least this many bytes go to external data (onnx's default threshold);
+# their offsets are aligned so that onnxruntime can map them.
+EXTERNAL_THRESHOLD = 1024
+_ALIGN = 4096
+
+
+def too_large(model: onnx.ModelProto) -> bool:
+    """Whether `model` is past the protobuf limit (`protos.PROTOBUF_LIMIT`, read on each
+    call) and must be written with external data, checked without its weights and given
+    to onnxruntime by path."""
+    limit = protos.PROTOBUF_LIMIT
+    data = 0
+    for tensor in model.graph.initializer:
+        data += tensor.ByteSize()
+        if data >= limit:
+            return True
+    try:
+        return model.ByteSize() >= limit
+    except (EncodeError, ValueError):  # upb refuses to size a message past 2 GB
+        return True
+
+
+def _is_large(tensor: onnx.TensorProto) -> bool:
+    return (
+        tensor.data_location != onnx.TensorProto.EXTERNAL
+        and tensor.HasField("raw_data")
+        and tensor.ByteSize() >= EXTERNAL_THRESHOLD
+    )
+
+
+def shell(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of everything but the main graph's initializers (left empty)."""
+    copy = onnx.ModelProto()
+    _copy_fields(model, copy, skip="graph")
+    _copy_fields(model.graph, copy.graph, skip="initializer")
+    return copy
+
+
+def _copy_fields(source, target, skip: str) -> None:
+    for field, value in source.ListFields():
+        if field.name == skip:
+            continue
+        if hasattr(value, "extend"):  # repeated (scalars or messages)
+            getattr(target, field.name).extend(value)
+        elif hasattr(value, "CopyFrom"):
+            getattr(target, field.name).CopyFrom(value)
+        else:
+            setattr(target, field.name, value)
+
+
+def weightless(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with its large initializers turned into graph inputs of their type and
+    shape: what the checker and shape inference need, in a few megabytes."""
+    skeleton = shell(model)
+    inputs = {info.name for info in model.graph.input}
+    for tensor in model.graph.initializer:
+        if _is_large(tensor) or tensor.data_location == onnx.TensorProto.EXTERNAL:
+            if tensor.name not in inputs:
+                info = onnx.helper.make_tensor_value_info(
+                    tensor.name, tensor.data_type, list(tensor.dims)
+                )
+                skeleton.graph.input.append(info)
+        else:
+            skeleton.graph.initializer.append(tensor)
+    return skeleton
+
+
+def write_external(model: onnx.ModelProto, path: str | Path, data_name: str) -> None:
+    """Write `model` to `path` with every initializer of `EXTERNAL_THRESHOLD` bytes or more
+    in `data_name` (next to it), one tensor at a time, in initializer order (the same
+    model gives the same bytes). `model` is not changed."""
+    path = Path(path)
+    skeleton = shell(model)
+    offset = 0
+    with open(path.parent / data_name, "wb") as data:
+        for tensor in model.graph.initializer:
+            if not _is_large(tensor):
+                skeleton.graph.initializer.append(tensor)
+                continue
+            padding = -offset % _ALIGN
+            data.write(b"\0" * padding)
+            offset += padding
+            raw = tensor.raw_data  # one tensor's bytes at a time
+            data.write(raw)
+            reference = skeleton.graph.initializer.add()
+            reference.name = tensor.name
+            reference.dims.extend(tensor.dims)
+            reference.data_type = tensor.data_type
+            if tensor.doc_string:
+                reference.doc_string = tensor.doc_string
+            reference.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in (("location", data_name), ("offset", str(offset)),
+                               ("length", str(len(raw)))):  # fmt: skip
+                reference.external_data.add(key=key, value=value)
+            offset += len(raw)
+            del raw
+    path.write_bytes(skeleton.SerializeToString(deterministic=True))
+
+
+@contextlib.contextmanager
+def temporary_copy(model: onnx.ModelProto) -> Iterator[Path]:
+    """`model` written with external data into a private temporary folder (mode 0700,
+    under the system's temporary directory, never the working directory), removed when
+    the block ends."""
+    with tempfile.TemporaryDirectory(prefix="graphprune-") as folder:
+        path = Path(folder) / "model.onnx"
+        write_external(model, path, "model.onnx.data")
+        yield path
