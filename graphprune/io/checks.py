@@ -8,7 +8,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import GraphpruneError, first_line
-from .large import too_large, weightless
+from .large import heavy, weightless
 from .protos import (
     all_tensors,
     byte_size,
@@ -95,10 +95,12 @@ def check_model(model: onnx.ModelProto, *, original: onnx.ModelProto | None = No
     checker, or the strictest check `original` passes. onnxruntime runs graphs onnx cannot
     check (its contrib ops written into the default domain, as its transformer optimizer
     does); those rest on onnxruntime's validation alone. Models over the protobuf limit
-    are checked without their large weights (typed graph inputs in their place)."""
-    if too_large(model):
+    (or with hundreds of megabytes of weights, `graphprune.io.large.heavy`) are checked
+    without their large weights, typed graph inputs in their place: the checker would
+    serialize them whole (twice the model), and their data was checked at load."""
+    if heavy(model):
         model = weightless(model)
-    if original is not None and too_large(original):
+    if original is not None and heavy(original):
         original = weightless(original)
     for full_check in (True, False):
         if original is None or _passes(original, full_check):

@@ -1,7 +1,10 @@
 """Models past protobuf's 2 GB limit: a whole ModelProto of that size can be neither
 serialized nor sized (`ByteSize` raises), so nothing here does either.
 
-`too_large` tells such models apart from the sum of their tensors' sizes; `weightless` is
+`too_large` tells such models apart from the sum of their tensors' sizes; `heavy` also
+takes models with a few hundred megabytes of weights, which are cheaper to check and run
+that way than serialized whole (onnxruntime given 2 GB of bytes holds about 4x their size
+at once; given a file, about 1x); `weightless` is
 the model without its large weights (initializers become typed graph inputs) for the ONNX
 checker; `write_external` streams the weights tensor by tensor into one external-data file
 next to a small .onnx file and never changes the model it writes (onnx's own
@@ -26,13 +29,24 @@ from . import protos
 # their offsets are aligned so that onnxruntime can map them.
 EXTERNAL_THRESHOLD = 1024
 _ALIGN = 4096
+# Models with this many bytes of initializers or more are checked without their weights
+# and given to onnxruntime by path, as models past the protobuf limit must be.
+HEAVY_BYTES = 2**28
 
 
 def too_large(model: onnx.ModelProto) -> bool:
     """Whether `model` is past the protobuf limit (`protos.PROTOBUF_LIMIT`, read on each
-    call) and must be written with external data, checked without its weights and given
-    to onnxruntime by path."""
-    limit = protos.PROTOBUF_LIMIT
+    call) and must be written with external data."""
+    return _past(model, protos.PROTOBUF_LIMIT)
+
+
+def heavy(model: onnx.ModelProto) -> bool:
+    """Whether `model` is checked without its weights and run from a temporary path: past
+    the protobuf limit, or with `HEAVY_BYTES` of weights or more."""
+    return _past(model, min(HEAVY_BYTES, protos.PROTOBUF_LIMIT))
+
+
+def _past(model: onnx.ModelProto, limit: int) -> bool:
     data = 0
     for tensor in model.graph.initializer:
         data += tensor.ByteSize()

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 from ..errors import GraphpruneError, first_line
-from ..io.large import temporary_copy, too_large
+from ..io.large import heavy, temporary_copy
 
 _QUIET = 4  # onnxruntime severities: 0 verbose ... 3 error, 4 fatal; we report errors
 # "[ONNXRuntimeError] : 1 : FAIL : " says nothing that the rest of its line does not.
@@ -97,10 +97,11 @@ def session(
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     try:
-        if not too_large(model):
+        if not heavy(model):
             serialized = model.SerializeToString()
             return ort.InferenceSession(serialized, options, providers=providers)
-        # Past 2 GB onnxruntime takes the model by path, its weights as external data.
+        # Past 2 GB onnxruntime takes the model only by path, its weights as external
+        # data; from a few hundred megabytes on, that also costs a quarter of the memory.
         with temporary_copy(model) as path:
             return ort.InferenceSession(str(path), options, providers=providers)
     except Exception as error:
