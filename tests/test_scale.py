@@ -19,7 +19,7 @@ from graphprune.cli import main
 from graphprune.errors import GraphpruneError
 from graphprune.io import protos
 from graphprune.io.checks import check_model
-from graphprune.io.large import too_large
+from graphprune.io.large import too_large, write_inline
 
 TINY = PRESETS["tiny"]  # hidden 64, 2 layers, 8 query / 4 KV heads, MLP 128, vocab 100
 LIMIT = 100_000  # bytes: the tiny model's weights are ~350 kB
@@ -123,3 +123,15 @@ def test_cli_prunes_past_the_protobuf_limit(tiny, tmp_path, large_limit, extra, 
     reloaded = gp.load(out)
     assert outputs(reloaded, feeds())[0].shape == (2, 7, TINY.vocab)
     assert not list(large_limit.iterdir())
+
+
+def test_models_under_the_limit_are_written_as_protobuf_writes_them(tiny, tmp_path):
+    model = gp.load(tiny)
+    model.metadata_props.add(key="k", value="v")
+    model.graph.doc_string = "after the initializers"
+    empty = onnx.ModelProto()
+    empty.CopyFrom(model)
+    del empty.graph.initializer[:]
+    for case in (model, empty, onnx.ModelProto()):
+        write_inline(case, tmp_path / "m.onnx")
+        assert (tmp_path / "m.onnx").read_bytes() == case.SerializeToString(deterministic=True)

@@ -135,6 +135,60 @@ def write_external(model: onnx.ModelProto, path: str | Path, data_name: str) -> 
     path.write_bytes(skeleton.SerializeToString(deterministic=True))
 
 
+def write_inline(model: onnx.ModelProto, path: str | Path) -> None:
+    """Write the bytes of `model.SerializeToString(deterministic=True)` to `path` one
+    initializer at a time, never holding the whole serialization: protobuf writes fields in
+    field-number order, and a message is the concatenation of its fields, so the model is
+    its fields before `graph`, the graph (its fields before `initializer`, each initializer
+    as a length-delimited field, the fields after), then the fields after `graph`."""
+    graph = model.graph
+    graph_number = model.DESCRIPTOR.fields_by_name["graph"].number
+    initializer_number = graph.DESCRIPTOR.fields_by_name["initializer"].number
+    before, after = _split(model, graph_number, "graph")
+    graph_before, graph_after = _split(graph, initializer_number, "initializer")
+    sizes = [tensor.ByteSize() for tensor in graph.initializer]
+    tag = _varint(initializer_number << 3 | 2)
+    graph_size = len(graph_before) + len(graph_after)
+    graph_size += sum(len(tag) + len(_varint(size)) + size for size in sizes)
+    with open(path, "wb") as out:
+        out.write(before)
+        if model.HasField("graph"):
+            out.write(_varint(graph_number << 3 | 2) + _varint(graph_size) + graph_before)
+            for tensor, size in zip(graph.initializer, sizes, strict=True):
+                out.write(tag + _varint(size))
+                out.write(tensor.SerializeToString(deterministic=True))
+            out.write(graph_after)
+        out.write(after)
+
+
+def _split(message, number: int, skip: str) -> tuple[bytes, bytes]:
+    """The serialized fields of `message` numbered below and above `number` (`skip`)."""
+    parts = (type(message)(), type(message)())
+    for field, value in message.ListFields():
+        if field.name == skip:
+            continue
+        target = parts[field.number > number]
+        if hasattr(value, "extend"):
+            getattr(target, field.name).extend(value)
+        elif hasattr(value, "CopyFrom"):
+            getattr(target, field.name).CopyFrom(value)
+        else:
+            setattr(target, field.name, value)
+    return tuple(part.SerializeToString(deterministic=True) for part in parts)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
 @contextlib.contextmanager
 def temporary_copy(model: onnx.ModelProto) -> Iterator[Path]:
     """`model` written with external data into a private temporary folder (mode 0700,

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import onnx
 
-from .large import too_large, write_external
+from .large import too_large, write_external, write_inline
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
-    """Save `model` to `path`; models over 2 GB keep their weights in `<name>.data`,
-    written tensor by tensor (`graphprune.io.large`)."""
+    """Save `model` to `path`; models over 2 GB keep their weights in `<name>.data`.
+    Either way the weights are written tensor by tensor (`graphprune.io.large`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     external = too_large(model)
@@ -25,7 +25,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
             write_external(model, staged, data_name)
             os.replace(Path(folder) / data_name, path.parent / data_name)
         else:
-            staged.write_bytes(model.SerializeToString(deterministic=True))
+            write_inline(model, staged)  # the same bytes, one tensor at a time
         os.replace(staged, path)
     return path
 
