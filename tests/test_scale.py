@@ -135,3 +135,20 @@ def test_models_under_the_limit_are_written_as_protobuf_writes_them(tiny, tmp_pa
     for case in (model, empty, onnx.ModelProto()):
         write_inline(case, tmp_path / "m.onnx")
         assert (tmp_path / "m.onnx").read_bytes() == case.SerializeToString(deterministic=True)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_weights_sliced_after_the_export_give_the_same_bytes(tmp_path, monkeypatch, dtype):
+    from graphprune.core import rewrite
+
+    model = gp.load(build(TINY, tmp_path, dtype=dtype))
+    analysis = gp.analyze(model)
+    plan = gp.plan(analysis, gp.PlanOptions(ratio=0.4))
+    results = []
+    for limit in (rewrite.DEFERRED_ELEMENTS, 1):  # none of the tiny weights, then all
+        monkeypatch.setattr(rewrite, "DEFERRED_ELEMENTS", limit)
+        results.append([
+            gp.prune(analysis, plan).SerializeToString(deterministic=True),
+            gp.mask(analysis, plan).SerializeToString(deterministic=True),
+        ])  # fmt: skip
+    assert results[0] == results[1]
