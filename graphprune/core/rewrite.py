@@ -19,6 +19,7 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from ..errors import InternalError
+from ..io.large import hollow
 from ..io.protos import element_count
 from ..io.shapes import infer_shapes
 from .analysis import Analysis
@@ -30,10 +31,15 @@ DEFERRED_ELEMENTS = 2**18
 _DEFERRABLE = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
 
 
-def rewrite(analysis: Analysis, keep_atom: np.ndarray, plan_json: dict | None = None):
-    """A new ModelProto with the removed channels gone."""
+def rewrite(
+    analysis: Analysis, keep_atom: np.ndarray, plan_json: dict | None = None, *,
+    weights: bool = True,
+):  # fmt: skip
+    """A new ModelProto with the removed channels gone. `weights=False` leaves the sliced
+    float weights without data (right dims and type, no bytes): enough to count
+    parameters or infer shapes, at no weight memory; such a model cannot be run or saved."""
     edits = [e for e in analysis.edits if not isinstance(e, MaskInput)]
-    return _edited(analysis, keep_atom, edits, _apply, plan_json)
+    return _edited(analysis, keep_atom, edits, _apply, plan_json, weights)
 
 
 def masked(analysis: Analysis, keep_atom: np.ndarray) -> onnx.ModelProto:
@@ -61,9 +67,10 @@ def _zero(edit: Edit, value: np.ndarray, keep_atom: np.ndarray) -> np.ndarray:
     return value
 
 
-def _edited(analysis: Analysis, keep_atom, edits_to_apply, apply, plan_json):
+def _edited(analysis: Analysis, keep_atom, edits_to_apply, apply, plan_json, weights=True):
     view = analysis.view
-    graph = gs.import_onnx(view.model)
+    # Without weights, the unchanged ones are not copied into the new model either.
+    graph = gs.import_onnx(view.model if weights else hollow(view.model))
     nodes = {node.name: node for node in graph.nodes}
     input_edits: dict[tuple[str, int], list[Edit]] = defaultdict(list)
     for edit in edits_to_apply:
@@ -83,7 +90,7 @@ def _edited(analysis: Analysis, keep_atom, edits_to_apply, apply, plan_json):
     deferred: dict[str, tuple[str, list[Edit], int | None]] = {}
     for (node_name, index), edits in sorted(input_edits.items()):
         node = nodes[node_name]
-        source = _deferrable(view, node, index, edits)
+        source = _deferrable(view, node, index, edits, DEFERRED_ELEMENTS if weights else 0)
         if source is not None:
             placeholder = onnx.TensorProto(
                 dims=_shape_after(view.initializers[source], edits, keep_atom, apply),
@@ -105,14 +112,15 @@ def _edited(analysis: Analysis, keep_atom, edits_to_apply, apply, plan_json):
             tensor.shape = None
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     model = gs.export_onnx(graph, do_type_check=False)
-    _fill_deferred(model, view, deferred, keep_atom, apply)
+    if weights:
+        _fill_deferred(model, view, deferred, keep_atom, apply)
     _restore_model_fields(model, view.model, plan_json)
     if analysis.prune_outputs:
         _infer_output_shapes(model)
     return model
 
 
-def _deferrable(view, node: gs.Node, index: int, edits: list[Edit]) -> str | None:
+def _deferrable(view, node: gs.Node, index: int, edits: list[Edit], minimum: int) -> str | None:
     """The initializer a large float weight input reads, when only slices change it."""
     name = node.inputs[index].name if index < len(node.inputs) else ""
     storage = view.storage(name) if name else None
@@ -120,7 +128,7 @@ def _deferrable(view, node: gs.Node, index: int, edits: list[Edit]) -> str | Non
     if (
         tensor is None
         or tensor.data_type not in _DEFERRABLE
-        or element_count(tensor.dims) < DEFERRED_ELEMENTS
+        or element_count(tensor.dims) < minimum
         or any(isinstance(e, SetCount) for e in edits)
     ):
         return None

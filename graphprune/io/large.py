@@ -103,6 +103,19 @@ def weightless(model: onnx.ModelProto) -> onnx.ModelProto:
     return skeleton
 
 
+def hollow(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with its large initializers reduced to name, type and dims (no data):
+    enough to count parameters, nothing to run."""
+    copy = shell(model)
+    for tensor in model.graph.initializer:
+        if _is_large(tensor):
+            copy.graph.initializer.add(name=tensor.name, dims=tensor.dims,
+                                       data_type=tensor.data_type)  # fmt: skip
+        else:
+            copy.graph.initializer.append(tensor)
+    return copy
+
+
 def write_external(model: onnx.ModelProto, path: str | Path, data_name: str) -> None:
     """Write `model` to `path` with every initializer of `EXTERNAL_THRESHOLD` bytes or more
     in `data_name` (next to it), one tensor at a time, in initializer order (the same
