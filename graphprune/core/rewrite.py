@@ -3,6 +3,9 @@
 Every edit is a function of the kept atoms, so this module knows no op: it slices constant
 inputs, sets counted integers (attributes, shape and split entries), then cleans up.
 A constant shared with other uses gets its own copy, so no other node sees the change.
+Large float weights are sliced only after the export, straight into the new model's
+tensor (graphsurgeon holds a data-free placeholder until then), so the rewrite never holds
+a second copy of the pruned weights next to the new model.
 """
 
 from __future__ import annotations
@@ -13,19 +16,30 @@ from collections import defaultdict
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from ..errors import InternalError
+from ..io.large import hollow
+from ..io.protos import element_count
 from ..io.shapes import infer_shapes
 from .analysis import Analysis
 from .channels import Edit, MaskInput, SetCount, SliceConstant, SliceGroupedInput
 
 PLAN_METADATA_KEY = "graphprune.plan"
+# Float weights of this many elements or more are sliced after the export (see above).
+DEFERRED_ELEMENTS = 2**18
+_DEFERRABLE = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
 
 
-def rewrite(analysis: Analysis, keep_atom: np.ndarray, plan_json: dict | None = None):
-    """A new ModelProto with the removed channels gone."""
+def rewrite(
+    analysis: Analysis, keep_atom: np.ndarray, plan_json: dict | None = None, *,
+    weights: bool = True,
+):  # fmt: skip
+    """A new ModelProto with the removed channels gone. `weights=False` leaves the sliced
+    float weights without data (right dims and type, no bytes): enough to count
+    parameters or infer shapes, at no weight memory; such a model cannot be run or saved."""
     edits = [e for e in analysis.edits if not isinstance(e, MaskInput)]
-    return _edited(analysis, keep_atom, edits, _apply, plan_json)
+    return _edited(analysis, keep_atom, edits, _apply, plan_json, weights)
 
 
 def masked(analysis: Analysis, keep_atom: np.ndarray) -> onnx.ModelProto:
@@ -53,9 +67,10 @@ def _zero(edit: Edit, value: np.ndarray, keep_atom: np.ndarray) -> np.ndarray:
     return value
 
 
-def _edited(analysis: Analysis, keep_atom, edits_to_apply, apply, plan_json):
+def _edited(analysis: Analysis, keep_atom, edits_to_apply, apply, plan_json, weights=True):
     view = analysis.view
-    graph = gs.import_onnx(view.model)
+    # Without weights, the unchanged ones are not copied into the new model either.
+    graph = gs.import_onnx(view.model if weights else hollow(view.model))
     nodes = {node.name: node for node in graph.nodes}
     input_edits: dict[tuple[str, int], list[Edit]] = defaultdict(list)
     for edit in edits_to_apply:
@@ -72,8 +87,19 @@ def _edited(analysis: Analysis, keep_atom, edits_to_apply, apply, plan_json):
         else:
             input_edits[(edit.node, edit.input_index)].append(edit)
     uses = _constant_uses(view)
+    deferred: dict[str, tuple[str, list[Edit], int | None]] = {}
     for (node_name, index), edits in sorted(input_edits.items()):
         node = nodes[node_name]
+        source = _deferrable(view, node, index, edits, DEFERRED_ELEMENTS if weights else 0)
+        if source is not None:
+            placeholder = onnx.TensorProto(
+                dims=_shape_after(view.initializers[source], edits, keep_atom, apply),
+                data_type=view.initializers[source].data_type,
+            )
+            name = _replace_input(graph, node, index, LazyValues(placeholder), view, uses)
+            # graphsurgeon writes an imported constant's data_location back (not a new one's)
+            deferred[name] = (source, edits, node.inputs[index].data_location)
+            continue
         value = _current_value(view, node, index, edits)
         for edit in sorted(edits, key=_edit_order):
             value = apply(edit, value, keep_atom)
@@ -86,10 +112,63 @@ def _edited(analysis: Analysis, keep_atom, edits_to_apply, apply, plan_json):
             tensor.shape = None
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     model = gs.export_onnx(graph, do_type_check=False)
+    if weights:
+        _fill_deferred(model, view, deferred, keep_atom, apply)
     _restore_model_fields(model, view.model, plan_json)
     if analysis.prune_outputs:
         _infer_output_shapes(model)
     return model
+
+
+def _deferrable(view, node: gs.Node, index: int, edits: list[Edit], minimum: int) -> str | None:
+    """The initializer a large float weight input reads, when only slices change it."""
+    name = node.inputs[index].name if index < len(node.inputs) else ""
+    storage = view.storage(name) if name else None
+    tensor = view.initializers.get(storage) if storage is not None else None
+    if (
+        tensor is None
+        or tensor.data_type not in _DEFERRABLE
+        or element_count(tensor.dims) < minimum
+        or any(isinstance(e, SetCount) for e in edits)
+    ):
+        return None
+    return storage
+
+
+def _shape_after(tensor: onnx.TensorProto, edits, keep_atom, apply) -> list[int]:
+    """The shape `apply` gives the tensor, computed without its values."""
+    shape = [int(d) for d in tensor.dims]
+    if apply is _zero:
+        return shape
+    for edit in sorted(edits, key=_edit_order):
+        keep = keep_atom[edit.atoms]
+        if isinstance(edit, SliceGroupedInput):
+            shape[1] = int(keep.sum(axis=1)[0])
+        else:
+            shape[edit.axis] = int(keep.sum())
+    return shape
+
+
+def _fill_deferred(model: onnx.ModelProto, view, deferred, keep_atom, apply) -> None:
+    """Slice each deferred weight into its placeholder in the exported model, one at a
+    time: the tensor graphsurgeon would have written from the sliced array."""
+    if not deferred:
+        return
+    tensors = {tensor.name: tensor for tensor in model.graph.initializer}
+    for name, (source, edits, location) in deferred.items():
+        tensor = tensors.get(name)
+        if tensor is None:  # removed by the cleanup
+            continue
+        value = np.array(view.constant(source))
+        for edit in sorted(edits, key=_edit_order):
+            value = apply(edit, value, keep_atom)
+        value = np.ascontiguousarray(value.astype(_dtype_of(view, source)))
+        if list(value.shape) != list(tensor.dims):
+            raise InternalError(f"weight '{name}' came out {value.shape}, not {tensor.dims}")
+        tensor.raw_data = value.tobytes()
+        if location is not None:
+            tensor.data_location = location
+        del value
 
 
 def _infer_output_shapes(model: onnx.ModelProto) -> None:
@@ -184,11 +263,14 @@ def _constant_uses(view) -> dict[str, int]:
     return counts
 
 
-def _replace_input(graph: gs.Graph, node: gs.Node, index: int, value, view, uses) -> None:
+def _replace_input(graph: gs.Graph, node: gs.Node, index: int, value, view, uses) -> str:
+    """Put `value` (an array, or a deferred weight's placeholder) in the node's input;
+    returns the name of the constant that holds it."""
     old = node.inputs[index] if index < len(node.inputs) else None
     storage = view.storage(old.name) if old is not None else None
     dtype = _dtype_of(view, storage)
-    value = value.astype(dtype) if dtype is not None else value
+    if dtype is not None and not isinstance(value, LazyValues):
+        value = value.astype(dtype)
     if (
         isinstance(old, gs.Constant)
         and storage == old.name
@@ -196,9 +278,11 @@ def _replace_input(graph: gs.Graph, node: gs.Node, index: int, value, view, uses
         and old not in graph.outputs
     ):
         old.values = value
-        return
+        return old.name
     base = storage or f"{node.name}_input{index}"
-    constant = gs.Constant(f"{base}__{node.name}_{index}", np.asarray(value, order="C"))
+    if not isinstance(value, LazyValues):
+        value = np.asarray(value, order="C")
+    constant = gs.Constant(f"{base}__{node.name}_{index}", value)
     if old is None:
         while len(node.inputs) < index:
             node.inputs.append(gs.Variable.empty())
@@ -206,6 +290,7 @@ def _replace_input(graph: gs.Graph, node: gs.Node, index: int, value, view, uses
         node.attrs.pop("num_outputs", None)
     else:
         node.inputs[index] = constant
+    return constant.name
 
 
 def _dtype_of(view, storage: str | None):

@@ -120,5 +120,5 @@ def params_removed_by_kind(analysis: Analysis, plan: Plan) -> dict[str, int]:
             if analysis.groups[c.group].kind == kind
         ]
         keep = ~np.isin(analysis.class_of, np.concatenate(classes))
-        removed[kind] = before - count_params(rewrite(analysis, keep))
+        removed[kind] = before - count_params(rewrite(analysis, keep, weights=False))
     return removed

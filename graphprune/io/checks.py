@@ -5,7 +5,7 @@ from __future__ import annotations
 import onnx
 
 from ..errors import GraphpruneError, first_line
-from .protos import PROTOBUF_LIMIT
+from .large import heavy, weightless
 
 _CHECKER_ERRORS = (onnx.checker.ValidationError, onnx.shape_inference.InferenceError)
 
@@ -15,9 +15,13 @@ def check_model(model: onnx.ModelProto, *, original: onnx.ModelProto | None = No
     checker, or the strictest check `original` passes. onnxruntime runs graphs onnx cannot
     check (its contrib ops written into the default domain, as its transformer optimizer
     does); those rest on onnxruntime's validation alone. Models over the protobuf limit
-    are not checked in memory."""
-    if model.ByteSize() >= PROTOBUF_LIMIT:
-        return
+    (or with hundreds of megabytes of weights, `graphprune.io.large.heavy`) are checked
+    without their large weights, typed graph inputs in their place: the checker would
+    serialize them whole (twice the model), and their data was checked at load."""
+    if heavy(model):
+        model = weightless(model)
+    if original is not None and heavy(original):
+        original = weightless(original)
     for full_check in (True, False):
         if original is None or _passes(original, full_check):
             try:

@@ -9,22 +9,23 @@ from pathlib import Path
 
 import onnx
 
-from .protos import PROTOBUF_LIMIT
+from .large import too_large, write_external, write_inline
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
-    """Save `model` to `path`; models over 2 GB keep their weights in `<name>.data`."""
+    """Save `model` to `path`; models over 2 GB keep their weights in `<name>.data`.
+    Either way the weights are written tensor by tensor (`graphprune.io.large`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    external = model.ByteSize() > PROTOBUF_LIMIT
+    external = too_large(model)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as folder:
         staged = Path(folder) / path.name
         data_name = f"{path.name}.data"
         if external:
-            onnx.save_model(model, str(staged), save_as_external_data=True, location=data_name)
+            write_external(model, staged, data_name)
             os.replace(Path(folder) / data_name, path.parent / data_name)
         else:
-            staged.write_bytes(model.SerializeToString(deterministic=True))
+            write_inline(model, staged)  # the same bytes, one tensor at a time
         os.replace(staged, path)
     return path
 

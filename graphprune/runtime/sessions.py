@@ -8,16 +8,14 @@ import contextlib
 import io
 import math
 import re
-import tempfile
 import threading
 from functools import cache
-from pathlib import Path
 
 import numpy as np
 import onnx
 
 from ..errors import GraphpruneError, first_line
-from ..io.protos import PROTOBUF_LIMIT
+from ..io.large import heavy, temporary_copy
 
 _QUIET = 4  # onnxruntime severities: 0 verbose ... 3 error, 4 fatal; we report errors
 # "[ONNXRuntimeError] : 1 : FAIL : " says nothing that the rest of its line does not.
@@ -100,12 +98,12 @@ def session(
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     try:
-        if model.ByteSize() < PROTOBUF_LIMIT:
+        if not heavy(model):
             serialized = model.SerializeToString()
             return ort.InferenceSession(serialized, options, providers=providers)
-        with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / "model.onnx"
-            onnx.save_model(model, str(path), save_as_external_data=True, location="model.data")
+        # Past 2 GB onnxruntime takes the model only by path, its weights as external
+        # data; from a few hundred megabytes on, that also costs a quarter of the memory.
+        with temporary_copy(model) as path:
             return ort.InferenceSession(str(path), options, providers=providers)
     except Exception as error:
         raise GraphpruneError(f"onnxruntime cannot load the model: {first_line(error)}") from None

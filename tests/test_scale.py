@@ -1,0 +1,154 @@
+"""LLM scale: the generated LLaMA/Qwen2 models (`tools/make_llm.py`) analyse like the dynamo
+exporter's, and models past protobuf's 2 GB limit go through every stage (load, analyze,
+prune, check, validate, calibrate, save, reload) without a whole-model serialization. The
+limit is lowered for the test (`protos.PROTOBUF_LIMIT`), so a model of a few hundred
+kilobytes takes the large-model path end to end."""
+
+from __future__ import annotations
+
+import tempfile
+
+import numpy as np
+import onnx
+import pytest
+from make_llm import PRESETS, build
+from oracle import assert_same_outputs, outputs
+
+import graphprune as gp
+from graphprune.cli import main
+from graphprune.errors import GraphpruneError
+from graphprune.io import protos
+from graphprune.io.checks import check_model
+from graphprune.io.large import too_large, write_inline
+
+TINY = PRESETS["tiny"]  # hidden 64, 2 layers, 8 query / 4 KV heads, MLP 128, vocab 100
+LIMIT = 100_000  # bytes: the tiny model's weights are ~350 kB
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build(TINY, tmp_path_factory.mktemp("llm"))
+
+
+@pytest.fixture
+def large_limit(monkeypatch, tmp_path):
+    """Every model past 100 kB counts as past 2 GB; temporary files go to a folder the
+    test checks is left empty."""
+    monkeypatch.setattr(protos, "PROTOBUF_LIMIT", LIMIT)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    return temp
+
+
+def feeds(batch: int = 2, sequence: int = 7) -> dict[str, np.ndarray]:
+    ids = np.random.default_rng(3).integers(0, TINY.vocab, (batch, sequence))
+    return {"input_ids": ids.astype(np.int64)}
+
+
+@pytest.mark.parametrize("arch, dtype", [("llama", "float32"), ("llama", "float16"),
+                                         ("qwen2", "float32")])  # fmt: skip
+def test_generated_llm_groups_like_the_dynamo_export(tmp_path, arch, dtype):
+    config = PRESETS["tiny"].__class__(**{**PRESETS["tiny"].__dict__, "arch": arch})
+    path = build(config, tmp_path, dtype=dtype)
+    onnx.checker.check_model(str(path), full_check=True)
+    analysis = gp.analyze(gp.load(path))
+    prunable = [(g.kind, g.channels) for g in analysis.groups if g.prunable]
+    # Per layer one head group (a KV head with its query heads) and one MLP group, as the
+    # dynamo export of transformers' LlamaModel gives; the hidden size and lm_head stay.
+    assert prunable == [("heads", TINY.kv_heads), ("mlp", TINY.intermediate)] * TINY.layers
+    model = gp.load(path)
+    plan = gp.plan(analysis, gp.PlanOptions(ratio=0.5, only=("heads", "mlp")))
+    pruned = gp.prune(analysis, plan)
+    rtol = 1e-2 if dtype == "float16" else 1e-4
+    for shape in ((1, 8), (3, 5)):  # dynamic batch and sequence
+        inputs = feeds(*shape)
+        assert_same_outputs(
+            outputs(gp.mask(analysis, plan), inputs), outputs(pruned, inputs), rtol=rtol
+        )
+    assert outputs(model, feeds())[0].dtype == np.dtype(dtype)
+
+
+def test_generated_llm_is_deterministic(tmp_path):
+    first, second = build(TINY, tmp_path / "a"), build(TINY, tmp_path / "b")
+    for suffix in ("", ".data"):
+        a = first.with_name(first.name + suffix).read_bytes()
+        assert a == second.with_name(second.name + suffix).read_bytes()
+
+
+def test_past_the_protobuf_limit_end_to_end(tiny, tmp_path, large_limit):
+    model = gp.load(tiny)
+    assert too_large(model)
+    analysis = gp.analyze(model)
+    plan = gp.plan(analysis, gp.PlanOptions(ratio=0.3, only=("heads", "mlp")))
+    pruned = gp.prune(analysis, plan)  # checked without its weights
+    assert too_large(pruned)
+    validation = gp.validate(model, pruned, inputs=feeds())  # sessions from a temporary path
+    assert validation["outputs"]
+    out = tmp_path / "out" / "pruned.onnx"
+    gp.save(pruned, out)
+    data = out.with_name("pruned.onnx.data")
+    assert data.stat().st_size > out.stat().st_size
+    # Saving and sessions left the in-memory model whole, and saving is deterministic.
+    assert all(t.data_location != onnx.TensorProto.EXTERNAL for t in pruned.graph.initializer)
+    first = (out.read_bytes(), data.read_bytes())
+    gp.save(pruned, out)
+    assert (out.read_bytes(), data.read_bytes()) == first
+    reloaded = gp.load(out)
+    inputs = feeds()
+    assert_same_outputs(outputs(gp.mask(analysis, plan), inputs), outputs(reloaded, inputs))
+    assert not list(large_limit.iterdir())  # temporary copies removed
+    assert sorted(p.name for p in out.parent.iterdir()) == ["pruned.onnx", "pruned.onnx.data"]
+
+
+def test_checker_still_rejects_a_broken_large_model(tiny, large_limit):
+    model = gp.load(tiny)
+    broken = onnx.ModelProto()
+    broken.CopyFrom(model)
+    weight = next(t for t in broken.graph.initializer if t.name.endswith("o_proj.weight.T"))
+    values = onnx.numpy_helper.to_array(weight)[:, :-1]
+    weight.CopyFrom(onnx.numpy_helper.from_array(np.ascontiguousarray(values), weight.name))
+    with pytest.raises(GraphpruneError, match="fails the ONNX checker"):
+        check_model(broken)
+
+
+@pytest.mark.parametrize("extra", [[], ["--criterion", "wanda", "--calib-random", "4"],
+                                   ["--criterion", "flap", "--compensate", "bias",
+                                    "--calib-random", "4"]])  # fmt: skip
+def test_cli_prunes_past_the_protobuf_limit(tiny, tmp_path, large_limit, extra, capsys):
+    out = tmp_path / "pruned.onnx"
+    code = main(["prune", str(tiny), "-o", str(out), "--ratio", "0.3", *extra])
+    assert code == 0, capsys.readouterr().err
+    assert out.with_name("pruned.onnx.data").is_file()
+    reloaded = gp.load(out)
+    assert outputs(reloaded, feeds())[0].shape == (2, 7, TINY.vocab)
+    assert not list(large_limit.iterdir())
+
+
+def test_models_under_the_limit_are_written_as_protobuf_writes_them(tiny, tmp_path):
+    model = gp.load(tiny)
+    model.metadata_props.add(key="k", value="v")
+    model.graph.doc_string = "after the initializers"
+    empty = onnx.ModelProto()
+    empty.CopyFrom(model)
+    del empty.graph.initializer[:]
+    for case in (model, empty, onnx.ModelProto()):
+        write_inline(case, tmp_path / "m.onnx")
+        assert (tmp_path / "m.onnx").read_bytes() == case.SerializeToString(deterministic=True)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_weights_sliced_after_the_export_give_the_same_bytes(tmp_path, monkeypatch, dtype):
+    from graphprune.core import rewrite
+
+    model = gp.load(build(TINY, tmp_path, dtype=dtype))
+    analysis = gp.analyze(model)
+    plan = gp.plan(analysis, gp.PlanOptions(ratio=0.4))
+    results = []
+    for limit in (rewrite.DEFERRED_ELEMENTS, 1):  # none of the tiny weights, then all
+        monkeypatch.setattr(rewrite, "DEFERRED_ELEMENTS", limit)
+        results.append([
+            gp.prune(analysis, plan).SerializeToString(deterministic=True),
+            gp.mask(analysis, plan).SerializeToString(deterministic=True),
+        ])  # fmt: skip
+    assert results[0] == results[1]
