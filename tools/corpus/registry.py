@@ -28,6 +28,7 @@ class Built:
     ort_type: str | None = None  # onnxruntime.transformers optimizer model type
     heads: int = 0
     hidden: int = 0
+    larger: Callable[[], Built] | None = None  # the same model at a larger input size
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from typing import Any
 from .registry import BASE, EXTRA, Built, Entry, ExportFailed
 
 SIZES = (64, 96, 128, 224, 256)
+USUAL_SIZE = 224
 MAX_PARAMS = 150_000_000  # above this, exports and rewrites take minutes on the corpus box
 SHARED = Path("/work/shared")  # torchvision_cpu.py: torchvision on a CPU-only torch
 
@@ -81,12 +82,15 @@ def import_torchvision() -> Any:
     return shim()
 
 
-def _first_working_size(make: Callable[..., Any], size_kwargs: list[Callable[[int], dict]]):
-    """(module, size) for the smallest size at which the model builds and runs."""
+def _first_working_size(
+    make: Callable[..., Any], size_kwargs: list[Callable[[int], dict]], min_size: int
+) -> tuple[Any, int]:
+    """(module, size) for the smallest size from `min_size` at which the model builds and
+    runs."""
     import torch
 
     errors = []
-    for size in SIZES:
+    for size in (s for s in SIZES if s >= min_size):
         for kwargs in [*(k(size) for k in size_kwargs), {}]:
             try:
                 module = make(**kwargs).eval()
@@ -112,15 +116,20 @@ def _check_size(make: Callable[[], Any]) -> None:
         raise ExportFailed(f"{params / 1e6:.0f}M parameters, above the corpus cap")
 
 
-def _image_model(make: Callable[..., Any], size_kwargs: list[Callable[[int], dict]]) -> Built:
+def _image_model(
+    make: Callable[..., Any], size_kwargs: list[Callable[[int], dict]], min_size: int = 0
+) -> Built:
     import torch
 
     torch.manual_seed(0)
     _check_size(make)
-    module, size = _first_working_size(make, size_kwargs)
+    module, size = _first_working_size(make, size_kwargs, min_size)
     # Batch 2: a dynamic batch exported from an example of 1 can come out specialised to 1.
     image = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
-    return Built(module, (image,), ("input",), {"input": {0: "batch"}})
+    # The classic exporter refuses adaptive pooling to sizes that do not divide the input
+    # (AlexNet, VGG: 7x7): at the usual 224 they do.
+    larger = partial(_image_model, make, size_kwargs, USUAL_SIZE) if size < USUAL_SIZE else None
+    return Built(module, (image,), ("input",), {"input": {0: "batch"}}, larger=larger)
 
 
 def _wrap(module: Any, pick: Callable[[Any], Any]) -> Any:
