@@ -50,8 +50,10 @@ QUICK = {
 }
 
 
-def select(args: argparse.Namespace) -> list[tuple[corpus.Entry, tuple[str, ...]]]:
-    """(entry, variants) pairs chosen by the filters, in corpus order."""
+def select(
+    args: argparse.Namespace, done: set[tuple[str, str]]
+) -> list[tuple[corpus.Entry, tuple[str, ...]]]:
+    """(entry, variants) pairs chosen by the filters, in corpus order, without `done`."""
     chosen = []
     for entry in corpus.entries(tuple(args.source or corpus.SOURCES)):
         if args.quick and entry.name not in QUICK:
@@ -62,6 +64,7 @@ def select(args: argparse.Namespace) -> list[tuple[corpus.Entry, tuple[str, ...]
             continue
         variants = QUICK[entry.name] if args.quick else entry.variants
         variants = tuple(v for v in variants if not args.variant or v in args.variant)
+        variants = tuple(v for v in variants if (entry.name, v) not in done)
         if variants:
             chosen.append((entry, variants))
     return chosen
@@ -165,14 +168,17 @@ def load_results(path: Path | None) -> dict[tuple[str, str], dict[str, Any]]:
     return {(row["model"], row["variant"]): row for row in rows}
 
 
-def save_results(path: Path | None, results: dict, failures: Path | None) -> None:
+def save_results(
+    path: Path | None, results: dict, failures: Path | None, notes: Path | None
+) -> None:
     rows = sorted(results.values(), key=lambda r: (r["source"], r["model"], r["variant"]))
     if path is not None:
         staging = path.with_name(f".{path.name}.tmp")
         staging.write_text(json.dumps({"summary": summary(rows), "results": rows}, indent=1))
         os.replace(staging, path)
     if failures is not None:
-        failures.write_text(failures_markdown(rows))
+        extra = notes.read_text() if notes is not None and notes.is_file() else ""
+        failures.write_text(failures_markdown(rows) + extra)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -189,6 +195,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help=f"{len(QUICK)} models")
     parser.add_argument("--json", type=Path, help="results file (read, merged, rewritten)")
     parser.add_argument("--failures", type=Path, help="write the failure classes (markdown)")
+    parser.add_argument(
+        "--notes", type=Path, help="markdown appended to --failures (default: its NAME.notes.md)"
+    )
+    parser.add_argument("--skip-done", action="store_true", help="skip results in --json")
     parser.add_argument("--report-only", action="store_true", help="only reprint --json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)
@@ -197,15 +207,19 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    if args.failures is not None and args.notes is None:
+        args.notes = args.failures.with_suffix(".notes.md")
     if args.worker:
         worker(args.worker, args.variant, args.worker_out)
         return 0
     results = load_results(args.json)
     if args.report_only:
-        save_results(args.json, results, args.failures)
+        save_results(args.json, results, args.failures, args.notes)
         print("\n".join(tables(list(results.values()))))
         return 0
-    chosen = select(args)
+    # Export failures are retried: cheap while cached as failed, real once the cache is cleared.
+    done = {key for key, row in results.items() if row["status"] in ("pass", "blocked", "fail")}
+    chosen = select(args, done if args.skip_done else set())
     if args.list:
         for entry, variants in chosen:
             print(f"{entry.name:<46} {entry.family:<20} {' '.join(variants)}")
@@ -222,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             for row in future.result():
                 results[(row["model"], row["variant"])] = row
                 print_row(row)
-            save_results(args.json, results, args.failures)
+            save_results(args.json, results, args.failures, args.notes)
     print("\n".join(tables(list(results.values()))))
     print(f"wall time {time.perf_counter() - started:.0f} s")
     return 0

@@ -73,6 +73,13 @@ def _outputs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.nd
     return run(session(model, "CPUExecutionProvider"), feeds)
 
 
+def _outputs_after_load(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> None:
+    try:
+        _outputs(model, feeds)
+    except Exception as error:
+        raise GraphpruneError(f"the model as gp.load returns it does not run: {error}") from None
+
+
 def deviation(expected: list[np.ndarray], actual: list[np.ndarray]) -> float:
     """Largest |difference| over max(max |expected|, SCALE_FLOOR), NaN-aware: NaN where
     both have NaN is equal; inf when shapes or NaN positions differ."""
@@ -135,10 +142,12 @@ def evaluate(
     """The corpus row of one model: status pass | blocked | fail, and every failure."""
     row: dict[str, Any] = {"nodes": len(model.graph.node), "failures": [], "ratios": {}}
     try:
+        feeds = feeds or feeds_for(model, batch)
+        base = _stage("original", _outputs, model, feeds)
         loaded = _stage("analyze", gp.load, model)
         row["params"] = count_params(loaded)
-        feeds = feeds or feeds_for(loaded, batch)
-        base = _stage("original", _outputs, loaded, feeds)
+        # gp.load folds values known before the run: the folded model must still run.
+        _stage("analyze", _outputs_after_load, loaded, feeds)
         started = time.perf_counter()
         analysis = _stage("analyze", gp.analyze, loaded)
         row["analysis_s"] = round(time.perf_counter() - started, 3)

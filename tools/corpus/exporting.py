@@ -124,6 +124,8 @@ def _torch_export(built: Built, variant: Variant) -> onnx.ModelProto:
     # The dynamo exporter logs every torchvision op it has no translation for.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     dynamic = built.dynamic if variant.dynamic else {}
+    # nn.MultiheadAttention's fused eval fast path has no classic export (torchvision ViT).
+    torch.backends.mha.set_fastpath_enabled(variant.exporter != "classic")
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if variant.exporter == "dynamo":

@@ -16,7 +16,7 @@ from typing import Any
 
 from .registry import BASE, EXTRA, Built, Entry, ExportFailed
 
-SIZES = (64, 96, 128, 224, 256)
+SIZES = (64, 96, 128, 224, 256, 320)
 USUAL_SIZE = 224
 MAX_PARAMS = 150_000_000  # above this, exports and rewrites take minutes on the corpus box
 SHARED = Path("/work/shared")  # torchvision_cpu.py: torchvision on a CPU-only torch
@@ -96,22 +96,33 @@ def _first_working_size(
                 module = make(**kwargs).eval()
             except TypeError:  # the builder has no such size argument
                 continue
+            except Exception as error:  # it has, and refuses this size (MaxViT: 224 only)
+                errors.append(f"{size}: {_first_line(error)}")
+                break
             try:
                 with torch.no_grad():
                     module(torch.zeros(1, 3, size, size))
             except Exception as error:  # a size the architecture refuses: try the next
-                errors.append(f"{size}: {str(error).splitlines()[0][:80] if str(error) else ''}")
+                errors.append(f"{size}: {_first_line(error)}")
                 break
             return module, size
     raise ExportFailed(f"no input size in {SIZES} works ({errors[-1] if errors else ''})")
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0][:80] if lines else type(error).__name__
 
 
 def _check_size(make: Callable[[], Any]) -> None:
     """Refuse models above MAX_PARAMS, counted on the meta device (no memory, no init)."""
     import torch
 
-    with torch.device("meta"):
-        params = sum(p.numel() for p in make().parameters())
+    try:
+        with torch.device("meta"):
+            params = sum(p.numel() for p in make().parameters())
+    except Exception:  # a builder that computes with tensors (RegNet's widths): no check
+        return
     if params > MAX_PARAMS:
         raise ExportFailed(f"{params / 1e6:.0f}M parameters, above the corpus cap")
 
