@@ -12,6 +12,7 @@ import io
 import logging
 import os
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -85,12 +86,7 @@ def export(entry: Entry, variant: Variant) -> onnx.ModelProto:
     built = entry.build()
     if variant.post == "ortopt" and built.ort_type is None:
         raise ExportFailed("no onnxruntime optimizer model type for this family")
-    try:
-        proto = normalize(_torch_export(built, variant))
-    except Exception:
-        if built.larger is None:
-            raise
-        proto = normalize(_torch_export(built.larger(), variant))
+    proto = normalize(_export_any(built, variant))
     if variant.post == "fp16":
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -105,6 +101,20 @@ def export(entry: Entry, variant: Variant) -> onnx.ModelProto:
         )
         proto = optimized.model
     return proto
+
+
+def _export_any(built: Built, variant: Variant) -> onnx.ModelProto:
+    """The variant's export; else at the larger input size (vision); else, for the post-
+    processed variants, with the dynamo exporter (the classic one cannot export decoder
+    LMs with transformers 5), so that fp16/onnxsim/ortopt still get a model."""
+    try:
+        return _torch_export(built, variant)
+    except Exception:
+        if built.larger is not None:
+            return _torch_export(built.larger(), variant)
+        if variant.post is None or variant.exporter != "classic":
+            raise
+        return _torch_export(built, replace(variant, exporter="dynamo", opset=18))
 
 
 def _simplify(proto: onnx.ModelProto) -> onnx.ModelProto:

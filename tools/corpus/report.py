@@ -120,6 +120,12 @@ def failures_markdown(rows: list[Row]) -> str:
             f"- reproduce: {_reproduce(row)}",
             "",
         ]
+    grown = [r for r in rows if any(v["params_removed"] <= 0 for v in r.get("ratios", {}).values())]
+    lines += [f"## Valid but not smaller: params removed <= 0 at some ratio ({len(grown)})", ""]
+    for row in sorted(grown, key=lambda r: (r["model"], r["variant"])):
+        removed = ", ".join(f"{k}: {v['params_removed']:.1%}" for k, v in row["ratios"].items())
+        lines.append(f"- {row['model']} ({row['variant']}): {removed}; {_reproduce(row)}")
+    lines.append("")
     exports = [r for r in rows if r["status"] == "export-failed"]
     lines += [f"## Export failures, not counted ({len(exports)})", ""]
     for row in sorted(exports, key=lambda r: (r["model"], r["variant"])):
