@@ -46,6 +46,7 @@ def normalize(reason: str) -> str:
     """The class of a reason: names, numbers and shapes replaced, so that the same failure
     in different models groups together."""
     reason = re.sub(r"'[^']*'", "'…'", reason)
+    reason = re.sub(r"Node \([^)]*\)", "Node (…)", reason)  # onnxruntime's node names
     reason = re.sub(r"\[[-\d, ]*\]", "[…]", reason)
     reason = re.sub(r":\d+ ", ":N ", reason)
     return re.sub(r"(?<![A-Za-z_])\d+(\.\d+)?(e-?\d+)?", "N", reason)
