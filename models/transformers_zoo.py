@@ -51,27 +51,32 @@ class TransformerEntry:
 
 
 class LastHiddenState(nn.Module):
-    """Exports a transformers model as input -> last hidden state."""
+    """Exports a transformers model as input -> last hidden state; `key` names the model's
+    input (input_ids by default, pixel_values with `pixels`, or e.g. input_features)."""
 
-    def __init__(self, model: nn.Module, pixels: bool = False) -> None:
+    def __init__(self, model: nn.Module, pixels: bool = False, key: str | None = None) -> None:
         super().__init__()
         self.model = model
-        self.pixels = pixels
+        self.key = key or ("pixel_values" if pixels else "input_ids")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.pixels:
-            return self.model(pixel_values=x).last_hidden_state
-        return self.model(input_ids=x).last_hidden_state
+        return self.model(**{self.key: x}).last_hidden_state
 
 
-def _finish(model: nn.Module, pixels: bool = False) -> nn.Module:
+def randomize_norms(model: nn.Module) -> nn.Module:
+    """Seeded random LayerNorm/RMSNorm parameters: the classic exporter merges identical
+    fresh norms (all ones, all zeros), which real trained models never have."""
     generator = torch.Generator().manual_seed(7)
     for name, parameter in model.named_parameters():
         if "norm" in name.lower() or ".ln_" in name:
             with torch.no_grad():
                 noise = torch.rand(parameter.shape, generator=generator)
                 parameter.copy_(0.5 + noise if name.endswith("weight") else noise - 0.5)
-    return LastHiddenState(model, pixels).eval()
+    return model
+
+
+def _finish(model: nn.Module, pixels: bool = False) -> nn.Module:
+    return LastHiddenState(randomize_norms(model), pixels).eval()
 
 
 def _bert(attention: str = "eager") -> nn.Module:

