@@ -8,10 +8,8 @@ pass works (ViT-like models are built for that size through their image-size arg
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from .registry import BASE, EXTRA, Built, Entry, ExportFailed
@@ -19,7 +17,6 @@ from .registry import BASE, EXTRA, Built, Entry, ExportFailed
 SIZES = (64, 96, 128, 224, 256, 320)
 USUAL_SIZE = 224
 MAX_PARAMS = 150_000_000  # above this, exports and rewrites take minutes on the corpus box
-SHARED = Path("/work/shared")  # torchvision_cpu.py: torchvision on a CPU-only torch
 
 # The smallest model of each torchvision family (its builder's module): it gets EXTRA.
 TORCHVISION_REPRESENTATIVES = frozenset({
@@ -70,16 +67,10 @@ TIMM = {
 
 
 def import_torchvision() -> Any:
-    """torchvision, importable on a CPU-only torch through the shared shim when needed."""
-    if str(SHARED) not in sys.path:
-        sys.path.insert(0, str(SHARED))
-    try:
-        from torchvision_cpu import import_torchvision as shim
-    except ImportError:  # no shim: plain torchvision (a CUDA torch, or none at all)
-        import torchvision
+    """torchvision, importable on a CPU-only torch (`models.torchvision_cpu`)."""
+    from models.torchvision_cpu import import_torchvision as shimmed
 
-        return torchvision
-    return shim()
+    return shimmed()
 
 
 def _first_working_size(
