@@ -160,10 +160,14 @@ def evaluate(
     row["prunable"] = len(analysis.prunable_groups)
     row["barriers"] = dict(barriers(analysis).most_common(5))
     if not analysis.prunable_groups:
-        named = analysis.groups and all(group.reasons for group in analysis.groups)
+        # Every group names its barrier; with no group at all, the ops no rule maps
+        # (quantized kernels, If bodies holding the network) are what analyze names.
+        named = all(group.reasons for group in analysis.groups) and bool(
+            analysis.groups or analysis.ops_without_rule
+        )
         row["status"] = "blocked" if named else "fail"
         if not named:
-            reason = "no groups found" if not analysis.groups else "unprunable group, no reason"
+            reason = "no op named" if not analysis.groups else "unprunable group, no reason"
             row["failures"].append({"ratio": None, "stage": "analyze", "reason": reason})
         return row
     tolerance = _tolerance(loaded, feeds)
