@@ -36,6 +36,12 @@ def infer_shapes(
     `symbolic` adds onnxruntime's symbolic inference, slower but exact on symbolic dims."""
     skeleton = _skeleton(model)
     for info in skeleton.graph.input:
+        # Paddle declares unknown dims as -1: a symbol, not a size (inference would carry
+        # -1 on as a static dim, and folding would write it into reshape targets).
+        for axis, dim in enumerate(info.type.tensor_type.shape.dim):
+            if dim.HasField("dim_value") and dim.dim_value < 0:
+                dim.Clear()
+                dim.dim_param = f"{info.name}_dim{axis}"
         if input_shapes and info.name in input_shapes:
             dims = info.type.tensor_type.shape.dim
             if len(dims) != len(input_shapes[info.name]):
