@@ -78,19 +78,31 @@ def _reduce(analysis: Analysis, roles: set[str], p: int, reduction: str) -> np.n
         value = analysis.view.constant(node.input[edit.input_index])
         if value is None:
             continue
-        magnitude = np.abs(value.astype(np.float64)) ** p
         if isinstance(edit, SliceGroupedInput):
+            magnitude = np.abs(value.astype(np.float64)) ** p
             groups, per_group = edit.atoms.shape
             rows = magnitude.reshape(groups, magnitude.shape[0] // groups, per_group, -1)
             per_position = rows.sum(axis=(1, 3)).ravel()
         else:
-            per_position = (
-                np.moveaxis(magnitude, edit.axis, 0)
-                .reshape(magnitude.shape[edit.axis], -1)
-                .sum(axis=1)
-            )
+            per_position = _position_norms(np.moveaxis(value, edit.axis, 0), p)
         layers.add(edit.atoms, per_position)
     return layers.result(reduction)
+
+
+_CHUNK_ELEMENTS = 1 << 22
+
+
+def _position_norms(value: np.ndarray, p: int) -> np.ndarray:
+    """sum |v|^p over all but axis 0, in float64, a block of positions at a time: a large
+    weight never has a float64 copy of its own size (each position's sum is unchanged)."""
+    step = max(1, _CHUNK_ELEMENTS // max(1, value[0].size)) if len(value) else 1
+    blocks = [
+        (np.abs(value[i : i + step].astype(np.float64)) ** p)
+        .reshape(len(value[i : i + step]), -1)
+        .sum(axis=1)
+        for i in range(0, len(value), step)
+    ]
+    return np.concatenate(blocks) if blocks else np.zeros(0)
 
 
 def _normalize(analysis: Analysis, scores: np.ndarray, normalization: str) -> np.ndarray:
