@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
-from oracle import GraphBuilder, assert_same_outputs, outputs
+from oracle import GraphBuilder, outputs, prune_and_check
 
 import graphprune as gp
 from graphprune.runtime.inputs import input_shapes, random_inputs
@@ -16,15 +16,6 @@ from graphprune.runtime.inputs import input_shapes, random_inputs
 
 def _reasons(analysis) -> str:
     return " ".join(str(r) for grp in analysis.groups for r in grp.reasons)
-
-
-def _prunes_exactly(model: onnx.ModelProto, ratio: float = 0.5):
-    analysis = gp.analyze(model)
-    plan = gp.plan(analysis, ratio)
-    pruned = gp.prune(analysis, plan)
-    feeds = random_inputs(model, input_shapes(model), seed=0)
-    assert_same_outputs(outputs(gp.mask(analysis, plan), feeds), outputs(pruned, feeds))
-    return analysis, pruned
 
 
 def test_channels_read_inside_a_subgraph_stop_at_its_node():
@@ -43,7 +34,7 @@ def test_channels_read_inside_a_subgraph_stop_at_its_node():
     chosen = g.op("If", [g.const(np.array(True))], then_branch=then, else_branch=otherwise)
     g.output(g.conv(g.op("Concat", [g.conv(chosen, 8, 4), g.conv(free, 6, 4)], axis=1), 8, 2, k=1))
     model = gp.load(g.model())
-    analysis, pruned = _prunes_exactly(model)
+    analysis, _, pruned = prune_and_check(model)
     assert "is read inside a subgraph" in _reasons(analysis)
     kept = [
         grp
@@ -81,7 +72,7 @@ def test_quantized_graphs_are_kept_whole_and_say_why(per_channel, tmp_path):
         str(float_path), str(quantized_path), Reader(), per_channel=per_channel
     )
     model = gp.load(str(quantized_path))
-    analysis, _ = _prunes_exactly(model)
+    analysis, _, _ = prune_and_check(model)
     assert not analysis.prunable_groups
     assert "DequantizeLinear" in analysis.ops_without_rule
     assert "ops without a channel rule: DequantizeLinear" in gp.inspect.report.analysis_text(
@@ -118,7 +109,7 @@ def test_contrib_ops_in_the_default_domain_are_checked_as_the_input_is():
     model.ir_version = 8
     with pytest.raises(onnx.checker.ValidationError):
         onnx.checker.check_model(model)
-    analysis, pruned = _prunes_exactly(gp.load(model))
+    analysis, _, pruned = prune_and_check(model)
     assert [grp.channels for grp in analysis.prunable_groups] == [32]
     weights = sorted(list(t.dims) for t in pruned.graph.initializer if len(t.dims) == 2)
     assert weights == [[16, 16], [16, 16]]  # the 32-wide hidden layer lost half
@@ -146,7 +137,7 @@ def test_skip_layer_norm_adds_exactly_and_normalizes_over_the_last_axis():
     x = g.input([1, 3, 6])
     out, _, _, total = _skip_layer_norm(g, g.conv(x, 3, 8, dims=1), g.conv(x, 3, 8, dims=1), 6)
     g.output(g.conv(g.op("Add", [out, g.op("Relu", [total])]), 8, 2, k=1, dims=1))
-    analysis, _ = _prunes_exactly(gp.load(g.model()))
+    analysis, _, _ = prune_and_check(g.model())
     assert [grp.channels for grp in analysis.prunable_groups] == [8]
 
 

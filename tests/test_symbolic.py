@@ -4,6 +4,7 @@ read at runtime (Shape), checked by the oracle at several batch sizes."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 from oracle import GraphBuilder, assert_same_outputs, outputs
 
 import graphprune as gp
@@ -54,13 +55,16 @@ def _folded_heads(g: GraphBuilder, x: str) -> str:
     return g.op("MatMul", [merged, g.weight(WIDTH, WIDTH)])
 
 
-def _check(model, analysis, plan, batches=(1, 3)) -> None:
+def _check(model, analysis, plan, batches=(1, 3)) -> onnx.ModelProto:
+    """The oracle at each batch size (the input's symbolic dim); returns the pruned model."""
     pruned, masked = gp.prune(analysis, plan), gp.mask(analysis, plan)
-    name = model.graph.input[0].name
+    (x,) = model.graph.input
     rng = np.random.default_rng(0)
     for batch in batches:
-        feeds = {name: rng.standard_normal((SEQ, batch, WIDTH)).astype(np.float32)}
+        shape = [d.dim_value or batch for d in x.type.tensor_type.shape.dim]
+        feeds = {x.name: rng.standard_normal(shape).astype(np.float32)}
         assert_same_outputs(outputs(masked, feeds), outputs(pruned, feeds))
+    return pruned
 
 
 def test_heads_folded_into_a_symbolic_batch_prune_exactly():
@@ -71,9 +75,7 @@ def test_heads_folded_into_a_symbolic_batch_prune_exactly():
     analysis = gp.analyze(model)
     (group,) = analysis.prunable_groups
     assert (group.kind, group.channels) == ("heads", HEADS)
-    plan = gp.plan(analysis, 0.5)
-    _check(model, analysis, plan)
-    pruned = gp.prune(analysis, plan)
+    pruned = _check(model, analysis, gp.plan(analysis, 0.5))
     assert sum(t.dims[1] == WIDTH // 2 for t in pruned.graph.initializer if len(t.dims) == 2) == 3
 
 
@@ -112,15 +114,7 @@ def test_a_runtime_channel_count_feeds_the_reshape_that_needs_it():
     model = gp.load(g.model())
     analysis = gp.analyze(model)
     assert [(grp.kind, grp.channels) for grp in analysis.prunable_groups] == [("heads", HEADS)]
-    plan = gp.plan(analysis, 0.5)
-    pruned, masked = gp.prune(analysis, plan), gp.mask(analysis, plan)
-    for batch in (1, 2):
-        feeds = {
-            "x": np.random.default_rng(batch)
-            .standard_normal((batch, SEQ, WIDTH))
-            .astype(np.float32)
-        }
-        assert_same_outputs(outputs(masked, feeds), outputs(pruned, feeds))
+    _check(model, analysis, gp.plan(analysis, 0.5), batches=(1, 2))
 
 
 def test_a_runtime_channel_count_used_as_a_number_is_a_barrier():
@@ -193,12 +187,4 @@ def test_packed_qkv_selected_along_its_own_axis_prunes_whole_heads():
     model = gp.load(g.model())
     analysis = gp.analyze(model)
     assert [(grp.kind, grp.channels) for grp in analysis.prunable_groups] == [("heads", HEADS)]
-    plan = gp.plan(analysis, 0.5)
-    pruned, masked = gp.prune(analysis, plan), gp.mask(analysis, plan)
-    for batch in (1, 2):
-        feeds = {
-            "x": np.random.default_rng(batch)
-            .standard_normal((batch, SEQ, WIDTH))
-            .astype(np.float32)
-        }
-        assert_same_outputs(outputs(masked, feeds), outputs(pruned, feeds))
+    _check(model, analysis, gp.plan(analysis, 0.5), batches=(1, 2))

@@ -293,16 +293,33 @@ def _moved_axes(view, node, origin: list) -> list | None:
         return [origin[p] for p in view.attribute(node, "perm", list(range(rank))[::-1])]
     if node.op_type not in ("Squeeze", "Unsqueeze"):
         return None
+    kept = surviving_axes(view, node)
+    out_shape = view.shape(node.output[0])
+    if kept is None or out_shape is None:
+        return None
+    moved: list = [None] * len(out_shape)
+    for axis, out in kept.items():
+        moved[out] = origin[axis]
+    return moved
+
+
+def surviving_axes(view, node) -> dict[int, int] | None:
+    """Input axis -> output axis for the axes a Squeeze or Unsqueeze keeps; axes come from
+    input 1 (opset 13+) or the attribute. None when shapes or axes are unknown."""
+    in_shape, out_shape = view.shape(node.input[0]), view.shape(node.output[0])
+    if in_shape is None or out_shape is None:
+        return None
     axes = view.int_list(node, 1 if view.opset >= 13 else None, "axes")
+    if node.op_type == "Squeeze":
+        if axes is None:
+            axes = [i for i, d in enumerate(in_shape) if d == 1]
+        removed = {a % len(in_shape) for a in axes}
+        survivors = [i for i in range(len(in_shape)) if i not in removed]
+        return {axis: out for out, axis in enumerate(survivors)}
     if axes is None:
         return None
-    if node.op_type == "Squeeze":
-        removed = {a % rank for a in axes}
-        return [axis for i, axis in enumerate(origin) if i not in removed]
-    out_rank = rank + len(axes)
-    inserted = {a % out_rank for a in axes}
-    rest = iter(origin)
-    return [None if i in inserted else next(rest) for i in range(out_rank)]
+    inserted = {a % len(out_shape) for a in axes}
+    return dict(enumerate(i for i in range(len(out_shape)) if i not in inserted))
 
 
 def _feeds_attention(view, tensor: str, depth: int = 8) -> bool:

@@ -10,7 +10,7 @@ import numpy as np
 from ..channels import Layout
 from .context import Context
 from .registry import rule
-from .reshape import runtime_count, shape_entry, target_entries
+from .reshape import runtime_count, shape_entry, surviving_axes, target_entries
 
 
 @rule("Transpose", tiled=True)
@@ -35,28 +35,11 @@ def squeeze(ctx: Context) -> None:
     if in_shape is None or out_shape is None:
         ctx.block("shapes unknown")
         return
-    kept_in = _surviving_axes(ctx, len(in_shape), len(out_shape))
+    kept_in = surviving_axes(ctx.view, ctx.node)
     if kept_in is None or x.axis not in kept_in:
         ctx.block("axes unknown" if kept_in is None else "squeezes the channel axis")
         return
     ctx.emit(0, replace(x, axis=kept_in[x.axis]))
-
-
-def _surviving_axes(ctx: Context, in_rank: int, out_rank: int) -> dict[int, int] | None:
-    """Map input axis -> output axis for the axes that survive."""
-    axes = ctx.view.int_list(ctx.node, 1 if ctx.view.opset >= 13 else None, "axes")
-    if ctx.node.op_type == "Squeeze":
-        if axes is None:
-            shape = ctx.input_shape(0)
-            axes = [i for i, d in enumerate(shape) if d == 1]
-        removed = {a % in_rank for a in axes}
-        survivors = [i for i in range(in_rank) if i not in removed]
-        return {axis: out for out, axis in enumerate(survivors)}
-    if axes is None:
-        return None
-    inserted = {a % out_rank for a in axes}
-    outputs = [i for i in range(out_rank) if i not in inserted]
-    return dict(enumerate(outputs))
 
 
 @rule("DepthToSpace")
