@@ -181,3 +181,34 @@ def test_cli_only_experts(tmp_path):
     data = json.loads(report.read_text())
     removed = [g for g in data["groups"] if g.get("removed")]
     assert len(removed) == 2 and all(len(g["removed"]) == 2 for g in removed)
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "classic"])
+def test_calibrated_expert_scores_are_easy_ep(tmp_path, exporter):
+    """Routing frequency x gate x output norm, recomputed in torch from the block itself."""
+    import torch
+
+    from models.moe_zoo import build
+
+    x = np.random.default_rng(4).standard_normal((6, 5, HIDDEN)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", input=x)
+    analysis = gp.analyze(gp.load(cached("qwen2_moe_block", exporter)))
+    stats = gp.calibrate(analysis, gp.CalibrationData(path=str(tmp_path / "calib.npz")))
+    assert len(stats.taps) == 1 and stats.taps[0].rows is not None
+    block = build("qwen2_moe_block").block
+    with torch.no_grad():
+        tokens = torch.from_numpy(x).reshape(-1, HIDDEN)
+        probs = torch.softmax(tokens @ block.gate.weight.T, dim=-1)
+        gate, picks = torch.topk(probs, TOP_K, dim=-1)
+        expected = np.zeros(8)
+        for e in range(8):
+            up = tokens @ block.experts.gate_up_proj[e].T
+            g, u = up.chunk(2, dim=-1)
+            out = (torch.nn.functional.silu(g) * u) @ block.experts.down_proj[e].T
+            weight = (gate * (picks == e)).sum(dim=-1)
+            expected[e] = float((weight * out.norm(dim=-1)).sum())
+    np.testing.assert_allclose(stats.routing[stats.taps[0].router], expected, rtol=1e-4)
+    plan = gp.plan(
+        analysis, gp.PlanOptions(ratio=0.25, only=("experts",), criterion="activation"), stats=stats
+    )
+    assert plan.choices[0].removed == sorted(np.argsort(expected)[:2].tolist())
