@@ -20,6 +20,7 @@ import io
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -207,6 +208,16 @@ def ort_moe(
     model = helper.make_model(graph, opset_imports=opsets)
     model.ir_version = 8
     return model
+
+
+def exports() -> list[tuple[str, str, Callable[[], onnx.ModelProto]]]:
+    """(name, exporter, loader) of every MoE test model, the onnxruntime op as "ort-op"."""
+    found: list[tuple[str, str, Callable[[], onnx.ModelProto]]] = [
+        (name, exporter, lambda n=name, e=exporter: onnx.load(str(cached(n, e))))
+        for name, entry in MOE.items()
+        for exporter in entry.exporters
+    ]
+    return [*found, ("ort_moe", "ort-op", ort_moe)]
 
 
 def main(argv: list[str] | None = None) -> int:
