@@ -175,7 +175,7 @@ def test_cli_only_experts(tmp_path):
     report = tmp_path / "report.json"
     code = main([
         "prune", str(cached("qwen3_moe", "dynamo")), "-o", str(tmp_path / "out.onnx"),
-        "--ratio", "0.25", "--only", "experts", "--report", str(report),
+        "--ratio", "0.5", "--expert-ratio", "0.25", "--only", "experts", "--report", str(report),
     ])  # fmt: skip
     assert code == 0
     data = json.loads(report.read_text())
@@ -212,3 +212,12 @@ def test_calibrated_expert_scores_are_easy_ep(tmp_path, exporter):
         analysis, gp.PlanOptions(ratio=0.25, only=("experts",), criterion="activation"), stats=stats
     )
     assert plan.choices[0].removed == sorted(np.argsort(expected)[:2].tolist())
+
+
+def test_top_k_values_of_channels_without_indices_is_no_router():
+    g = GraphBuilder()
+    x = g.input([4, 16])
+    logits = g.op("Gemm", [x, g.weight(8, 16)], transB=1)
+    g.output(g.op("TopK", [logits, g.const(np.array([2]))], outputs=2, axis=-1)[0])
+    analysis = gp.analyze(gp.load(g.model()))
+    assert "indices pick nothing" in str(analysis.groups[0].reasons[0])

@@ -45,6 +45,9 @@ def topk(ctx: Context) -> None:
         ctx.emit(0, x)
         ctx.emit(1, x)
         return
+    if len(ctx.node.output) < 2 or not ctx.view.consumers(ctx.node.output[1]):
+        ctx.block("top-k over channels whose indices pick nothing is not a router")
+        return
     k = ctx.constant(1) if ctx.view.opset >= 10 else np.asarray(ctx.attr("k"))
     if k is None or k.size != 1:
         ctx.block("k computed at runtime")
