@@ -1,5 +1,6 @@
 """Mixture-of-experts test models: transformers' sparse MoE blocks and small MoE language
-models built from configs (random weights), and onnxruntime's fused com.microsoft.MoE.
+models built from configs (random weights), and onnxruntime's fused com.microsoft.MoE and
+QMoE.
 
 transformers 5 runs experts either in a Python loop over the experts a batch hits
 ("eager": the dynamo exporter refuses its data-dependent loop, the classic one bakes the
@@ -210,6 +211,47 @@ def ort_moe(
     return model
 
 
+def ort_qmoe(*, k: int = TOP_K, seed: int = 0) -> onnx.ModelProto:
+    """x [T, H] (float16, as onnxruntime's CPU QMoE takes) -> router Gemm ->
+    com.microsoft.QMoE with 8-bit expert weights [E, N, K] and per-row scales [E, N]."""
+    rng = np.random.default_rng(seed)
+
+    def tensor(name: str, value: np.ndarray) -> onnx.TensorProto:
+        return numpy_helper.from_array(value, name)
+
+    initializers = [
+        tensor("router", rng.normal(0, 0.3, (EXPERTS, HIDDEN)).astype(np.float16)),
+        tensor("fc1", rng.integers(0, 256, (EXPERTS, INTER, HIDDEN)).astype(np.uint8)),
+        tensor("fc1_scales", (0.01 * rng.random((EXPERTS, INTER))).astype(np.float16)),
+        tensor("fc2", rng.integers(0, 256, (EXPERTS, HIDDEN, INTER)).astype(np.uint8)),
+        tensor("fc2_scales", (0.01 * rng.random((EXPERTS, HIDDEN))).astype(np.float16)),
+    ]
+    inputs = ["x", "router_probs", "fc1", "fc1_scales", "", "fc2", "fc2_scales"]
+    attributes = {"k": k, "activation_type": "silu", "expert_weight_bits": 8}
+    nodes = [
+        helper.make_node("Gemm", ["x", "router"], ["router_probs"], name="router", transB=1),
+        helper.make_node(
+            "QMoE",
+            inputs,
+            ["y"],
+            name="qmoe",
+            domain="com.microsoft",
+            normalize_routing_weights=1,
+            **attributes,
+        ),
+    ]
+    graph = helper.make_graph(
+        nodes, "qmoe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["tokens", HIDDEN])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["tokens", HIDDEN])],
+        initializers,
+    )  # fmt: skip
+    opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 8
+    return model
+
+
 def exports() -> list[tuple[str, str, Callable[[], onnx.ModelProto]]]:
     """(name, exporter, loader) of every MoE test model, the onnxruntime op as "ort-op"."""
     found: list[tuple[str, str, Callable[[], onnx.ModelProto]]] = [
@@ -217,7 +259,7 @@ def exports() -> list[tuple[str, str, Callable[[], onnx.ModelProto]]]:
         for name, entry in MOE.items()
         for exporter in entry.exporters
     ]
-    return [*found, ("ort_moe", "ort-op", ort_moe)]
+    return [*found, ("ort_moe", "ort-op", ort_moe), ("ort_qmoe", "ort-op", ort_qmoe)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,9 +273,10 @@ def main(argv: list[str] | None = None) -> int:
             path = args.out / f"{name}.{exporter}.onnx"
             path.write_bytes(to_proto(name, exporter).SerializeToString(deterministic=True))
             print(path)
-    path = args.out / "ort_moe.onnx"
-    path.write_bytes(ort_moe().SerializeToString(deterministic=True))
-    print(path)
+    for name, build_op in (("ort_moe", ort_moe), ("ort_qmoe", ort_qmoe)):
+        path = args.out / f"{name}.onnx"
+        path.write_bytes(build_op().SerializeToString(deterministic=True))
+        print(path)
     return 0
 
 

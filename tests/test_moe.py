@@ -221,3 +221,22 @@ def test_top_k_values_of_channels_without_indices_is_no_router():
     g.output(g.op("TopK", [logits, g.const(np.array([2]))], outputs=2, axis=-1)[0])
     analysis = gp.analyze(gp.load(g.model()))
     assert "indices pick nothing" in str(analysis.groups[0].reasons[0])
+
+
+def test_onnxruntime_quantized_moe_op_loses_experts():
+    from models.moe_zoo import ort_qmoe
+
+    model = gp.load(ort_qmoe())
+    analysis = gp.analyze(model)
+    assert [(g.kind, g.channels, g.prunable) for g in analysis.groups] == [("experts", 8, True)]
+    plan = gp.plan(analysis, 0.5)
+    pruned = gp.prune(analysis, plan)
+    shapes = {t.name: list(t.dims) for t in pruned.graph.initializer}
+    assert shapes["fc1"] == [4, 16, HIDDEN] and shapes["fc2_scales"] == [4, HIDDEN]
+    rng = np.random.default_rng(3)
+    inputs = {"x": rng.standard_normal((12, HIDDEN)).astype(np.float16)}
+    expected = outputs(gp.mask(analysis, plan), inputs)
+    assert_same_outputs(expected, outputs(pruned, inputs))
+    shifted = gp.plan_from_json(analysis, _shifted(plan.to_json(analysis), "router"))
+    with pytest.raises(AssertionError):
+        assert_same_outputs(expected, outputs(gp.prune(analysis, shifted), inputs))

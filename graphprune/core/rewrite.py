@@ -238,9 +238,11 @@ def _multiply_input(graph: gs.Graph, node: gs.Node, edit: MaskInput, keep_atom) 
     mask = keep.astype(dtype) if op == "Mul" else np.where(keep, 0, edit.fill).astype(dtype)
     name = f"{node.name}_mask{edit.input_index}"
     masked_tensor = gs.Variable(f"{name}_output", dtype=tensor.dtype)
-    graph.nodes.append(
-        gs.Node(op, name, inputs=[tensor, gs.Constant(name, mask)], outputs=[masked_tensor])
-    )
+    constant: gs.Tensor = gs.Constant(name, mask)
+    if tensor.dtype is None and graph.opset >= 15:  # type unknown here (fp16?): as the input's
+        like = [f"{name}_like"]
+        constant = graph.layer(op="CastLike", inputs=[constant, tensor], outputs=like)[0]
+    graph.nodes.append(gs.Node(op, name, inputs=[tensor, constant], outputs=[masked_tensor]))
     node.inputs[edit.input_index] = masked_tensor
 
 

@@ -153,6 +153,9 @@ def fused_moe(ctx: Context) -> None:
     if any(shape is None for shape in shapes.values()) or fc1 is None or fc2 is None:
         ctx.block("expert weights computed at runtime")
         return
+    if ctx.attr("use_sparse_mixer", 0):
+        ctx.block("sparse-mixer routing is not mapped")
+        return
     experts, inter = fc1[0], fc2[2]
     activation = ctx.attr("activation_type", "relu")
     activation = activation.decode() if isinstance(activation, bytes) else activation
@@ -160,17 +163,9 @@ def fused_moe(ctx: Context) -> None:
     if fc1[1] != (2 if fusion else 1) * inter or any(s[0] != experts for s in shapes.values()):
         ctx.block("expert weight shapes do not match the spec")
         return
-    router = tracked.get(1)
-    if router is not None:
-        if router.axis != len(ctx.input_shape(1) or ()) - 1 or router.size != experts:
-            ctx.block("router_probs' expert axis is not its last one")
-            return
-        for index in present:
-            role = "bias" if index in (_FC1_BIAS, _FC2_BIAS, _FC3_BIAS) else "weight"
-            ctx.slice(index, 0, router.atoms, role=role)
-        ctx.mask_input(1, router.axis, router.atoms, fill=-np.inf)
-        ctx.keep_at_least(router.atoms, int(ctx.attr("k", 1)))
-        ctx.mark_experts(router.atoms)
+    biases = {_FC1_BIAS, _FC2_BIAS, _FC3_BIAS}
+    if not _route(ctx, experts, {i: "bias" if i in biases else "weight" for i in present}):
+        return
     width = ctx.new_atoms(inter)
     rows = {0: width, 1: np.repeat(width, 2), 2: np.concatenate([width, width])}[fusion]
     ctx.slice(_FC1, 1, rows, role="weight")
@@ -181,3 +176,49 @@ def fused_moe(ctx: Context) -> None:
         ctx.slice(_FC3, 1, width, role="weight")
     if _FC3_BIAS in present:
         ctx.slice(_FC3_BIAS, 1, width, role="bias")
+
+
+def _route(ctx: Context, experts: int, per_expert: dict[int, str]) -> bool:
+    """A fused MoE's experts: router_probs' (input 1) last axis and axis 0 of the inputs
+    `per_expert` (index -> role). Returns False when that is not so (a barrier)."""
+    router = ctx.layout(1)
+    if router is None:
+        return True
+    if router.axis != len(ctx.input_shape(1) or ()) - 1 or router.size != experts:
+        ctx.block("router_probs' expert axis is not its last one")
+        return False
+    for index, role in sorted(per_expert.items()):
+        ctx.slice(index, 0, router.atoms, role=role)
+    ctx.mask_input(1, router.axis, router.atoms, fill=-np.inf)
+    ctx.keep_at_least(router.atoms, int(ctx.attr("k", 1)))
+    ctx.mark_experts(router.atoms)
+    return True
+
+
+_QMOE_ROUTER_WEIGHTS = 14
+
+
+@rule("QMoE", domain="com.microsoft")
+def quantized_moe(ctx: Context) -> None:
+    """com.microsoft.QMoE: MoE with quantized expert weights (packed bits, per-block
+    scales, zero points). Its experts go as in MoE: every expert tensor (weights, scales,
+    biases, zero points, global scales) has one entry per expert on axis 0, whatever the
+    packing. Its expert width is packed into bytes and blocks: not mapped. A separate
+    router_weights input (input 14, [T, E]) is not mapped either."""
+    if any(index != 1 for index, _ in ctx.tracked()):
+        ctx.block("channels reach the input or the expert weights (hidden size not mapped)")
+        return
+    if ctx.view.input(ctx.node, _QMOE_ROUTER_WEIGHTS) or ctx.attr("use_sparse_mixer", 0):
+        ctx.block("router_weights or sparse-mixer routing is not mapped")
+        return
+    present = [
+        index for index in range(_FC1, len(ctx.node.input))
+        if index != _QMOE_ROUTER_WEIGHTS and ctx.node.input[index]
+    ]  # fmt: skip
+    shapes = [ctx.constant_shape(index) for index in present]
+    fc1 = ctx.constant_shape(_FC1)
+    if fc1 is None or any(not shape or shape[0] != fc1[0] for shape in shapes):
+        ctx.block("an expert tensor is computed or lacks one entry per expert")
+        return
+    roles = {i: "weight" if i in (_FC1, 5, 8) else "param" for i in present}
+    _route(ctx, fc1[0], roles)
