@@ -162,8 +162,8 @@ def find_consumers(analysis: Analysis, groups: list[int] | None = None) -> list[
         if not touched & wanted:
             continue
         node = view.nodes[edit.node]
-        if node.op_type == "MoE":  # absorbs its own experts' hidden units, not its input's
-            continue
+        if node.op_type in ("MoE", "Gather", "GatherND"):
+            continue  # expert weights absorb the experts' own hidden units, not the input
         if node.op_type == "MatMul":
             axis = -1
         elif node.op_type == "Gemm":

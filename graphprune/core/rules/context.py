@@ -9,6 +9,7 @@ state channel flow with its verbs:
 - `opaque_atoms(count, reason)`: positions nothing may remove (an untracked Concat input);
 - `couple(a, b)`, `couple_all(atoms)`: positions that must be removed together;
 - `slice(index, axis, atoms, role=..., absorbs=...)`: a constant input loses positions;
+- `slice_upstream(index, constant, axis, atoms, ...)`: so does one of its producer's;
 - `slice_grouped_input(index, atoms)`: a grouped Conv's input channels;
 - `set_count(target, atoms)`: an integer (attribute or shape entry) becomes the kept count;
 - `mask_input(index, axis, atoms, fill=0.0)`: for the oracle, `fill` equals removal here;
@@ -169,6 +170,16 @@ class Context:
         self, index: int, axis: int, atoms: np.ndarray, role: Role = "param", absorbs: bool = False
     ) -> None:
         edit = SliceConstant(self.node.name, index, axis, atoms, role, absorbs)
+        self._recorder.edits.append(edit)
+
+    def slice_upstream(
+        self, index: int, constant: int, axis: int, atoms: np.ndarray, role: Role = "param",
+        absorbs: bool = False,
+    ) -> None:  # fmt: skip
+        """`slice` for constant input `constant` of the node that produces input `index`
+        (a weight table that node gathers per row for this one to multiply by)."""
+        producer = self.view.producer(self.node.input[index])
+        edit = SliceConstant(producer.name, constant, axis, atoms, role, absorbs)
         self._recorder.edits.append(edit)
 
     def slice_grouped_input(self, index: int, atoms: np.ndarray) -> None:

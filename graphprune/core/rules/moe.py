@@ -64,6 +64,7 @@ def router_softmax(ctx: Context, x: Layout) -> bool:
     Casts) is a router's: removing experts renormalizes over the others, exactly as -inf
     logits would. Returns whether it mapped the node (any other softmax over channels is a
     barrier: there removal would change the values of the channels that stay)."""
+    rank = len(ctx.input_shape(0) or ())
     pending, seen = list(ctx.node.output[:1]), set()
     while pending:
         tensor = pending.pop()
@@ -72,11 +73,10 @@ def router_softmax(ctx: Context, x: Layout) -> bool:
             if node.op_type == "Cast" and not node.domain:
                 pending.append(node.output[0])
                 continue
-            rank = len(ctx.input_shape(0) or ())
             along = int(ctx.view.attribute(node, "axis", -1)) % rank if rank else None
             if node.op_type != "TopK" or node.domain or index != 0 or along != x.axis:
                 return False
-    if ctx.node.output[0] in ctx.view.graph_outputs or seen & set(ctx.view.graph_outputs):
+    if seen & set(ctx.view.graph_outputs):
         return False
     ctx.mask_input(0, x.axis, x.atoms, fill=-np.inf)
     ctx.emit(0, x)
@@ -127,6 +127,43 @@ def gather_nd_expert_rows(ctx: Context) -> None:
         ctx.block("the table does not have one row per expert")
         return
     ctx.slice(0, 0, indices.atoms, role="weight")
+
+
+def gathered_expert_weights(ctx: Context) -> bool:
+    """MatMul(A, B) where A gathers, per row, a matrix of a constant [E, N, K] table
+    (Gather on axis 0 by [S] indices, or GatherND by [S, 1]) and B is [S, K, M]:
+    transformers' batched experts, each row multiplying by its own expert's weights.
+    Column k of every expert's matrix meets B's row k, row n makes output row n, whichever
+    experts the indices pick: B's channels on K are absorbed by the table's axis 2 and the
+    N output rows are new channels (the table's axis 1), the expert MLP width. Returns
+    whether it mapped the node (False: not this form, `activation_matmul` decides)."""
+    view = ctx.view
+    producer = view.producer(ctx.node.input[0])
+    if producer is None or producer.domain or producer.op_type not in ("Gather", "GatherND"):
+        return False
+    table = view.constant_shape(producer.input[0])
+    shapes = [ctx.input_shape(0), ctx.input_shape(1), view.shape(producer.input[1])]
+    if table is None or len(table) != 3 or None in shapes or ctx.layout(0) is not None:
+        return False
+    a_shape, b_shape, index_shape = shapes
+    if producer.op_type == "Gather":
+        one_row_each = len(index_shape) == 1 and int(view.attribute(producer, "axis", 0)) == 0
+    else:
+        batch_dims = int(view.attribute(producer, "batch_dims", 0))
+        one_row_each = len(index_shape) == 2 and index_shape[1] == 1 and batch_dims == 0
+    single_use = len(view.consumers(ctx.node.input[0])) == 1
+    if not one_row_each or not single_use or len(a_shape) != 3 or len(b_shape) != 3:
+        return False
+    b = ctx.layout(1)
+    if b is not None and b.axis != 1:
+        ctx.block("channels on the batch or column axis of per-row expert weights' operand")
+        return True
+    if b is not None:
+        ctx.slice_upstream(0, 0, 2, b.atoms, role="weight", absorbs=True)
+    out = ctx.new_atoms(table[1])
+    ctx.slice_upstream(0, 0, 1, out, role="weight")
+    ctx.emit(0, Layout(1, out))
+    return True
 
 
 # com.microsoft.MoE inputs (onnxruntime's ContribOperators.md): input, router_probs [T, E],
