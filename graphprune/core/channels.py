@@ -16,9 +16,10 @@ from typing import Literal, get_args
 
 import numpy as np
 
-Kind = Literal["channels", "mlp", "heads", "hidden"]
+Kind = Literal["channels", "mlp", "heads", "hidden", "experts"]
 """What a group's channels are: convolution channels, widths of linear layers (MLP),
-attention heads, or a transformer's hidden size (its residual stream)."""
+attention heads, a transformer's hidden size (its residual stream), or the experts of a
+mixture-of-experts block (the router's logits, chosen by a TopK)."""
 KINDS: tuple[Kind, ...] = get_args(Kind)
 
 Role = Literal["weight", "bias", "bn_scale", "param"]
@@ -52,12 +53,17 @@ class Layout:
 
     `count`: the tensor is a shape vector (or scalar) read at runtime whose entry `axis`
     is the number of kept positions of `atoms` (times the symbolic size when tiled), as
-    Shape -> Slice -> Concat builds a reshape target. Only count rules accept it."""
+    Shape -> Slice -> Concat builds a reshape target. Only count rules accept it.
+
+    `index`: the tensor's values are positions of `atoms` (the indices a TopK over the
+    channel axis returns: which experts each token goes to); it has no channel axis
+    (`axis` is -1). Only index rules accept it."""
 
     axis: int
     atoms: np.ndarray
     tiled: bool = False
     count: bool = False
+    index: bool = False
 
     @property
     def size(self) -> int:
@@ -117,14 +123,17 @@ class SetCount:
 @dataclass(frozen=True)
 class MaskInput:
     """For the masking oracle only: removal of these positions of a computed input equals
-    zeroing them (a contraction between two activations, where no weight absorbs them).
-    The rewrite has nothing to do here: the producers' edits remove the positions."""
+    setting them to `fill`: zero in a contraction between two activations, where no weight
+    absorbs them; -inf in a router's logits, where removing an expert means that the TopK
+    can never pick it. The rewrite has nothing to do here: the producers' edits remove the
+    positions."""
 
     node: str
     input_index: int
     axis: int
     atoms: np.ndarray
     rank: int
+    fill: float = 0.0
 
 
 Edit = SliceConstant | SliceGroupedInput | SetCount | MaskInput

@@ -227,16 +227,22 @@ def _apply(edit: Edit, value: np.ndarray, keep_atom: np.ndarray) -> np.ndarray:
 
 
 def _multiply_input(graph: gs.Graph, node: gs.Node, edit: MaskInput, keep_atom) -> None:
-    """Zero removed positions of a computed input with a Mul by a 0/1 mask (oracle only)."""
+    """Zero removed positions of a computed input with a Mul by a 0/1 mask, or set them to
+    a non-zero `fill` (-inf) with an Add of 0/fill (oracle only)."""
     tensor = node.inputs[edit.input_index]
     shape = [1] * edit.rank
     shape[edit.axis] = edit.atoms.shape[0]
-    mask = keep_atom[edit.atoms].astype(tensor.dtype or np.float32).reshape(shape)
+    keep = keep_atom[edit.atoms].reshape(shape)
+    dtype = tensor.dtype or np.float32
+    op = "Mul" if edit.fill == 0 else "Add"
+    mask = keep.astype(dtype) if op == "Mul" else np.where(keep, 0, edit.fill).astype(dtype)
     name = f"{node.name}_mask{edit.input_index}"
     masked_tensor = gs.Variable(f"{name}_output", dtype=tensor.dtype)
-    graph.nodes.append(
-        gs.Node("Mul", name, inputs=[tensor, gs.Constant(name, mask)], outputs=[masked_tensor])
-    )
+    constant: gs.Tensor = gs.Constant(name, mask)
+    if tensor.dtype is None and graph.opset >= 15:  # type unknown here (fp16?): as the input's
+        like = [f"{name}_like"]
+        constant = graph.layer(op="CastLike", inputs=[constant, tensor], outputs=like)[0]
+    graph.nodes.append(gs.Node(op, name, inputs=[tensor, constant], outputs=[masked_tensor]))
     node.inputs[edit.input_index] = masked_tensor
 
 

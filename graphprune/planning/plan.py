@@ -180,6 +180,7 @@ def make_plan(
             choices.append(GroupChoice(group.id, removed, sorted(kept)))
     removed_classes = _removed_classes(analysis, choices)
     removed_classes = _keep_one_per_nonempty(analysis, removed_classes, scores, notes)
+    removed_classes = _keep_minimums(analysis, removed_classes, scores, notes)
     choices = _choices_from(analysis, removed_classes)
     plan = Plan(choices, removed_classes, options.to_json(), notes)
     plan.budget = summary
@@ -323,6 +324,20 @@ def _keep_one_per_nonempty(analysis, removed: np.ndarray, scores, notes) -> np.n
     return np.array(sorted(removed_set), dtype=np.int64)
 
 
+def _keep_minimums(analysis, removed: np.ndarray, scores, notes) -> np.ndarray:
+    """A TopK over experts needs k of them: put back the best removed ones."""
+    removed_set = set(removed.tolist())
+    for atoms, count in analysis.minimums:
+        classes = np.unique(analysis.class_of[atoms])
+        gone = np.array([c for c in classes.tolist() if c in removed_set], dtype=np.int64)
+        missing = count - (classes.size - gone.size)
+        if missing > 0 and gone.size:
+            best = gone[np.argsort(-scores[gone], kind="stable")[:missing]]
+            removed_set -= set(best.tolist())
+            notes.append(f"kept {best.size} more so that a top-{count} still has {count} to pick")
+    return np.array(sorted(removed_set), dtype=np.int64)
+
+
 def _choices_from(analysis: Analysis, removed_classes: np.ndarray) -> list[GroupChoice]:
     removed = np.isin(np.arange(analysis.group_of_class.shape[0]), removed_classes)
     choices = []
@@ -355,9 +370,16 @@ def plan_from_json(analysis: Analysis, data: dict) -> Plan:
             raise GraphpruneError(f"plan group '{name}' has out-of-range channels")
         if len(removed) == group.channels:
             raise GraphpruneError(f"plan group '{name}' removes every channel")
+        needed = max((n for a, n in analysis.minimums if _touches(analysis, a, group)), default=0)
+        if group.channels - len(removed) < needed:
+            raise GraphpruneError(f"plan group '{name}' keeps fewer than its top-k's {needed}")
         kept = sorted(set(range(group.channels)) - set(removed))
         choices.append(GroupChoice(group.id, removed, kept))
     return Plan(choices, _removed_classes(analysis, choices), dict(options))
+
+
+def _touches(analysis: Analysis, atoms: np.ndarray, group: Group) -> bool:
+    return bool(np.isin(analysis.class_of[atoms], group.classes).any())
 
 
 def _plan_entry(entry: object) -> tuple[str, list, int, list[int]]:

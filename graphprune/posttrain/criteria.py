@@ -20,6 +20,9 @@ slice that multiplies it (all outputs, all kernel positions):
 A class touching several consumers (a residual stream read by many convs) sums their
 scores (`reduction` "mean" or "max" as for the magnitude criteria); positions of one
 class (the features a Flatten makes of one channel) are summed.
+
+Experts (groups of kind "experts") score by routing under every calibrated criterion:
+routing frequency x gate x output norm, EASY-EP-style (`graphprune.posttrain.routing`).
 """
 
 from __future__ import annotations
@@ -44,6 +47,9 @@ def calibrated_scores(
     layers = LayerReduction(analysis)
     for consumer in stats.consumers:
         layers.add(consumer.positions, _position_scores(analysis, stats, consumer, criterion))
+    for tap in stats.taps:
+        if tap.router in stats.routing:
+            layers.add(tap.atoms, stats.routing[tap.router])
     return layers.result(reduction)
 
 

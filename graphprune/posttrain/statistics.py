@@ -31,6 +31,7 @@ from ..runtime.sessions import execution_provider, run, session
 from .batching import choose_batch, relax_batch
 from .data import CalibrationData, batches, model_inputs, sample_shapes
 from .patches import ConvGeometry, conv_geometry, im2col
+from .routing import RoutingTap, find_routing, routing_scores
 
 CHUNK_BYTES = 512 * 2**20  # activations exposed per batch and run
 ROW_BLOCK_FLOATS = 2**23  # im2col rows are processed in blocks of about this many floats
@@ -126,6 +127,8 @@ class CalibrationStats:
     provider: str = "CPUExecutionProvider"
     chunks: int = 1
     notes: list[str] = field(default_factory=list)
+    taps: list[RoutingTap] = field(default_factory=list)  # routers (`routing`)
+    routing: dict[str, np.ndarray] = field(default_factory=dict)  # router -> expert scores
 
     def channels(self, consumer: Consumer) -> Moments:
         return self.moments[consumer.channel_key]
@@ -159,6 +162,8 @@ def find_consumers(analysis: Analysis, groups: list[int] | None = None) -> list[
         if not touched & wanted:
             continue
         node = view.nodes[edit.node]
+        if node.op_type in ("MoE", "Gather", "GatherND"):
+            continue  # expert weights absorb the experts' own hidden units, not the input
         if node.op_type == "MatMul":
             axis = -1
         elif node.op_type == "Gemm":
@@ -201,8 +206,9 @@ def collect(
     model = analysis.view.model
     consumers = find_consumers(analysis) if consumers is None else consumers
     provider = provider or execution_provider()
-    stats = CalibrationStats(consumers, {}, provider=provider)
-    if not consumers:
+    taps = find_routing(analysis, {g.id for g in analysis.prunable_groups})
+    stats = CalibrationStats(consumers, {}, provider=provider, taps=taps)
+    if not consumers and not taps:
         return stats
     for consumer in consumers:
         stats.moments.setdefault(consumer.channel_key, Moments())
@@ -223,8 +229,11 @@ def collect(
     stats.batch, stats.batch_note = chosen.size, chosen.note
     per_sample = _bytes_per_sample(model, data, consumers)
     chunks = _chunks(model, consumers, per_sample, chunk_bytes // max(chosen.size, 1))
+    if taps:  # the routers' few tensors, in one run of their own
+        chunks = [*(c for c in chunks if c), sorted({t for tap in taps for t in tap.tensors})]
     stats.chunks = len(chunks)
     dtypes = _dtypes(analysis, consumers)
+    dtypes.update({t: onnx.TensorProto.UNDEFINED for tap in taps for t in tap.tensors})
     for chunk in chunks:
         exposed = _exposing(model, chunk, dtypes, chosen.relax)
         stats.samples = _run_chunk(stats, exposed, chunk, data, chosen.size, provider, progress)
@@ -249,6 +258,10 @@ def _run_chunk(stats, model, chunk, data, batch, provider, progress) -> int:
             for consumer in stats.consumers:
                 if consumer.tensor in values:
                     _fold(stats, consumer, values[consumer.tensor], done)
+            for tap in stats.taps:
+                if all(t in values for t in tap.tensors):
+                    scores = routing_scores(tap, values)
+                    stats.routing[tap.router] = stats.routing.get(tap.router, 0) + scores
             samples += next(iter(feeds.values())).shape[0]
     return samples
 
@@ -281,6 +294,8 @@ def _exposing(model: onnx.ModelProto, tensors: list[str], dtypes: dict[str, int]
     del exposed.graph.output[:]
     exposed.graph.output.extend(
         onnx.helper.make_tensor_value_info(name, dtypes.get(name, onnx.TensorProto.FLOAT), None)
+        if dtypes.get(name) != onnx.TensorProto.UNDEFINED
+        else onnx.helper.make_empty_tensor_value_info(name)  # onnxruntime knows the type
         for name in tensors
         if name not in inputs
     )

@@ -12,6 +12,7 @@ from . import (  # noqa: F401
     counts,
     elementwise,
     linear,
+    moe,
     normalization,
     reduction,
     reshape,

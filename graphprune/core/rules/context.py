@@ -9,11 +9,12 @@ state channel flow with its verbs:
 - `opaque_atoms(count, reason)`: positions nothing may remove (an untracked Concat input);
 - `couple(a, b)`, `couple_all(atoms)`: positions that must be removed together;
 - `slice(index, axis, atoms, role=..., absorbs=...)`: a constant input loses positions;
+- `slice_upstream(index, constant, axis, atoms, ...)`: so does one of its producer's;
 - `slice_grouped_input(index, atoms)`: a grouped Conv's input channels;
 - `set_count(target, atoms)`: an integer (attribute or shape entry) becomes the kept count;
-- `mask_input(index, axis, atoms)`: for the oracle, zeroing equals removal here;
-- `equal_blocks(atoms)`, `nonempty(atoms)`: planning constraints;
-- `mark_heads(atoms)`, `mark_embedding(atoms)`: the group's kind;
+- `mask_input(index, axis, atoms, fill=0.0)`: for the oracle, `fill` equals removal here;
+- `equal_blocks(atoms)`, `nonempty(atoms)`, `keep_at_least(atoms, count)`: planning constraints;
+- `mark_heads(atoms)`, `mark_embedding(atoms)`, `mark_experts(atoms)`: the group's kind;
 - `approximate(atoms, reason)`: an opted-in inexact removal;
 - `block(reason)`: a barrier: every tracked input stops here, with the reason.
 """
@@ -57,6 +58,8 @@ class Recorder:
     nonempty: list[np.ndarray] = field(default_factory=list)
     heads: list[np.ndarray] = field(default_factory=list)
     embeddings: list[np.ndarray] = field(default_factory=list)
+    experts: list[tuple[str, np.ndarray]] = field(default_factory=list)  # (router node, atoms)
+    minimums: list[tuple[np.ndarray, int]] = field(default_factory=list)
     without_rule: dict[str, int] = field(default_factory=dict)  # op -> nodes, tracked or not
 
     def new_atoms(self, count: int, source: str | None) -> np.ndarray:
@@ -169,13 +172,25 @@ class Context:
         edit = SliceConstant(self.node.name, index, axis, atoms, role, absorbs)
         self._recorder.edits.append(edit)
 
+    def slice_upstream(
+        self, index: int, constant: int, axis: int, atoms: np.ndarray, role: Role = "param",
+        absorbs: bool = False,
+    ) -> None:  # fmt: skip
+        """`slice` for constant input `constant` of the node that produces input `index`
+        (a weight table that node gathers per row for this one to multiply by)."""
+        producer = self.view.producer(self.node.input[index])
+        edit = SliceConstant(producer.name, constant, axis, atoms, role, absorbs)
+        self._recorder.edits.append(edit)
+
     def slice_grouped_input(self, index: int, atoms: np.ndarray) -> None:
         self._recorder.edits.append(SliceGroupedInput(self.node.name, index, atoms))
 
-    def mask_input(self, index: int, axis: int, atoms: np.ndarray) -> None:
-        """Oracle only: zeroing these positions of input `index` equals their removal."""
+    def mask_input(self, index: int, axis: int, atoms: np.ndarray, fill: float = 0.0) -> None:
+        """Oracle only: setting these positions of input `index` to `fill` (zero, or -inf
+        for a router's logits) equals their removal."""
         rank = len(self.input_shape(index) or ())
-        self._recorder.edits.append(MaskInput(self.node.name, index, axis, atoms, rank))
+        edit = MaskInput(self.node.name, index, axis, atoms, rank, fill)
+        self._recorder.edits.append(edit)
 
     def set_count(self, target: Target, atoms: np.ndarray) -> None:
         self._recorder.edits.append(SetCount(target, atoms))
@@ -187,6 +202,14 @@ class Context:
 
     def nonempty(self, atoms: np.ndarray) -> None:
         self._recorder.nonempty.append(atoms)
+
+    def keep_at_least(self, atoms: np.ndarray, count: int) -> None:
+        """At least `count` positions of `atoms` must stay (a TopK's k)."""
+        self._recorder.minimums.append((np.asarray(atoms).ravel(), int(count)))
+
+    def mark_experts(self, atoms: np.ndarray) -> None:
+        """These channels are the experts this node (a TopK, a fused MoE) routes to."""
+        self._recorder.experts.append((self.node.name, np.asarray(atoms).ravel()))
 
     def mark_embedding(self, atoms: np.ndarray) -> None:
         """These channels are a transformer's hidden size (kind "hidden")."""

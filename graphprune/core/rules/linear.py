@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ..channels import Layout
 from .context import Context
+from .moe import gathered_expert_weights
 from .registry import rule
 
 
@@ -50,7 +51,8 @@ def matmul(ctx: Context) -> None:
     a_rank = len(ctx.input_shape(0) or ())
     a_is_constant = ctx.constant_shape(0) is not None
     if weight_shape is None and not a_is_constant:
-        activation_matmul(ctx)
+        if not gathered_expert_weights(ctx):
+            activation_matmul(ctx)
         return
     if a is not None and a.tiled:
         ctx.block("channels share an axis with a symbolic dim (e.g. batch*heads)")

@@ -4,13 +4,14 @@ Per-channel normalizations (BatchNormalization, InstanceNormalization) slice the
 per-channel parameters. GroupNormalization normalizes groups of channels together, so a
 channel can only leave with its whole group. Ops whose statistics run *over* the channel
 axis (LayerNormalization over it, Softmax along it, LRN) would change the values of the
-channels that stay: they are barriers.
+channels that stay: they are barriers, except a router's softmax over experts (`moe`).
 """
 
 from __future__ import annotations
 
 from ..channels import Layout
 from .context import Context
+from .moe import router_softmax
 from .registry import rule
 
 
@@ -125,6 +126,10 @@ def softmax(ctx: Context) -> None:
         normalized = {int(ctx.attr("axis", -1)) % rank}
     else:
         normalized = _normalized_from(ctx, int(ctx.attr("axis", 1)))
+    x = ctx.layout(0)
+    router = ctx.node.op_type == "Softmax" and x is not None and not x.tiled
+    if router and normalized == {x.axis} and router_softmax(ctx, x):
+        return
     _stops_if_normalized(ctx, normalized, "normalizes")
 
 

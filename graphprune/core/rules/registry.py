@@ -5,6 +5,8 @@ Two kinds of layout need a rule's explicit consent, because a rule written for p
 channels would map them wrongly: a tiled layout (`Layout.tiled`; `tiled=True`), and a
 channel count read at runtime (`Layout.count`). Counts go to the op's `@count_rule`
 (`counts`), or to the inputs a rule names in `count_inputs` (a Reshape's target shape).
+Expert indices (`Layout.index`, what a TopK over the channel axis returns) go only to
+the op's `@index_rule` (`moe`), when every tracked input of the node holds them.
 Anything else stops them, with the reason, so an unforeseen use is never mapped wrongly.
 """
 
@@ -18,6 +20,7 @@ from .context import Context
 Rule = Callable[[Context], None]
 RULES: dict[tuple[str, str], Rule] = {}
 COUNT_RULES: dict[tuple[str, str], Rule] = {}
+INDEX_RULES: dict[tuple[str, str], Rule] = {}
 _TILED: set[tuple[str, str]] = set()
 _COUNT_INPUTS: dict[tuple[str, str], tuple[int, ...]] = {}
 
@@ -48,6 +51,17 @@ def count_rule(*op_types: str) -> Callable[[Rule], Rule]:
     return register
 
 
+def index_rule(*op_types: str) -> Callable[[Rule], Rule]:
+    """A rule for an op whose every tracked input holds expert indices (`Layout.index`)."""
+
+    def register(function: Rule) -> Rule:
+        for op_type in op_types:
+            INDEX_RULES[("", op_type)] = function
+        return function
+
+    return register
+
+
 def find_rule(domain: str, op_type: str) -> Rule | None:
     return RULES.get((domain, op_type))
 
@@ -62,8 +76,13 @@ def apply_rule(ctx: Context) -> None:
     ctx.block_subgraph_reads()
     tracked = ctx.tracked()
     counts = [index for index, layout in tracked if layout.count]
+    indices = [index for index, layout in tracked if layout.index]
     if any(ctx.input_shape(index) is None for index, _ in tracked):
         ctx.block("shape inference left the shape of an input with channels unknown")
+    elif indices and len(indices) == len(tracked) and key in INDEX_RULES:
+        _run(INDEX_RULES[key], ctx)
+    elif indices:
+        ctx.block("expert indices (a TopK over channels) are used here")
     elif counts and len(counts) == len(tracked) and key in COUNT_RULES:
         _run(COUNT_RULES[key], ctx)
     elif any(index not in _COUNT_INPUTS.get(key, ()) for index in counts):
