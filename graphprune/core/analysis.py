@@ -18,7 +18,9 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from tqdm import tqdm
 
-from .channels import Edit, Kind, Reason
+from .blocks import UNITS, Block, find_blocks, units
+from .channels import Bypass, Edit, Kind, MaskInput, Reason
+from ..errors import GraphpruneError
 from .graph import GraphView
 from .rules import Context, Recorder, apply_rule
 
@@ -29,10 +31,18 @@ class AnalysisOptions:
     RMSNorm, their decomposed forms) lose channels, as Torch-Pruning does and as pruning a
     transformer's hidden size needs: the statistics of the kept channels change, so such
     groups are approximate and say so in `Group.approximations`. `prune_outputs` lets
-    channels that reach a model output go too (the output shape changes)."""
+    channels that reach a model output go too (the output shape changes). `blocks` finds
+    the residual blocks too, one group of kind "blocks" per unit that planning may drop
+    ("layer": consecutive blocks of one period, "branch": each block; see
+    `graphprune.core.blocks`)."""
 
     approximate_norms: bool = False
     prune_outputs: bool = False
+    blocks: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.blocks is not None and self.blocks not in UNITS:
+            raise GraphpruneError(f"unknown block unit {self.blocks!r} (layer or branch)")
 
 
 @dataclass
@@ -73,6 +83,7 @@ class Analysis:
     group_of_class: np.ndarray  # class -> group id, -1 for classes outside any group
     options: AnalysisOptions = AnalysisOptions()
     ops_without_rule: dict[str, int] = field(default_factory=dict)  # op -> node count
+    blocks: dict[str, Block] = field(default_factory=dict)  # residual Add -> its block
 
     @property
     def approximate_norms(self) -> bool:
@@ -104,10 +115,30 @@ def analyze_view(
     for name in [] if options.prune_outputs else view.graph_outputs:
         if name in recorder.layouts:
             recorder.freeze(recorder.layouts[name].atoms, Reason(f"reaches model output '{name}'"))
-    return _group(view, recorder, options)
+    blocks = _record_blocks(view, recorder, options.blocks) if options.blocks else []
+    analysis = _group(view, recorder, options, {b.add for b in blocks})
+    analysis.blocks = {b.add: b for b in blocks}
+    return analysis
 
 
-def _kind(view: GraphView, sources: list[str], heads: bool, hidden: bool) -> Kind:
+def _record_blocks(view: GraphView, recorder: Recorder, unit: str) -> list[Block]:
+    """One atom per residual block, coupled per unit, with the rewiring and the oracle's
+    zeroed branch as edits."""
+    found = find_blocks(view)
+    for members in units(view, found, unit):
+        atoms = [recorder.new_atoms(1, block.add) for block in members]
+        for block, atom in zip(members, atoms, strict=True):
+            recorder.unions.append((atoms[0], atom))
+            recorder.edits.append(Bypass(block.add, block.residual, atom))
+            recorder.edits.append(MaskInput(block.add, block.branch, 0, atom, block.rank))
+            if block.reason is not None:
+                recorder.freeze(atom, block.reason)
+    return found
+
+
+def _kind(view: GraphView, sources: list[str], heads: bool, hidden: bool, blocks) -> Kind:
+    if blocks.issuperset(sources):
+        return "blocks"
     if hidden:
         return "hidden"
     if heads:
@@ -115,7 +146,7 @@ def _kind(view: GraphView, sources: list[str], heads: bool, hidden: bool) -> Kin
     return "mlp" if all(_linear(view, s) for s in sources) else "channels"
 
 
-def _group(view: GraphView, recorder: Recorder, options: AnalysisOptions) -> Analysis:
+def _group(view: GraphView, recorder: Recorder, options: AnalysisOptions, blocks) -> Analysis:
     n = recorder.atom_count
     class_of = _components(n, recorder.unions)
     sources = (
@@ -157,9 +188,9 @@ def _group(view: GraphView, recorder: Recorder, options: AnalysisOptions) -> Ana
             classes,
             reasons.get(old_id, []),
             approximations.get(old_id, []),
-            _kind(view, members[old_id], old_id in head_groups, old_id in hidden_groups),
+            _kind(view, members[old_id], old_id in head_groups, old_id in hidden_groups, blocks),
         )
-        if group.channels < 2 and group.prunable:
+        if group.channels < 2 and group.prunable and group.kind != "blocks":
             group.reasons.append(Reason("has a single channel"))
         groups.append(group)
     group_of_class = np.where(group_of_class >= 0, renumber[group_of_class], -1)

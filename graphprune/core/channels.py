@@ -16,9 +16,10 @@ from typing import Literal, get_args
 
 import numpy as np
 
-Kind = Literal["channels", "mlp", "heads", "hidden"]
+Kind = Literal["channels", "mlp", "heads", "hidden", "blocks"]
 """What a group's channels are: convolution channels, widths of linear layers (MLP),
-attention heads, or a transformer's hidden size (its residual stream)."""
+attention heads, a transformer's hidden size (its residual stream), or residual blocks
+(depth: one class per droppable unit, `graphprune.core.blocks`)."""
 KINDS: tuple[Kind, ...] = get_args(Kind)
 
 Role = Literal["weight", "bias", "bn_scale", "param"]
@@ -127,7 +128,18 @@ class MaskInput:
     rank: int
 
 
-Edit = SliceConstant | SliceGroupedInput | SetCount | MaskInput
+@dataclass(frozen=True)
+class Bypass:
+    """Removal of `atoms` (a residual block's) makes the node's output its input
+    `input_index`: y = x + f(x) becomes y = x, and the branch, left unused, goes. The
+    oracle zeroes the branch instead (a `MaskInput` on the node's other input)."""
+
+    node: str
+    input_index: int
+    atoms: np.ndarray
+
+
+Edit = SliceConstant | SliceGroupedInput | SetCount | MaskInput | Bypass
 
 
 def edit_node(edit: Edit) -> str:
