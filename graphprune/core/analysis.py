@@ -18,9 +18,9 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from tqdm import tqdm
 
+from ..errors import GraphpruneError
 from .blocks import UNITS, Block, find_blocks, units
 from .channels import Bypass, Edit, Kind, MaskInput, Reason
-from ..errors import GraphpruneError
 from .graph import GraphView
 from .rules import Context, Recorder, apply_rule
 
