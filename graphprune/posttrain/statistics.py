@@ -30,6 +30,7 @@ from ..io.shapes import infer_shapes
 from ..runtime.sessions import execution_provider, run, session
 from .batching import choose_batch, relax_batch
 from .data import CalibrationData, batches, model_inputs, sample_shapes
+from .influence import block_influence
 from .patches import ConvGeometry, conv_geometry, im2col
 
 CHUNK_BYTES = 512 * 2**20  # activations exposed per batch and run
@@ -126,6 +127,7 @@ class CalibrationStats:
     provider: str = "CPUExecutionProvider"
     chunks: int = 1
     notes: list[str] = field(default_factory=list)
+    block_influence: dict[str, float] = field(default_factory=dict)  # block group -> BI
 
     def channels(self, consumer: Consumer) -> Moments:
         return self.moments[consumer.channel_key]
@@ -195,13 +197,23 @@ def collect(
     provider: str | None = None,
     chunk_bytes: int = CHUNK_BYTES,
     progress: bool = False,
+    blocks: bool = False,
 ) -> CalibrationStats:
     """Stream the calibration data through the model and reduce every consumer input to
-    running moments (`scatter=True` adds X^T X of the features, for least squares)."""
+    running moments (`scatter=True` adds X^T X of the features, for least squares;
+    `blocks=True` adds the Block Influence of every block group, in a pass of its own)."""
     model = analysis.view.model
     consumers = find_consumers(analysis) if consumers is None else consumers
     provider = provider or execution_provider()
     stats = CalibrationStats(consumers, {}, provider=provider)
+    if blocks:
+        stats.block_influence, stats.samples, chosen = block_influence(
+            analysis, data, batch=batch, provider=provider, progress=progress
+        )
+        if chosen is not None and stats.samples == 0:
+            raise GraphpruneError("the calibration data holds no samples")
+        if chosen is not None:
+            stats.batch, stats.batch_note = chosen.size, chosen.note
     if not consumers:
         return stats
     for consumer in consumers:
