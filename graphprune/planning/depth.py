@@ -82,6 +82,11 @@ def block_units(
 def choose_units(units: list[BlockUnit], count: int, excluded: set[int]) -> list[BlockUnit]:
     """The `count` lowest-scored prunable units (ties: graph order), never all of them."""
     candidates = [u for u in units if u.prunable and u.group not in excluded]
+    if not units and count:
+        raise GraphpruneError(
+            f"--drop-blocks {count}: no residual blocks in this analysis "
+            '(gp.analyze(model, blocks="layer") looks for them)'
+        )
     if count >= len(candidates) and count:
         raise GraphpruneError(
             f"--drop-blocks {count}: the model has {len(candidates)} droppable block units "
