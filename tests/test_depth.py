@@ -195,6 +195,9 @@ def test_cli_drop_blocks(tmp_path, capsys):
     assert main([*args, "--drop-blocks", "1"]) == 1  # influence needs calibration data
     assert "calibration data" in capsys.readouterr().err
     assert main([*args, "--drop-blocks", "1", "--calib-random", "4"]) == 0
+    # Depth with calibrated width and compensation: the compensated model is analysed again.
+    width = ["--ratio", "0.3", "--criterion", "flap", "--compensate", "lsq"]
+    assert main([*args, "--drop-blocks", "1", "--calib-random", "4", *width]) == 0
     # The report's plan re-applies the same depth.
     again = tmp_path / "again.onnx"
     assert main(["prune", str(EXAMPLE), "-o", str(again), "--quiet", "--plan", str(report)]) == 0

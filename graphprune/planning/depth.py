@@ -89,8 +89,8 @@ def choose_units(units: list[BlockUnit], count: int, excluded: set[int]) -> list
         )
     if count >= len(candidates) and count:
         raise GraphpruneError(
-            f"--drop-blocks {count}: the model has {len(candidates)} droppable block units "
-            "and at least one must stay"
+            f"--drop-blocks {count}: {len(candidates)} of the model's {len(units)} residual "
+            "units may go (not ignored, no barrier) and at least one must stay"
         )
     ranked = sorted(candidates, key=lambda u: (u.score, u.group))
     return sorted(ranked[:count], key=lambda u: u.group)

@@ -155,6 +155,7 @@ def make_plan(
     scores, fallback = class_scores(
         analysis, criterion, options.reduction, normalization, options.seed, stats
     )
+    fallback = [g for g in fallback if analysis.groups[g].kind != "blocks"]  # scored apart
     lacks = "BatchNorm scale" if criterion == "bn" else "calibrated consumer"
     notes = [f"group '{analysis.groups[g].name}' has no {lacks}: scored by l2" for g in fallback]
     excluded = _ignored(analysis, options.ignore)
