@@ -18,7 +18,7 @@ from graphprune.core.channels import Bypass
 from graphprune.core.metrics import count_macs, count_params
 from graphprune.core.rewrite import rewrite
 from graphprune.planning.budget import CostModel
-from graphprune.planning.depth import block_units
+from graphprune.planning.depth import block_units, unit_savings
 from graphprune.runtime.inputs import input_shapes, random_inputs
 from models.export import cached as zoo_model
 from models.transformers_zoo import TRANSFORMERS, VOCAB
@@ -166,6 +166,10 @@ def test_block_influence_is_one_minus_cosine():
     assert unit.score == pytest.approx(score)
 
 
+def plan_drops(plan: gp.Plan, group: int) -> bool:
+    return any(c.group == group and c.removed for c in plan.choices)
+
+
 def test_budget_counts_dropped_blocks():
     model = gp.load(zoo_model("resnet18", "classic"))
     analysis = gp.analyze(model, blocks="layer")
@@ -176,6 +180,11 @@ def test_budget_counts_dropped_blocks():
         pruned = gp.prune(analysis, plan)
         measured = count_macs(pruned, shapes) if metric == "macs" else count_params(pruned)
         assert estimated == pytest.approx(measured, rel=1e-6)
+        # What each unit removes alone adds up (the units share no node).
+        dropped = [u for u in block_units(analysis, "magnitude") if plan_drops(plan, u.group)]
+        saved = sum(unit_savings(analysis, dropped, metric).values())
+        total = count_macs(model, shapes) if metric == "macs" else count_params(model)
+        assert saved == pytest.approx(total - measured, rel=1e-6)
     budget = gp.PlanOptions(
         drop_blocks=1, block_criterion="magnitude", budget=gp.Budget("macs", 0.5)
     )

@@ -9,8 +9,8 @@ Each unit is scored, lowest first to go:
 - "random": seeded, the baseline.
 
 `block_units` is the planning interface (which units exist, the nodes each takes with
-it, its score); costs come from `graphprune.planning.budget.CostModel`, which counts a
-dropped unit's nodes and weights as gone.
+it, its score); `unit_savings` what each removes, from `graphprune.planning.budget.CostModel`,
+which counts a dropped unit's nodes and weights as gone.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from ..core.analysis import Analysis
 from ..core.blocks import WEIGHTED_OPS
 from ..errors import GraphpruneError
 from ..posttrain.statistics import CalibrationStats
+from .budget import CostModel
 
 BLOCK_CRITERIA = ("influence", "magnitude", "random")
 
@@ -94,6 +95,21 @@ def choose_units(units: list[BlockUnit], count: int, excluded: set[int]) -> list
         )
     ranked = sorted(candidates, key=lambda u: (u.score, u.group))
     return sorted(ranked[:count], key=lambda u: u.group)
+
+
+def unit_savings(
+    analysis: Analysis, units: list[BlockUnit], metric: str, shapes=None
+) -> dict[int, float]:
+    """What dropping each unit alone removes (group id -> MACs or parameters), as the
+    budget estimates it (`CostModel`): for planners that weigh depth against width."""
+    model = CostModel(analysis, metric, shapes)
+    keep = np.ones(analysis.class_of.shape[0], dtype=bool)
+    full = model.cost(keep)
+    savings = {}
+    for unit in units:
+        without = keep & ~np.isin(analysis.class_of, analysis.groups[unit.group].classes)
+        savings[unit.group] = full - model.cost(without)
+    return savings
 
 
 def _output_norm(analysis: Analysis, add: str) -> float:
