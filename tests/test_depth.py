@@ -199,6 +199,10 @@ def test_cli_drop_blocks(tmp_path, capsys):
     assert main([*args, "--drop-blocks", "1", "--block-criterion", "magnitude"]) == 0
     rows = json.loads(report.read_text())["blocks"]
     assert sum(row["dropped"] for row in rows) == 1 and len(rows) >= 2
+    first = out.read_bytes()
+    assert main([*args, "--drop-blocks", "1", "--block-criterion", "magnitude"]) == 0
+    assert out.read_bytes() == first  # deterministic
+    assert main([*args, "--drop-blocks", "-1"]) == 1
     assert main([*args, "--drop-blocks", str(len(rows)), "--block-criterion", "magnitude"]) == 1
     assert "at least one must stay" in capsys.readouterr().err
     assert main([*args, "--drop-blocks", "1"]) == 1  # influence needs calibration data
