@@ -239,6 +239,10 @@ def _print_summary(report: PruneReport) -> None:
     worst = max(deviations, default=0.0)
     pruned_groups = sum(1 for g in report["groups"] if g["removed"])
     print(f"pruned {pruned_groups} of {len(report['groups'])} groups -> {report['output']}")
+    if "blocks" in report:
+        dropped = [row["name"] for row in report["blocks"] if row["dropped"]]
+        print(f"dropped {len(dropped)} of {len(report['blocks'])} residual units: "
+              f"{', '.join(dropped)}")  # fmt: skip
     print(
         f"params {params['before']:,} -> {params['after']:,} "
         f"(-{params['removed_fraction']:.1%}), MACs {macs['before']:,} -> {macs['after']:,} "
