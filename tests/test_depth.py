@@ -77,13 +77,17 @@ def test_transformer_layers_drop_exactly(name, exporter):
     units = [g for g in analysis.groups if g.kind == "blocks"]
     # A layer is its attention block and its MLP block, found by their period.
     assert [len(g.sources) for g in units] == [2] * entry.layers
-    plan, pruned = check_drop(
-        model, analysis, gp.PlanOptions(drop_blocks=1, block_criterion="random"), text_feeds(name)
-    )
+    # One layer and 30% of the heads and MLP widths of the others.
+    options = gp.PlanOptions(drop_blocks=1, block_criterion="random", ratio=0.3)
+    plan, pruned = check_drop(model, analysis, options, text_feeds(name))
     dropped = next(c for c in plan.choices if analysis.groups[c.group].kind == "blocks")
     gone = {n for add in analysis.groups[dropped.group].sources for n in analysis.blocks[add].owned}
     left = {node.name for node in pruned.graph.node}
     assert gone and not gone & left
+    # Width groups of the dropped layer are not pruned (or counted) as well.
+    widths = [analysis.groups[c.group] for c in plan.choices]
+    assert all(g.kind == "blocks" or not gone.issuperset(g.sources) for g in widths)
+    assert any(g.kind != "blocks" for g in widths)
     # Each branch on its own: an attention block alone goes too.
     branches = gp.analyze(model, blocks="branch")
     assert sum(g.kind == "blocks" for g in branches.groups) == 2 * entry.layers
