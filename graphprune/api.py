@@ -39,14 +39,18 @@ def analyze(
     *,
     approximate_norms: bool = False,
     prune_outputs: bool = False,
+    blocks: str | None = None,
     progress: bool = False,
 ) -> Analysis:
     """Find every group of coupled channels, and why the unprunable ones are.
 
     `approximate_norms=True` also prunes channels that a normalization over channels
     mixes (LayerNorm, RMSNorm: inexact, marked in `Group.approximations`; needed for a
-    transformer's hidden size); `prune_outputs=True` lets model outputs lose channels."""
-    options = AnalysisOptions(approximate_norms=approximate_norms, prune_outputs=prune_outputs)
+    transformer's hidden size); `prune_outputs=True` lets model outputs lose channels;
+    `blocks="layer"` (or "branch") adds the residual blocks, groups of kind "blocks"."""
+    options = AnalysisOptions(
+        approximate_norms=approximate_norms, prune_outputs=prune_outputs, blocks=blocks
+    )
     return analyze_view(GraphView(model), options=options, progress=progress)
 
 
@@ -82,11 +86,13 @@ def calibrate(
     *,
     batch: int = 32,
     scatter: bool = False,
+    blocks: bool = False,
     progress: bool = False,
 ) -> CalibrationStats:
     """Running statistics of every input of the prunable channels' consumers over the
-    calibration data (`scatter=True` adds X^T X for least-squares compensation)."""
-    return collect(analysis, data, batch=batch, scatter=scatter, progress=progress)
+    calibration data (`scatter=True` adds X^T X for least-squares compensation;
+    `blocks=True` the Block Influence of every block group)."""
+    return collect(analysis, data, batch=batch, scatter=scatter, blocks=blocks, progress=progress)
 
 
 def compensate(

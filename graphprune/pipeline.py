@@ -17,7 +17,7 @@ from typing import TypedDict
 
 import onnx
 
-from .api import analyze, calibrate, compensate, load, plan, prune
+from .api import analyze, compensate, load, plan, prune
 from .core.analysis import Analysis
 from .core.metrics import count_macs, count_params
 from .errors import GraphpruneError
@@ -26,7 +26,7 @@ from .planning.plan import Plan, PlanOptions, plan_from_json
 from .posttrain.compensation import METHODS
 from .posttrain.criteria import CALIBRATED
 from .posttrain.data import CalibrationData, describe
-from .posttrain.statistics import CalibrationStats
+from .posttrain.statistics import CalibrationStats, collect
 from .runtime.inputs import check_given_shapes, load_inputs
 from .runtime.latency import Latency, bench
 from .runtime.probe import ProbedInputs, check_inputs, choose_inputs
@@ -57,13 +57,15 @@ class PruneOptions:
     """Everything one prune needs. `plan` chooses the channels, or `plan_record` (the
     "plan" of an earlier report) re-applies exact ones; `inputs` (an NPZ) or seeded random
     inputs shaped by `input_shapes` validate the result (dims left open get the first
-    candidate size the original model runs on); `output` is only recorded."""
+    candidate size the original model runs on); `block_unit` is what `plan.drop_blocks`
+    drops ("layer" or "branch", `graphprune.core.blocks`); `output` is only recorded."""
 
     model: str | os.PathLike | onnx.ModelProto
     plan: PlanOptions = field(default_factory=PlanOptions)
     plan_record: dict | None = None
     approximate_norms: bool = False
     prune_outputs: bool = False
+    block_unit: str = "layer"
     calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
     compensate: str = "none"
     damp: float = 0.01
@@ -82,7 +84,15 @@ class PruneOptions:
 
     @property
     def needs_statistics(self) -> bool:
+        return self.needs_channel_statistics or self.needs_block_influence
+
+    @property
+    def needs_channel_statistics(self) -> bool:
         return self.plan.criterion in CALIBRATED or self.compensate != "none"
+
+    @property
+    def needs_block_influence(self) -> bool:
+        return bool(self.plan.drop_blocks) and self.plan.block_criterion == "influence"
 
 
 class BeforeAfter(TypedDict):
@@ -109,6 +119,7 @@ class PruneReport(TypedDict, total=False):
     calibration: dict
     compensation: dict
     budget: dict
+    blocks: list[dict]  # with --drop-blocks: every residual unit, its score, dropped or not
     bench: Latency
     timings: dict[str, float]
 
@@ -167,6 +178,8 @@ def prune_model(options: PruneOptions) -> PruneResult:
             or "hidden" in plan_options.only
             or recorded.get("approximate_norms", False),
             prune_outputs=options.prune_outputs or recorded.get("prune_outputs", False),
+            # Residual blocks are looked for only when depth is asked for (or recorded).
+            blocks=options.block_unit if plan_options.drop_blocks else recorded.get("blocks"),
             progress=options.progress,
         )
 
@@ -217,6 +230,8 @@ def prune_model(options: PruneOptions) -> PruneResult:
         }  # fmt: skip
     if chosen.budget is not None:
         report["budget"] = chosen.budget
+    if chosen.blocks is not None:
+        report["blocks"] = chosen.blocks
     if options.bench:
         report["bench"] = bench(model, pruned, feeds)
     report["timings"] = {k: round(v, 4) for k, v in timings.items()}
@@ -240,12 +255,17 @@ def _statistics(
     if not options.calibration.given:
         criterion = options.plan.criterion
         what = f"criterion {criterion!r}" if criterion in CALIBRATED else "--compensate"
+        if not options.needs_channel_statistics:
+            what = "block criterion 'influence' (--block-criterion magnitude needs none)"
         raise GraphpruneError(f"{what} needs calibration data (--calib FILE or --calib-random N)")
-    return calibrate(
+    return collect(
         analysis,
         _calibration_data(options, shapes),
+        # Only the Block Influence pass runs when no channel criterion needs statistics.
+        consumers=None if options.needs_channel_statistics else [],
         batch=options.calibration.batch,
         scatter=options.compensate == "lsq",
+        blocks=options.needs_block_influence,
         progress=options.progress,
     )
 

@@ -33,6 +33,12 @@ without touching the system python::
     /root/tp-venv/bin/pip install torch-pruning==1.6.1 --no-deps
     /root/tp-venv/bin/python tools/bench_coverage.py
 
+Depth (``--no-depth`` skips it): for every zoo model and exporter and every transformer of
+``models/transformers_zoo.py``, the residual units ``gp.analyze(blocks="layer")`` finds
+(droppable/all, with the residual blocks per unit), and one unit dropped (magnitude
+criterion) checked against the oracle (the original with the unit's branches zeroed),
+with the parameters and MACs that removes.
+
 Command (the one used for BENCHMARKS.md, run with the venv's python as above)::
 
     python tools/bench_coverage.py              # zoo (both exporters) + third-party
@@ -100,6 +106,72 @@ def graphprune_row(model: onnx.ModelProto, ratio: float, shapes=None, feeds=None
         "oracle_abs": max((o["max_abs"] for o in result["outputs"]), default=0.0),
         "reasons": reasons,
     }
+
+
+def depth_row(model: onnx.ModelProto) -> dict:
+    """Residual units found, and one dropped against the oracle (see the docstring)."""
+    model = gp.load(model)
+    analysis = gp.analyze(model, blocks="layer")
+    units = [g for g in analysis.groups if g.kind == "blocks"]
+    droppable = [g for g in units if g.prunable]
+    row = {"units": f"{len(droppable)}/{len(units)}",
+           "blocks": Counter(len(g.sources) for g in units)}  # fmt: skip
+    if len(droppable) < 2:
+        return {**row, "params_removed": 0.0, "macs_removed": 0.0, "oracle": None}
+    plan = gp.plan(analysis, gp.PlanOptions(drop_blocks=1, block_criterion="magnitude"))
+    pruned = gp.prune(analysis, plan)
+    shapes = input_shapes(model)
+    result = compare(gp.mask(analysis, plan), pruned, random_inputs(model, shapes, 0))
+    params = count_params(model), count_params(pruned)
+    macs = count_macs(model, shapes), count_macs(pruned, shapes)
+    return {
+        **row,
+        "params_removed": 1 - params[1] / params[0],
+        "macs_removed": 1 - macs[1] / macs[0] if macs[0] else 0.0,
+        "oracle": max((o["max_rel"] for o in result["outputs"]), default=0.0),
+    }
+
+
+def depth_section(names: list[str], exporters: list[str], tolerance: float) -> int:
+    """Prints the depth table; returns the number of failures and oracle violations."""
+    from models.transformers_zoo import TRANSFORMERS
+    from models.transformers_zoo import cached as transformer
+
+    cases = [(name, exporter, cached) for name in names for exporter in exporters]
+    cases += [
+        (name, exporter, transformer)
+        for name, entry in TRANSFORMERS.items()
+        for exporter in entry.exporters
+        if exporter in exporters
+    ]
+    header = (
+        f"{'model':<18} {'exporter':<8} {'units':>6} {'blocks/unit':<12} {'params-%':>8} "
+        f"{'MACs-%':>7} {'rel':>9} {'ok':>3}"
+    )
+    print("\ndepth: residual units (droppable/all), one dropped (magnitude) vs the oracle")
+    print(header)
+    print("-" * len(header))
+    failures = 0
+    for name, exporter, source in cases:
+        try:
+            row = depth_row(onnx.load(str(source(name, exporter))))
+        except Exception as error:
+            failures += 1
+            print(f"{name:<18} {exporter:<8} FAILED: {type(error).__name__}: {error}")
+            continue
+        sizes = ",".join(f"{k}x{v}" for k, v in sorted(row["blocks"].items())) or "-"
+        if row["oracle"] is None:
+            ok, rel = "-", "-"
+        else:
+            ok, rel = ("yes" if row["oracle"] < tolerance else "NO"), f"{row['oracle']:.2e}"
+        failures += ok == "NO"
+        print(
+            f"{name:<18} {exporter:<8} {row['units']:>6} {sizes:<12} "
+            f"{row['params_removed']:8.1%} {row['macs_removed']:7.1%} {rel:>9} {ok:>3}",
+            flush=True,
+        )
+    print("blocks/unit = residual blocks per unit x units (a transformer layer: 2)")
+    return failures
 
 
 def head_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
@@ -195,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-thirdparty", action="store_true")
     parser.add_argument("--no-torch-pruning", action="store_true")
     parser.add_argument("--no-moe", action="store_true", help="skip the mixture-of-experts models")
+    parser.add_argument("--no-depth", action="store_true", help="skip the depth table")
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -302,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     for model_name, reasons in all_reasons.items():
         for reason, count in reasons.most_common():
             print(f"  {model_name}: {count} x {reason[:110]}")
+    if not args.no_depth:
+        failures += depth_section(names, exporters, args.tolerance)
     print(
         f"\n{failures} failures or oracle violations; total time "
         f"{time.perf_counter() - started:.0f} s"

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from ..api import analyze, load
+from ..core.blocks import UNITS
 from ..inspect.html import analysis_html
 from ..inspect.report import analysis_json, analysis_text
 from ..io.saving import write_text_atomically
@@ -18,13 +19,17 @@ def add_parser(commands) -> None:
     a.add_argument("--json", action="store_true", help="print JSON instead of a table")
     a.add_argument("--approximate-norms", action="store_true", help=APPROXIMATE_HELP)
     a.add_argument("--html", metavar="OUT.html", help="write a self-contained HTML report")
+    a.add_argument(
+        "--blocks", nargs="?", const="layer", choices=UNITS, default=None,
+        help="also list residual blocks (groups of kind blocks), per layer (default) or branch",
+    )  # fmt: skip
     a.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     check_outputs({"--html": args.html}, [args.model])
     model = load(args.model)
-    analysis = analyze(model, approximate_norms=args.approximate_norms)
+    analysis = analyze(model, approximate_norms=args.approximate_norms, blocks=args.blocks)
     text = json.dumps(analysis_json(analysis), indent=2) if args.json else analysis_text(analysis)
     html = analysis_html(analysis, str(args.model)) if args.html else ""
     print(text)

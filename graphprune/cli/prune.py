@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 
+from ..core.blocks import UNITS
 from ..core.channels import KINDS
 from ..errors import GraphpruneError
 from ..inspect.diff import diff_models
@@ -14,6 +15,7 @@ from ..inspect.html import diff_html
 from ..io.saving import save_model, write_text_atomically
 from ..pipeline import CalibrationOptions, PruneOptions, PruneReport, PruneResult, prune_model
 from ..planning.budget import Budget
+from ..planning.depth import BLOCK_CRITERIA
 from ..planning.importance import CRITERIA, NORMALIZATIONS, REDUCTIONS
 from ..planning.plan import PlanOptions
 from ..posttrain.compensation import METHODS
@@ -67,6 +69,18 @@ def add_parser(commands) -> None:
         help="ratio for mixture-of-experts expert groups (default: --ratio)",
     )  # fmt: skip
     p.add_argument(
+        "--drop-blocks", type=int, default=0, metavar="N",
+        help="drop the N least important residual units (transformer layers, ResNet blocks)",
+    )  # fmt: skip
+    p.add_argument(
+        "--block-criterion", choices=BLOCK_CRITERIA, default="influence",
+        help="how units are ranked: Block Influence (needs calibration), magnitude, random",
+    )  # fmt: skip
+    p.add_argument(
+        "--block-unit", choices=UNITS, default="layer",
+        help="what --drop-blocks drops: a layer (its residual blocks together) or one branch",
+    )  # fmt: skip
+    p.add_argument(
         "--prune-outputs",
         action="store_true",
         help="let model outputs lose channels too (their shapes change)",
@@ -116,8 +130,10 @@ def add_parser(commands) -> None:
 def options_from(args: argparse.Namespace) -> PruneOptions:
     """The pipeline's options from the command line, checked before anything runs."""
     budget = _budget(args)
-    if args.ratio is None and args.plan is None and budget is None:
-        raise GraphpruneError("give --ratio R, --target-macs F, --target-params F or --plan")
+    if args.ratio is None and args.plan is None and budget is None and not args.drop_blocks:
+        raise GraphpruneError(
+            "give --ratio R, --target-macs F, --target-params F, --drop-blocks N or --plan"
+        )
     check_outputs(
         {"-o": args.output, "--report": args.report, "--html": args.html},
         [args.model], [args.plan, args.calib, args.inputs],
@@ -143,7 +159,10 @@ def options_from(args: argparse.Namespace) -> PruneOptions:
                 for kind, value in (("heads", args.head_ratio), ("experts", args.expert_ratio))
                 if value is not None
             },
+            drop_blocks=args.drop_blocks,
+            block_criterion=args.block_criterion,
         ),
+        block_unit=args.block_unit,
         plan_record=_plan_record(args.plan) if args.plan else None,
         approximate_norms=args.approximate_norms,
         prune_outputs=args.prune_outputs,
@@ -169,6 +188,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
     check_number("--calib-batch", args.calib_batch, 1)
     check_number("--damp", args.damp, 0.0)
     check_number("--seed", args.seed, 0)
+    check_number("--drop-blocks", args.drop_blocks, 0)
 
 
 def _plan_record(path: str) -> dict:
@@ -227,6 +247,10 @@ def _print_summary(report: PruneReport) -> None:
     worst = max(deviations, default=0.0)
     pruned_groups = sum(1 for g in report["groups"] if g["removed"])
     print(f"pruned {pruned_groups} of {len(report['groups'])} groups -> {report['output']}")
+    if "blocks" in report:
+        dropped = [row["name"] for row in report["blocks"] if row["dropped"]]
+        print(f"dropped {len(dropped)} of {len(report['blocks'])} residual units: "
+              f"{', '.join(dropped)}")  # fmt: skip
     print(
         f"params {params['before']:,} -> {params['after']:,} "
         f"(-{params['removed_fraction']:.1%}), MACs {macs['before']:,} -> {macs['after']:,} "

@@ -18,7 +18,9 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from tqdm import tqdm
 
-from .channels import Edit, Kind, Reason
+from ..errors import GraphpruneError
+from .blocks import UNITS, Block, find_blocks, units
+from .channels import Bypass, Edit, Kind, MaskInput, Reason
 from .graph import GraphView
 from .rules import Context, Recorder, apply_rule
 
@@ -29,10 +31,18 @@ class AnalysisOptions:
     RMSNorm, their decomposed forms) lose channels, as Torch-Pruning does and as pruning a
     transformer's hidden size needs: the statistics of the kept channels change, so such
     groups are approximate and say so in `Group.approximations`. `prune_outputs` lets
-    channels that reach a model output go too (the output shape changes)."""
+    channels that reach a model output go too (the output shape changes). `blocks` finds
+    the residual blocks too, one group of kind "blocks" per unit that planning may drop
+    ("layer": consecutive blocks of one period, "branch": each block; see
+    `graphprune.core.blocks`)."""
 
     approximate_norms: bool = False
     prune_outputs: bool = False
+    blocks: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.blocks is not None and self.blocks not in UNITS:
+            raise GraphpruneError(f"unknown block unit {self.blocks!r} (layer or branch)")
 
 
 @dataclass
@@ -75,6 +85,7 @@ class Analysis:
     ops_without_rule: dict[str, int] = field(default_factory=dict)  # op -> node count
     minimums: list[tuple[np.ndarray, int]] = field(default_factory=list)  # keep >= n of atoms
     experts: list[tuple[str, np.ndarray]] = field(default_factory=list)  # (router, atoms)
+    blocks: dict[str, Block] = field(default_factory=dict)  # residual Add -> its block
 
     @property
     def approximate_norms(self) -> bool:
@@ -106,10 +117,32 @@ def analyze_view(
     for name in [] if options.prune_outputs else view.graph_outputs:
         if name in recorder.layouts:
             recorder.freeze(recorder.layouts[name].atoms, Reason(f"reaches model output '{name}'"))
-    return _group(view, recorder, options)
+    blocks = _record_blocks(view, recorder, options.blocks) if options.blocks else []
+    analysis = _group(view, recorder, options, {b.add for b in blocks})
+    analysis.blocks = {b.add: b for b in blocks}
+    return analysis
 
 
-def _kind(view: GraphView, sources: list[str], heads: bool, hidden: bool, experts: bool) -> Kind:
+def _record_blocks(view: GraphView, recorder: Recorder, unit: str) -> list[Block]:
+    """One atom per residual block, coupled per unit, with the rewiring and the oracle's
+    zeroed branch as edits."""
+    found = find_blocks(view)
+    for members in units(view, found, unit):
+        atoms = [recorder.new_atoms(1, block.add) for block in members]
+        for block, atom in zip(members, atoms, strict=True):
+            recorder.unions.append((atoms[0], atom))
+            recorder.edits.append(Bypass(block.add, block.residual, atom))
+            recorder.edits.append(MaskInput(block.add, block.branch, 0, atom, block.rank))
+            if block.reason is not None:
+                recorder.freeze(atom, block.reason)
+    return found
+
+
+def _kind(
+    view: GraphView, sources: list[str], heads: bool, hidden: bool, experts: bool, blocks
+) -> Kind:
+    if blocks.issuperset(sources):
+        return "blocks"
     if experts:
         return "experts"
     if hidden:
@@ -119,7 +152,7 @@ def _kind(view: GraphView, sources: list[str], heads: bool, hidden: bool, expert
     return "mlp" if all(_linear(view, s) for s in sources) else "channels"
 
 
-def _group(view: GraphView, recorder: Recorder, options: AnalysisOptions) -> Analysis:
+def _group(view: GraphView, recorder: Recorder, options: AnalysisOptions, blocks) -> Analysis:
     n = recorder.atom_count
     class_of = _components(n, recorder.unions)
     sources = (
@@ -163,9 +196,9 @@ def _group(view: GraphView, recorder: Recorder, options: AnalysisOptions) -> Ana
             classes,
             reasons.get(old_id, []),
             approximations.get(old_id, []),
-            _kind(view, members[old_id], *marked),
+            _kind(view, members[old_id], *marked, blocks),
         )
-        if group.channels < 2 and group.prunable:
+        if group.channels < 2 and group.prunable and group.kind != "blocks":
             group.reasons.append(Reason("has a single channel"))
         groups.append(group)
     group_of_class = np.where(group_of_class >= 0, renumber[group_of_class], -1)

@@ -16,10 +16,11 @@ from typing import Literal, get_args
 
 import numpy as np
 
-Kind = Literal["channels", "mlp", "heads", "hidden", "experts"]
+Kind = Literal["channels", "mlp", "heads", "hidden", "experts", "blocks"]
 """What a group's channels are: convolution channels, widths of linear layers (MLP),
-attention heads, a transformer's hidden size (its residual stream), or the experts of a
-mixture-of-experts block (the router's logits, chosen by a TopK)."""
+attention heads, a transformer's hidden size (its residual stream), the experts of a
+mixture-of-experts block (the router's logits, chosen by a TopK), or residual blocks
+(depth: one class per droppable unit, `graphprune.core.blocks`)."""
 KINDS: tuple[Kind, ...] = get_args(Kind)
 
 Role = Literal["weight", "bias", "bn_scale", "param"]
@@ -136,7 +137,18 @@ class MaskInput:
     fill: float = 0.0
 
 
-Edit = SliceConstant | SliceGroupedInput | SetCount | MaskInput
+@dataclass(frozen=True)
+class Bypass:
+    """Removal of `atoms` (a residual block's) makes the node's output its input
+    `input_index`: y = x + f(x) becomes y = x, and the branch, left unused, goes. The
+    oracle zeroes the branch instead (a `MaskInput` on the node's other input)."""
+
+    node: str
+    input_index: int
+    atoms: np.ndarray
+
+
+Edit = SliceConstant | SliceGroupedInput | SetCount | MaskInput | Bypass
 
 
 def edit_node(edit: Edit) -> str:

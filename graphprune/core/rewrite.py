@@ -23,7 +23,8 @@ from ..io.large import hollow
 from ..io.protos import element_count
 from ..io.shapes import infer_shapes
 from .analysis import Analysis
-from .channels import Edit, MaskInput, SetCount, SliceConstant, SliceGroupedInput
+from .channels import Bypass, Edit, MaskInput, SetCount, SliceConstant, SliceGroupedInput
+from .graph import SUBGRAPH_READ
 
 PLAN_METADATA_KEY = "graphprune.plan"
 # Float weights of this many elements or more are sliced after the export (see above).
@@ -78,6 +79,9 @@ def _edited(analysis: Analysis, keep_atom, edits_to_apply, apply, plan_json, wei
             continue
         if isinstance(edit, MaskInput):
             _multiply_input(graph, nodes[edit.node], edit, keep_atom)
+            continue
+        if isinstance(edit, Bypass):
+            _bypass(graph, nodes[edit.node], edit.input_index, view)
             continue
         if isinstance(edit, SetCount):
             if edit.target.attribute is not None:
@@ -244,6 +248,25 @@ def _multiply_input(graph: gs.Graph, node: gs.Node, edit: MaskInput, keep_atom) 
         constant = graph.layer(op="CastLike", inputs=[constant, tensor], outputs=like)[0]
     graph.nodes.append(gs.Node(op, name, inputs=[tensor, constant], outputs=[masked_tensor]))
     node.inputs[edit.input_index] = masked_tensor
+
+
+def _bypass(graph: gs.Graph, node: gs.Node, index: int, view) -> None:
+    """The node's output becomes its input `index`: its readers read that input instead
+    (an Identity keeps the name of a model output or of a tensor a subgraph reads)."""
+    source, output = node.inputs[index], node.outputs[0]
+    named = output in graph.outputs or any(
+        use == SUBGRAPH_READ for _, use in view.consumers(output.name)
+    )
+    if named:
+        node.op, node.attrs = "Identity", {}
+        node.inputs.clear()
+        node.inputs.append(source)
+        return
+    for reader in list(output.outputs):
+        for position, tensor in enumerate(reader.inputs):
+            if tensor is output:
+                reader.inputs[position] = source
+    node.outputs.clear()
 
 
 def _set_attribute(node: gs.Node, edit: SetCount, keep_atom: np.ndarray) -> None:

@@ -62,9 +62,10 @@ class CostModel:
         for edit in analysis.edits:
             if isinstance(edit, SliceConstant | SliceGroupedInput):
                 by_input[(edit.node, edit.input_index)].append(edit)
+        owners = _block_owners(analysis)
         if metric == "params":
             self.total = float(count_params(view.model))
-            seen: set[str] = set()
+            seen: dict[str, int] = {}
             for (node, index), edits in sorted(by_input.items()):
                 storage = view.storage(view.nodes[node].input[index])
                 shape = view.constant_shape(view.nodes[node].input[index])
@@ -73,8 +74,15 @@ class CostModel:
                 stored = view.initializers.get(storage)
                 if stored is not None and not is_float(stored.data_type):
                     continue
-                seen.add(storage)
+                seen[storage] = len(self.items)
                 self.items.append((float(math.prod(shape)), _axes(edits)))
+            for storage, atoms in _block_weights(view, owners).items():
+                if storage in seen:
+                    size, axes = self.items[seen[storage]]
+                    self.items[seen[storage]] = (size, axes + atoms)
+                else:
+                    size = float(math.prod(view.initializers[storage].dims))
+                    self.items.append((size, atoms))
         else:
             concrete = infer_shapes(view.model, input_shapes(view.model, shapes))
             self.total = 0.0
@@ -86,8 +94,9 @@ class CostModel:
                 macs = float(node_macs(node, concrete))
                 self.total += macs
                 edits = by_input.get((node.name, 1), []) + masks.get(node.name, [])
-                if macs and edits:
-                    self.items.append((macs, _axes(edits)))
+                axes = _axes(edits) + owners.get(node.name, [])
+                if macs and axes:
+                    self.items.append((macs, axes))
         self.fixed = self.total - sum(base for base, _ in self.items)
 
     def cost(self, keep_atom: np.ndarray) -> float:
@@ -98,6 +107,35 @@ class CostModel:
                 fraction *= float(keep_atom[atoms].mean()) if atoms.size else 1.0
             total += base * fraction
         return total
+
+
+def _block_owners(analysis: Analysis) -> dict[str, list[np.ndarray]]:
+    """Node -> the atoms of the residual blocks whose removal takes it along (a node in
+    nested branches has several: it goes when any of them goes)."""
+    owners: dict[str, list[np.ndarray]] = defaultdict(list)
+    for add, block in analysis.blocks.items():
+        for name in block.owned:
+            owners[name].append(analysis.source_atoms[add])
+    return owners
+
+
+def _block_weights(view, owners) -> dict[str, list[np.ndarray]]:
+    """Float initializers that only nodes of residual blocks read, with the block atoms
+    they go with (those every reader shares)."""
+    found: dict[str, list[np.ndarray]] = {}
+    if not owners:
+        return found
+    for storage, tensor in view.initializers.items():
+        readers = view.consumers(storage)
+        if not readers or not is_float(tensor.data_type):
+            continue
+        shared = None
+        for node, _ in readers:
+            atoms = {int(a[0]) for a in owners.get(node.name, [])}
+            shared = atoms if shared is None else shared & atoms
+        if shared:
+            found[storage] = [np.array([atom]) for atom in sorted(shared)]
+    return found
 
 
 def _axes(edits) -> list[np.ndarray]:
@@ -117,12 +155,15 @@ def budget_counts(
     min_keep: int,
     max_group_ratio: float,
     kept_positions: Callable[[Group, int], list[int]],
+    *,
+    base_removed: np.ndarray | None = None,
 ) -> tuple[dict[int, int], list[str], dict]:
     """Channels to keep per candidate group so that the estimated cost meets the budget.
 
     `kept_positions(group, keep)` is the planner's own rounding and selection, so the
-    counts returned here survive its rounding unchanged. Returns the counts, notes and a
-    summary for the report."""
+    counts returned here survive its rounding unchanged; `base_removed` are classes that
+    go in any case (dropped residual units). Returns the counts, notes and a summary for
+    the report."""
     model = CostModel(analysis, budget.metric, budget.shapes)
     target = budget.keep * model.total
     limit = {
@@ -145,6 +186,8 @@ def budget_counts(
         for gid in accepted[:k]:
             removed[gid] += 1
         keep_atom = np.ones(analysis.class_of.shape[0], dtype=bool)
+        if base_removed is not None and base_removed.size:
+            keep_atom &= ~np.isin(analysis.class_of, base_removed)
         counts = {}
         removed_classes = []
         for gid, group in groups.items():

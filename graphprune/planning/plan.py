@@ -15,6 +15,7 @@ from ..core.channels import KINDS, Kind, SliceConstant, SliceGroupedInput, edit_
 from ..errors import GraphpruneError
 from ..posttrain.statistics import CalibrationStats
 from .budget import Budget, budget_counts
+from .depth import BLOCK_CRITERIA, block_units, choose_units
 from .importance import class_scores
 
 
@@ -37,6 +38,7 @@ class Plan:
     options: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     budget: dict | None = None  # what each group got under a MACs/params target
+    blocks: list[dict] | None = None  # with drop_blocks: each residual unit and its score
 
     def keep_atom(self, analysis: Analysis) -> np.ndarray:
         return ~np.isin(analysis.class_of, self.removed_classes)
@@ -47,6 +49,7 @@ class Plan:
                 **self.options,
                 "approximate_norms": analysis.approximate_norms,
                 "prune_outputs": analysis.prune_outputs,
+                **({"blocks": analysis.options.blocks} if analysis.options.blocks else {}),
             },
             "groups": [
                 {
@@ -70,7 +73,10 @@ class PlanOptions:
     or params) replaces `ratio` and ranks globally (`graphprune.planning.budget`). Every
     group keeps a multiple of `round_to` and at least `min_keep`. `ignore` (glob patterns of
     node or initializer names) leaves the groups touching them alone. `only` restricts
-    pruning to group kinds; `kind_ratios` gives a kind its own per-group ratio."""
+    pruning to group kinds; `kind_ratios` gives a kind its own per-group ratio.
+    `drop_blocks` residual units (groups of kind "blocks", found when the analysis looks
+    for them) go, the lowest by `block_criterion` (`graphprune.planning.depth`), before
+    any channel is chosen; ratios and budgets never drop a unit by themselves."""
 
     ratio: float = 0.0
     criterion: str = "l2"
@@ -85,6 +91,8 @@ class PlanOptions:
     budget: Budget | None = None
     only: tuple[Kind, ...] = ()
     kind_ratios: Mapping[str, float] = field(default_factory=dict)
+    drop_blocks: int = 0
+    block_criterion: str = "influence"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ignore", tuple(self.ignore))
@@ -103,6 +111,13 @@ class PlanOptions:
                 )
         if any(not 0.0 <= r < 1.0 for r in self.kind_ratios.values()):
             raise GraphpruneError("per-kind ratios must be in [0, 1)")
+        if self.drop_blocks < 0:
+            raise GraphpruneError(f"--drop-blocks must be at least 0, got {self.drop_blocks}")
+        if self.block_criterion not in BLOCK_CRITERIA:
+            raise GraphpruneError(
+                f"unknown block criterion {self.block_criterion!r} "
+                f"(choose from {', '.join(BLOCK_CRITERIA)})"
+            )
 
     @property
     def resolved_normalization(self) -> str:
@@ -120,6 +135,9 @@ class PlanOptions:
         }  # fmt: skip
         if self.budget is not None:
             options[f"target_{self.budget.metric}"] = self.budget.keep
+        if self.drop_blocks:
+            options["drop_blocks"] = self.drop_blocks
+            options["block_criterion"] = self.block_criterion
         return options
 
 
@@ -137,15 +155,18 @@ def make_plan(
     scores, fallback = class_scores(
         analysis, criterion, options.reduction, normalization, options.seed, stats
     )
+    fallback = [g for g in fallback if analysis.groups[g].kind != "blocks"]  # scored apart
     lacks = "BatchNorm scale" if criterion == "bn" else "calibrated consumer"
     notes = [f"group '{analysis.groups[g].name}' has no {lacks}: scored by l2" for g in fallback]
     excluded = _ignored(analysis, options.ignore)
     partitions, partition_problems = _partitions(analysis)
+    dropped, inside, block_rows = _dropped_blocks(analysis, options, stats, set(excluded), notes)
     candidates = [
         g
         for g in analysis.prunable_groups
         if g.id not in excluded and g.id not in partition_problems and (not only or g.kind in only)
-    ]
+        and g.kind != "blocks" and not inside.issuperset(g.sources)
+    ]  # fmt: skip
     notes += [f"group '{analysis.groups[g].name}' ignored: {why}" for g, why in excluded.items()]
     notes += [
         f"group '{analysis.groups[g].name}' kept: {why}" for g, why in partition_problems.items()
@@ -159,8 +180,9 @@ def make_plan(
             return _select(group, scores, keep, partition)
 
         counts, budget_notes, summary = budget_counts(
-            analysis, candidates, scores, budget, min_keep, options.max_group_ratio, kept_positions
-        )
+            analysis, candidates, scores, budget, min_keep, options.max_group_ratio,
+            kept_positions, base_removed=dropped,
+        )  # fmt: skip
         notes += budget_notes
     else:
         ranked = [g for g in candidates if options.global_ranking and g.kind not in kind_ratios]
@@ -178,13 +200,37 @@ def make_plan(
         removed = sorted(set(range(group.channels)) - set(kept))
         if removed:
             choices.append(GroupChoice(group.id, removed, sorted(kept)))
-    removed_classes = _removed_classes(analysis, choices)
+    removed_classes = np.union1d(_removed_classes(analysis, choices), dropped)
     removed_classes = _keep_one_per_nonempty(analysis, removed_classes, scores, notes)
     removed_classes = _keep_minimums(analysis, removed_classes, scores, notes)
     choices = _choices_from(analysis, removed_classes)
     plan = Plan(choices, removed_classes, options.to_json(), notes)
     plan.budget = summary
+    plan.blocks = block_rows
     return plan
+
+
+def _dropped_blocks(analysis: Analysis, options: PlanOptions, stats, excluded: set[int], notes):
+    """The classes of the residual units that go, and the nodes that go with them."""
+    if not options.drop_blocks:
+        return np.zeros(0, dtype=np.int64), set(), None
+    units = block_units(analysis, options.block_criterion, stats=stats, seed=options.seed)
+    chosen = choose_units(units, options.drop_blocks, excluded)
+    for unit in chosen:
+        notes.append(
+            f"dropped block unit '{unit.name}' ({', '.join(unit.adds)}; "
+            f"{options.block_criterion} {unit.score:.4g})"
+        )
+    rows = [
+        {
+            "name": u.name, "adds": list(u.adds), "prunable": u.prunable,
+            "score": round(u.score, 6), "dropped": u in chosen,
+        }
+        for u in units
+    ]  # fmt: skip
+    classes = [analysis.groups[u.group].classes for u in chosen]
+    inside = {name for unit in chosen for name in unit.nodes}
+    return np.sort(np.concatenate(classes)), inside, rows
 
 
 def check_weights(analysis: Analysis) -> None:
@@ -368,7 +414,7 @@ def plan_from_json(analysis: Analysis, data: dict) -> Plan:
             raise GraphpruneError(f"plan group '{name}' does not match this model")
         if removed and (removed[0] < 0 or removed[-1] >= group.channels):
             raise GraphpruneError(f"plan group '{name}' has out-of-range channels")
-        if len(removed) == group.channels:
+        if len(removed) == group.channels and group.kind != "blocks":
             raise GraphpruneError(f"plan group '{name}' removes every channel")
         needed = max((n for a, n in analysis.minimums if _touches(analysis, a, group)), default=0)
         if group.channels - len(removed) < needed:

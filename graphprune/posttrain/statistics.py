@@ -30,6 +30,7 @@ from ..io.shapes import infer_shapes
 from ..runtime.sessions import execution_provider, run, session
 from .batching import choose_batch, relax_batch
 from .data import CalibrationData, batches, model_inputs, sample_shapes
+from .influence import block_influence
 from .patches import ConvGeometry, conv_geometry, im2col
 from .routing import RoutingTap, find_routing, routing_scores
 
@@ -129,6 +130,7 @@ class CalibrationStats:
     notes: list[str] = field(default_factory=list)
     taps: list[RoutingTap] = field(default_factory=list)  # routers (`routing`)
     routing: dict[str, np.ndarray] = field(default_factory=dict)  # router -> expert scores
+    block_influence: dict[str, float] = field(default_factory=dict)  # block group -> BI
 
     def channels(self, consumer: Consumer) -> Moments:
         return self.moments[consumer.channel_key]
@@ -200,14 +202,24 @@ def collect(
     provider: str | None = None,
     chunk_bytes: int = CHUNK_BYTES,
     progress: bool = False,
+    blocks: bool = False,
 ) -> CalibrationStats:
     """Stream the calibration data through the model and reduce every consumer input to
-    running moments (`scatter=True` adds X^T X of the features, for least squares)."""
+    running moments (`scatter=True` adds X^T X of the features, for least squares;
+    `blocks=True` adds the Block Influence of every block group, in a pass of its own)."""
     model = analysis.view.model
     consumers = find_consumers(analysis) if consumers is None else consumers
     provider = provider or execution_provider()
     taps = find_routing(analysis, {g.id for g in analysis.prunable_groups})
     stats = CalibrationStats(consumers, {}, provider=provider, taps=taps)
+    if blocks:
+        stats.block_influence, stats.samples, chosen = block_influence(
+            analysis, data, batch=batch, provider=provider, progress=progress
+        )
+        if chosen is not None and stats.samples == 0:
+            raise GraphpruneError("the calibration data holds no samples")
+        if chosen is not None:
+            stats.batch, stats.batch_note = chosen.size, chosen.note
     if not consumers and not taps:
         return stats
     for consumer in consumers:
