@@ -204,6 +204,23 @@ class Context:
         op = f"{self.node.domain}.{self.node.op_type}" if self.node.domain else self.node.op_type
         self._recorder.without_rule[op] = self._recorder.without_rule.get(op, 0) + 1
 
+    def child(self, node: onnx.NodeProto) -> Context:
+        """The context of a node in one of this node's subgraphs (same walk, same options)."""
+        return Context(self._recorder, self.view, node, approximate_norms=self.approximate_norms)
+
+    def layout_of(self, tensor: str) -> Layout | None:
+        """The layout of any tensor by name (a subgraph's inputs and outputs)."""
+        return self._recorder.layouts.get(tensor)
+
+    def assign(self, tensor: str, layout: Layout) -> None:
+        """A subgraph input carries these channels (a Loop's state, a Scan's slices)."""
+        self._recorder.layouts[tensor] = layout
+
+    def stop(self, atoms: np.ndarray, reason: str) -> None:
+        """These channels cannot go: a barrier at this node for channels that are not
+        among its inputs (those a subgraph returns)."""
+        self._recorder.freeze(atoms, self.reason(reason))
+
     def block_subgraph_reads(self) -> None:
         """Channels read inside this node's subgraphs stop here (outer-scope reads are
         the node's inputs in all but name)."""

@@ -1,4 +1,5 @@
-"""Recurrent layers: LSTM, GRU and RNN, whose hidden size is one group.
+"""Recurrence and control flow: LSTM, GRU and RNN, whose hidden size is one group; If,
+Loop and Scan, whose bodies run through the same rules (`registry.walk_body`).
 
 Spec (onnx LSTM/GRU/RNN): X is [seq, batch, input] ([batch, seq, input] with layout=1);
 W is [num_directions, gates*hidden, input], R [num_directions, gates*hidden, hidden],
@@ -24,7 +25,7 @@ import numpy as np
 
 from ..channels import Layout
 from .context import Context
-from .registry import rule
+from .registry import rule, walk_body
 
 _GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 _INITIAL_STATES = {"LSTM": (5, 6), "GRU": (5,), "RNN": (5,)}
@@ -84,3 +85,119 @@ def recurrent(ctx: Context) -> None:
     ctx.emit(0, Layout(_Y_HIDDEN_AXIS, units))
     for output in range(1, len(ctx.node.output)):
         ctx.emit(output, Layout(_FEATURE_AXIS, units))
+
+
+def _join(ctx: Context, first: Layout | None, second: Layout | None, ranks, what: str):
+    """One layout for a value that is either `first` or `second` (an If's two branches, a
+    Loop's initial and carried state): on the same axis of the same rank, position i of
+    both is one channel (coupled: removal drops it from whichever runs); anything else
+    stops both."""
+    if first is None and second is None:
+        return None
+    if (
+        first is not None
+        and second is not None
+        and (first.axis, first.size) == (second.axis, second.size)
+        and not (first.tiled or second.tiled or first.count or second.count)
+        and None not in ranks
+        and len(set(ranks)) == 1
+    ):
+        ctx.couple(first.atoms, second.atoms)
+        return first
+    for layout in (first, second):
+        if layout is not None:
+            ctx.stop(layout.atoms, f"{what} carry channels on different axes (or only one does)")
+    return None
+
+
+def _rank(ctx: Context, tensor: str) -> int | None:
+    shape = ctx.view.shape(tensor)
+    return None if shape is None else len(shape)
+
+
+@rule("If", subgraphs=True)
+def if_(ctx: Context) -> None:
+    """Spec: runs then_branch or else_branch; output i is the taken branch's output i.
+    Both branches' output i must hold the channels on the same axis."""
+    branches = [ctx.attr("then_branch"), ctx.attr("else_branch")]
+    results = [walk_body(ctx, branch, []) for branch in branches]
+    for index, (then, other) in enumerate(zip(*results, strict=True)):
+        names = [branch.output[index].name for branch in branches]
+        ranks = [_rank(ctx, name) for name in names]
+        layout = _join(ctx, then, other, ranks, f"the branches' output {index}")
+        if layout is not None:
+            ctx.emit(index, layout)
+
+
+@rule("Loop", subgraphs=True)
+def loop(ctx: Context) -> None:
+    """Spec: inputs M, cond, v_initial...; the body takes (iteration, cond, v...) and
+    returns (cond, v..., scan outputs...); the outputs are the final v... and each scan
+    output stacked along a new leading axis. A carried value holds the same channels in
+    every iteration, so the body's output i and its input i are one layout."""
+    tracked = dict(ctx.tracked())
+    if 0 in tracked or 1 in tracked:
+        ctx.block("channels reach the trip count or the condition")
+        ctx.block_subgraph_reads()
+        return
+    body = ctx.attr("body")
+    carried = len(ctx.node.input) - 2
+    initial = [ctx.layout(2 + i) for i in range(carried)]
+    results = walk_body(ctx, body, [None, None, *initial])
+    if results[0] is not None:
+        ctx.stop(results[0].atoms, "channels reach the loop condition")
+    for i in range(carried):
+        names = [ctx.node.input[2 + i], body.input[2 + i].name, body.output[1 + i].name]
+        ranks = [_rank(ctx, name) for name in names]
+        layout = _join(ctx, initial[i], results[1 + i], ranks, f"the state {i} in and out")
+        if layout is not None:
+            ctx.emit(i, layout)
+    for k, layout in enumerate(results[1 + carried :]):
+        _emit_stacked(ctx, carried + k, layout, 0)
+
+
+@rule("Scan", subgraphs=True)
+def scan(ctx: Context) -> None:
+    """Spec (opset 9+): inputs are N states then num_scan_inputs sequences, sliced along
+    scan_input_axes (default 0) for the body, which returns N states then K slices that
+    are stacked along scan_output_axes (default 0). States are a Loop's carried values."""
+    body = ctx.attr("body")
+    scanned = int(ctx.attr("num_scan_inputs", 0))
+    states = len(ctx.node.input) - scanned
+    if ctx.view.opset < 9:
+        ctx.block("Scan before opset 9 has a batch axis")
+        ctx.block_subgraph_reads()
+        return
+    in_axes = list(ctx.attr("scan_input_axes", None) or [0] * scanned)
+    out_axes = list(ctx.attr("scan_output_axes", None) or [0] * (len(body.output) - states))
+    inputs = [ctx.layout(i) for i in range(states)]
+    for j in range(scanned):
+        layout, rank = ctx.layout(states + j), len(ctx.input_shape(states + j) or ())
+        axis = in_axes[j] % rank if rank else None
+        if layout is not None and (axis is None or layout.axis == axis):
+            ctx.stop(layout.atoms, "channels on the scanned axis")
+            layout = None
+        if layout is not None:
+            layout = Layout(layout.axis - (layout.axis > axis), layout.atoms)
+        inputs.append(layout)
+    results = walk_body(ctx, body, inputs)
+    for i in range(states):
+        names = [ctx.node.input[i], body.input[i].name, body.output[i].name]
+        ranks = [_rank(ctx, name) for name in names]
+        layout = _join(ctx, inputs[i], results[i], ranks, f"the state {i} in and out")
+        if layout is not None:
+            ctx.emit(i, layout)
+    for k, layout in enumerate(results[states:]):
+        _emit_stacked(ctx, states + k, layout, out_axes[k])
+
+
+def _emit_stacked(ctx: Context, output: int, layout: Layout | None, axis: int) -> None:
+    """A body's per-iteration output stacked along a new `axis` of the node's output."""
+    if layout is None:
+        return
+    rank = len(ctx.output_shape(output) or ())
+    if not rank or layout.tiled or layout.count:
+        ctx.stop(layout.atoms, "stacked output with channels and an unknown shape")
+        return
+    axis %= rank
+    ctx.emit(output, Layout(layout.axis + (layout.axis >= axis), layout.atoms))
