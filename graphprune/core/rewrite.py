@@ -115,6 +115,9 @@ def _edited(analysis: Analysis, keep_atom, edits_to_apply, apply, plan_json, wei
         for tensor in scope.tensors().values():
             if isinstance(tensor, gs.Variable) and tensor not in fixed:
                 tensor.shape = None
+        for tensor in [] if scope is graph else scope.inputs + scope.outputs:
+            # onnxruntime wants the rank of a body's inputs and outputs (a Loop's counter)
+            tensor.shape = _rank_only(view.shape(tensor.name))
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     model = gs.export_onnx(graph, do_type_check=False)
     _restore_initializer_scopes(model, view.model)
@@ -124,6 +127,10 @@ def _edited(analysis: Analysis, keep_atom, edits_to_apply, apply, plan_json, wei
     if analysis.prune_outputs:
         _infer_output_shapes(model)
     return model
+
+
+def _rank_only(shape) -> list[None] | None:
+    return None if shape is None else [None] * len(shape)
 
 
 def _deferrable(view, node: gs.Node, index: int, edits: list[Edit], minimum: int) -> str | None:

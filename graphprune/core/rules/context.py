@@ -221,13 +221,13 @@ class Context:
         among its inputs (those a subgraph returns)."""
         self._recorder.freeze(atoms, self.reason(reason))
 
-    def block_subgraph_reads(self) -> None:
+    def block_subgraph_reads(self, why: str = "") -> None:
         """Channels read inside this node's subgraphs stop here (outer-scope reads are
         the node's inputs in all but name)."""
         layouts = self._recorder.layouts
         for name in sorted(outer_scope_reads(self.node)):
             if name in layouts:
-                reason = self.reason(f"'{name}' is read inside a subgraph")
+                reason = self.reason(f"'{name}' is read inside a subgraph{why}")
                 self._recorder.freeze(layouts[name].atoms, reason)
 
     def freeze_own_atoms(self, reason: str) -> None:

@@ -72,8 +72,9 @@ def apply_rule(ctx: Context) -> None:
     if key not in _SUBGRAPHS:
         ctx.block_subgraph_reads()
     elif ctx.view.body_names_clash:
-        ctx.block_subgraph_reads()
-        ctx.block("two subgraphs define the same tensor name")
+        why = " (two subgraphs define the same tensor name)"
+        ctx.block_subgraph_reads(why)
+        ctx.block(why.strip(" ()"))
         return
     tracked = ctx.tracked()
     counts = [index for index, layout in tracked if layout.count]

@@ -1,0 +1,224 @@
+"""Channels through If, Loop and Scan: bodies run through the same rules, edits inside
+bodies reach the rewrite and the masking oracle, and what is not mapped exactly stays a
+barrier with its reason. Real exports: torch.jit.script (If, Loop) by the classic
+exporter, torch.cond (If) by the dynamo one, and the Silero VAD models."""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from oracle import GraphBuilder, assert_same_outputs, outputs, prune_and_check
+from onnx import TensorProto, helper
+
+import graphprune as gp
+from graphprune.core.metrics import count_params
+from graphprune.io.protos import all_graphs
+
+logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+
+
+class Branches(torch.nn.Module):
+    """A data-dependent branch: both arms read the stem's channels and return new ones."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.a = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.b = torch.nn.Conv2d(8, 8, 1)
+        self.head = torch.nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.stem(x))
+        if bool(x.mean() > 0.0):
+            z = torch.relu(self.a(y))
+        else:
+            z = self.b(y) * 2.0
+        return self.head(z)
+
+
+class CondBranches(Branches):
+    def forward(self, x):
+        y = torch.relu(self.stem(x))
+        z = torch.cond(x.mean() > 0, lambda t: torch.relu(self.a(t)), lambda t: self.b(t) * 2.0, (y,))
+        return self.head(z)
+
+
+class Repeat(torch.nn.Module):
+    """A residual block applied n times (a Loop whose carried state is the residual)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.body = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.head = torch.nn.Conv2d(8, 4, 1)
+
+    def forward(self, x, n: int):
+        y = torch.relu(self.stem(x))
+        for _ in range(n):
+            y = torch.relu(self.body(y)) + y
+        return self.head(y)
+
+
+def scripted(module: torch.nn.Module, args: tuple, names: list[str]) -> onnx.ModelProto:
+    buffer = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted_module = torch.jit.script(module.eval())
+        torch.onnx.export(
+            scripted_module, args, buffer, dynamo=False, opset_version=18, input_names=names
+        )
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def body_node_names(model: onnx.ModelProto) -> set[str]:
+    return {n.name for g in list(all_graphs(model.graph))[1:] for n in g.node}
+
+
+def check_oracle(analysis, plan, pruned, feeds) -> None:
+    assert_same_outputs(outputs(gp.mask(analysis, plan), feeds), outputs(pruned, feeds))
+
+
+def both_signs(shape) -> list[dict]:
+    """Inputs that take each branch of `x.mean() > 0`."""
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    return [{"x": x + 0.5}, {"x": x - 1.5}]
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_if_branches_prune_exactly(dynamo):
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 8, 8)
+    if dynamo:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                CondBranches().eval(), (x,), dynamo=True, opset_version=18, input_names=["x"]
+            )
+        model = program.model_proto
+    else:
+        model = scripted(Branches(), (x,), ["x"])
+    assert any(n.op_type == "If" for n in model.graph.node)
+    feeds = both_signs((1, 3, 8, 8))
+    analysis, plan, pruned = prune_and_check(model, 0.5, feeds=feeds[0])
+    check_oracle(analysis, plan, pruned, feeds[1])
+    assert [g.channels for g in analysis.prunable_groups] == [8, 8]
+    # The branches' convolutions are one group: the If output is either of them.
+    bodies = body_node_names(gp.load(model))
+    branch_group = next(g for g in analysis.prunable_groups if set(g.sources) & bodies)
+    assert len(set(branch_group.sources) & bodies) == 2
+    convs = [n for g in all_graphs(pruned.graph) for n in g.node if n.op_type == "Conv"]
+    weights = {t.name: list(t.dims) for g in all_graphs(pruned.graph) for t in g.initializer}
+    # stem 8 -> 4 outputs; both branch convs 8 -> 4 in and out; the head 8 -> 4 inputs.
+    assert sorted(weights[c.input[1]][:2] for c in convs) == [[4, 3], [4, 4], [4, 4], [4, 4]]
+
+
+def test_loop_carried_state_prunes_exactly():
+    torch.manual_seed(0)
+    model = scripted(Repeat(), (torch.randn(1, 3, 8, 8), 3), ["x", "n"])
+    assert any(n.op_type == "Loop" for n in model.graph.node)
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    for n in (0, 1, 3):
+        feeds = {"x": x, "n": np.array(n, dtype=np.int64)}
+        analysis, plan, pruned = prune_and_check(model, 0.5, feeds=feeds)
+    (stem,) = analysis.prunable_groups
+    body = body_node_names(gp.load(model))
+    assert len(set(stem.sources) & body) == 1  # the body's conv adds to the carried state
+    body_conv = next(n for g in list(all_graphs(pruned.graph))[1:] for n in g.node
+                     if n.op_type == "Conv")  # fmt: skip
+    weights = {t.name: list(t.dims) for g in all_graphs(pruned.graph) for t in g.initializer}
+    assert weights[body_conv.input[1]][:2] == [4, 4]
+
+
+def _if_model(else_output: str) -> onnx.ModelProto:
+    """conv -> If(cond: then Relu(y), else `else_output`) -> conv head."""
+    g = GraphBuilder()
+    x = g.input([1, 3, 6, 6])
+    flag = g.input([], "flag")
+    g.inputs[-1] = helper.make_tensor_value_info("flag", TensorProto.BOOL, [])
+    y = g.conv(x, 3, 8)
+    then = helper.make_graph(
+        [helper.make_node("Relu", [y], ["then_out"], name="then_relu")], "then", [],
+        [helper.make_tensor_value_info("then_out", TensorProto.FLOAT, [1, 8, 6, 6])],
+    )  # fmt: skip
+    if else_output == "sigmoid":
+        other = [helper.make_node("Sigmoid", [y], ["else_out"], name="else_sigmoid")]
+    else:  # a value without channels: the positions cannot go
+        zeros = helper.make_tensor("zeros", TensorProto.FLOAT, [1, 8, 6, 6], [0.0] * 288)
+        other = [helper.make_node("Constant", [], ["else_out"], name="else_zero", value=zeros)]
+    other_graph = helper.make_graph(
+        other, "else", [], [helper.make_tensor_value_info("else_out", TensorProto.FLOAT, None)]
+    )
+    g.nodes.append(
+        helper.make_node("If", [flag], ["z"], name="if", then_branch=then, else_branch=other_graph)
+    )
+    g.output(g.conv("z", 8, 2, k=1))
+    return g.model()
+
+
+def test_if_branches_that_disagree_are_a_barrier_with_the_reason():
+    feeds = {"x": np.ones((1, 3, 6, 6), np.float32)}
+    for flag in (True, False):
+        model = _if_model("sigmoid")
+        feeds["flag"] = np.array(flag)
+        analysis, _plan, _pruned = prune_and_check(model, 0.5, feeds=dict(feeds))
+        assert [g.channels for g in analysis.prunable_groups] == [8]
+    analysis = gp.analyze(gp.load(_if_model("zeros")))
+    (stem, _head) = analysis.groups
+    assert not stem.prunable
+    assert "If 'if': the branches' output 0 carry channels" in str(stem.reasons[0])
+
+
+def test_scan_states_and_slices_prune_exactly():
+    """A Scan over axis 1 of [1, 5, 8] features: the state and each slice are added, the
+    stacked output goes on axis 1 (scan_output_axes) to a linear head."""
+    g = GraphBuilder()
+    x = g.input([1, 5, 4])
+    x0 = g.input([1, 4], "x0")
+    seq = g.op("MatMul", [x, g.weight(4, 8)])
+    state = g.op("MatMul", [x0, g.weight(4, 8)])
+    body = helper.make_graph(
+        [helper.make_node("Add", ["s_in", "x_t"], ["sum"], name="body_add"),
+         helper.make_node("Tanh", ["sum"], ["s_out"], name="body_tanh"),
+         helper.make_node("Identity", ["s_out"], ["y_t"], name="body_copy")],
+        "body",
+        [helper.make_tensor_value_info("s_in", TensorProto.FLOAT, [1, 8]),
+         helper.make_tensor_value_info("x_t", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("s_out", TensorProto.FLOAT, [1, 8]),
+         helper.make_tensor_value_info("y_t", TensorProto.FLOAT, [1, 8])],
+    )  # fmt: skip
+    g.nodes.append(
+        helper.make_node("Scan", [state, seq], ["final", "ys"], name="scan", body=body,
+                         num_scan_inputs=1, scan_input_axes=[1], scan_output_axes=[1])
+    )  # fmt: skip
+    g.output(g.op("MatMul", ["ys", g.weight(8, 3)]))
+    g.output(g.op("MatMul", ["final", g.weight(8, 3)]))
+    analysis, _plan, pruned = prune_and_check(g.model(), 0.5)
+    (group,) = analysis.prunable_groups
+    assert group.channels == 8 and len(group.sources) == 2
+    assert count_params(pruned) < count_params(g.model())
+
+
+def test_branches_that_define_one_name_are_a_barrier():
+    """Sibling branches may define the same tensor name in ONNX; layouts are kept by name,
+    so such subgraphs are not walked and the channels they read stop at the If."""
+    g = GraphBuilder()
+    x = g.input([1, 3, 6, 6])
+    y = g.conv(x, 3, 8)
+    body = helper.make_graph(
+        [helper.make_node("Relu", [y], ["r"], name="inner")], "b", [],
+        [helper.make_tensor_value_info("r", TensorProto.FLOAT, [1, 8, 6, 6])],
+    )  # fmt: skip
+    g.inputs.append(helper.make_tensor_value_info("flag", TensorProto.BOOL, []))
+    g.nodes.append(
+        helper.make_node("If", ["flag"], ["z"], name="if", then_branch=body, else_branch=body)
+    )
+    g.output(g.conv("z", 8, 2, k=1))
+    analysis = gp.analyze(gp.load(g.model()))
+    assert not analysis.groups[0].prunable
+    assert "two subgraphs define the same tensor name" in str(analysis.groups[0].reasons)
