@@ -222,3 +222,35 @@ def test_branches_that_define_one_name_are_a_barrier():
     analysis = gp.analyze(gp.load(g.model()))
     assert not analysis.groups[0].prunable
     assert "two subgraphs define the same tensor name" in str(analysis.groups[0].reasons)
+
+
+_8K = {"sr": np.array(8000, np.int64), "input": np.linspace(-1, 1, 256, dtype=np.float32)[None]}
+SILERO = {  # name -> (a group that must prune, inputs that take the other sample rate)
+    "silero_vad": ("If_0_then_branch__Inline_0__/encoder/2/reparam_conv/Conv", _8K),
+    "silero_vad_half": ("/encoder/2/reparam_conv/Conv", None),
+    "silero_vad_ifless": ("node_conv1d_4", _8K),
+    "silero_vad_fw": ("/encoder/conv_layers.3/Conv", None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SILERO))
+def test_silero_vad_prunes_inside_its_branches_exactly(name):
+    """The real Silero VAD models: convolutions inside If branches (silero_vad keeps each
+    sample rate's model in a branch), and the encoder that feeds the LSTM (the LSTM's
+    input size), prune; both sample rates' branches match the oracle."""
+    thirdparty = pytest.importorskip("thirdparty")
+    try:
+        path = thirdparty.fetch(name)
+    except thirdparty.ThirdPartyUnavailable as error:
+        pytest.skip(str(error))
+    model = gp.load(path)
+    analysis = gp.analyze(model)
+    must, other_rate = SILERO[name]
+    assert next(g for g in analysis.groups if must in g.sources).prunable
+    plan = gp.plan(analysis, 0.5)
+    pruned = gp.prune(analysis, plan)
+    feeds = thirdparty.validation_input(name)
+    check_oracle(analysis, plan, pruned, feeds)
+    if other_rate is not None:
+        check_oracle(analysis, plan, pruned, {**feeds, **other_rate})
+    assert count_params(pruned) < 0.85 * count_params(model)
