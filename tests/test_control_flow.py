@@ -13,8 +13,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from oracle import GraphBuilder, assert_same_outputs, outputs, prune_and_check
 from onnx import TensorProto, helper
+from oracle import GraphBuilder, assert_same_outputs, outputs, prune_and_check
 
 import graphprune as gp
 from graphprune.core.metrics import count_params
@@ -35,17 +35,17 @@ class Branches(torch.nn.Module):
 
     def forward(self, x):
         y = torch.relu(self.stem(x))
-        if bool(x.mean() > 0.0):
-            z = torch.relu(self.a(y))
-        else:
-            z = self.b(y) * 2.0
+        # torch.jit.script keeps the data-dependent choice: an If with two branches.
+        z = torch.relu(self.a(y)) if bool(x.mean() > 0.0) else self.b(y) * 2.0
         return self.head(z)
 
 
 class CondBranches(Branches):
     def forward(self, x):
         y = torch.relu(self.stem(x))
-        z = torch.cond(x.mean() > 0, lambda t: torch.relu(self.a(t)), lambda t: self.b(t) * 2.0, (y,))
+        z = torch.cond(
+            x.mean() > 0, lambda t: torch.relu(self.a(t)), lambda t: self.b(t) * 2.0, (y,)
+        )
         return self.head(z)
 
 
@@ -125,7 +125,7 @@ def test_loop_carried_state_prunes_exactly():
     x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
     for n in (0, 1, 3):
         feeds = {"x": x, "n": np.array(n, dtype=np.int64)}
-        analysis, plan, pruned = prune_and_check(model, 0.5, feeds=feeds)
+        analysis, _plan, pruned = prune_and_check(model, 0.5, feeds=feeds)
     (stem,) = analysis.prunable_groups
     body = body_node_names(gp.load(model))
     assert len(set(stem.sources) & body) == 1  # the body's conv adds to the carried state
