@@ -142,7 +142,7 @@ def test_state_that_is_a_graph_input_or_output_keeps_the_hidden_size():
     analysis, _plan, _pruned = prune_and_check(model, 0.5)
     (hidden,) = recurrent_groups(analysis)
     assert not hidden.prunable
-    assert any("is computed here" in str(r) for r in hidden.reasons)
+    assert any("initial state" in str(r) for r in hidden.reasons)
     assert next(g for g in analysis.groups if g.channels == 10).prunable
 
 

@@ -116,8 +116,9 @@ def _edited(analysis: Analysis, keep_atom, edits_to_apply, apply, plan_json, wei
             if isinstance(tensor, gs.Variable) and tensor not in fixed:
                 tensor.shape = None
         for tensor in [] if scope is graph else scope.inputs + scope.outputs:
-            # onnxruntime wants the rank of a body's inputs and outputs (a Loop's counter)
-            tensor.shape = _rank_only(view.shape(tensor.name))
+            # onnxruntime wants the rank of a body's inputs and outputs (a Loop's counter).
+            if tensor not in fixed:
+                tensor.shape = _rank_only(view.shape(tensor.name))
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     model = gs.export_onnx(graph, do_type_check=False)
     _restore_initializer_scopes(model, view.model)

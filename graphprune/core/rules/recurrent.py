@@ -70,7 +70,8 @@ def recurrent(ctx: Context) -> None:
         elif ctx.constant(index) is not None:
             ctx.slice(index, _FEATURE_AXIS, units)
         else:
-            ctx.freeze_own_atoms(f"initial state {ctx.node.input[index]!r} is computed here")
+            name = ctx.node.input[index]
+            ctx.freeze_own_atoms(f"initial state {name!r} comes without channels to slice")
     if x is not None:
         ctx.slice(1, 2, x.atoms, role="weight", absorbs=True)
     rows = np.tile(units, gates)
