@@ -254,3 +254,29 @@ def test_silero_vad_prunes_inside_its_branches_exactly(name):
     if other_rate is not None:
         check_oracle(analysis, plan, pruned, {**feeds, **other_rate})
     assert count_params(pruned) < 0.85 * count_params(model)
+
+
+def test_loop_scan_outputs_stack_channels_on_a_new_leading_axis():
+    """A Loop's scan output (each iteration's [1, 8] result, stacked to [M, 1, 8]) keeps the
+    channels one axis further out; the carried counter-like state has none."""
+    g = GraphBuilder()
+    x = g.input([1, 4])
+    features = g.op("MatMul", [x, g.weight(4, 8)])
+    body = helper.make_graph(
+        [helper.make_node("Relu", [features], ["step"], name="body_relu"),
+         helper.make_node("Identity", ["cond_in"], ["cond_out"], name="body_cond")],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("step", TensorProto.FLOAT, [1, 8])],
+    )  # fmt: skip
+    trips, always = g.const(np.array(3, np.int64)), g.const(np.array(True))
+    g.nodes.append(helper.make_node("Loop", [trips, always], ["steps"], name="loop", body=body))
+    g.output(g.op("MatMul", ["steps", g.weight(8, 3)]))
+    analysis, _plan, pruned = prune_and_check(g.model(), 0.5)
+    (group,) = analysis.prunable_groups
+    assert group.channels == 8
+    head = next(n for n in pruned.graph.node if n.op_type == "MatMul" and n.input[0] == "steps")
+    weights = {t.name: list(t.dims) for t in pruned.graph.initializer}
+    assert weights[head.input[1]] == [4, 3]
