@@ -280,3 +280,22 @@ def test_loop_scan_outputs_stack_channels_on_a_new_leading_axis():
     head = next(n for n in pruned.graph.node if n.op_type == "MatMul" and n.input[0] == "steps")
     weights = {t.name: list(t.dims) for t in pruned.graph.initializer}
     assert weights[head.input[1]] == [4, 3]
+
+
+def test_a_subgraph_rule_that_fails_leaves_its_bodies_whole(monkeypatch):
+    """When an If's rule fails after its branches were walked, what the branches read and
+    made stays (their edits would otherwise slice one side of a pair)."""
+    from graphprune.core.rules import recurrent
+
+    def failing(*args):
+        raise ValueError("no join")
+
+    monkeypatch.setattr(recurrent, "_join", failing)
+    torch.manual_seed(0)
+    model = scripted(Branches(), (torch.randn(1, 3, 8, 8),), ["x"])
+    for feeds in both_signs((1, 3, 8, 8)):
+        analysis, _plan, _pruned = prune_and_check(model, 0.5, feeds=feeds)
+    assert not analysis.prunable_groups
+    reasons = " ".join(str(r) for g in analysis.groups for r in g.reasons)
+    assert "is read inside a subgraph (its subgraphs could not be mapped)" in reasons
+    assert "made in a subgraph that could not be mapped" in reasons

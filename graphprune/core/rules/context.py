@@ -216,6 +216,15 @@ class Context:
         """A subgraph input carries these channels (a Loop's state, a Scan's slices)."""
         self._recorder.layouts[tensor] = layout
 
+    def atom_mark(self) -> int:
+        """A mark for `stop_atoms_since`: how many atoms exist now."""
+        return self._recorder.atom_count
+
+    def stop_atoms_since(self, mark: int, reason: str) -> None:
+        """Every atom created after `mark` (in this node's subgraphs) cannot go."""
+        if self._recorder.atom_count > mark:
+            self.stop(np.arange(mark, self._recorder.atom_count, dtype=np.int64), reason)
+
     def stop(self, atoms: np.ndarray, reason: str) -> None:
         """These channels cannot go: a barrier at this node for channels that are not
         among its inputs (those a subgraph returns)."""

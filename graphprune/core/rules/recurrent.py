@@ -88,7 +88,13 @@ def recurrent(ctx: Context) -> None:
         ctx.emit(output, Layout(_FEATURE_AXIS, units))
 
 
-def _join(ctx: Context, first: Layout | None, second: Layout | None, ranks, what: str):
+def _join(
+    ctx: Context,
+    first: Layout | None,
+    second: Layout | None,
+    ranks: list[int | None],
+    what: str,
+) -> Layout | None:
     """One layout for a value that is either `first` or `second` (an If's two branches, a
     Loop's initial and carried state): on the same axis of the same rank, position i of
     both is one channel (coupled: removal drops it from whichever runs); anything else

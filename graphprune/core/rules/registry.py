@@ -76,24 +76,34 @@ def apply_rule(ctx: Context) -> None:
         ctx.block_subgraph_reads(why)
         ctx.block(why.strip(" ()"))
         return
+    mark = ctx.atom_mark()
+    if not _applied(ctx, key) and key in _SUBGRAPHS:
+        # Bodies not walked to the end: what they read and what they made stays.
+        ctx.block_subgraph_reads(" (its subgraphs could not be mapped)")
+        ctx.stop_atoms_since(mark, "made in a subgraph that could not be mapped")
+
+
+def _applied(ctx: Context, key: tuple[str, str]) -> bool:
+    """Run the rule when the inputs' layouts allow it; whether it ran without failing."""
     tracked = ctx.tracked()
     counts = [index for index, layout in tracked if layout.count]
     if any(ctx.input_shape(index) is None for index, _ in tracked):
         ctx.block("shape inference left the shape of an input with channels unknown")
     elif counts and len(counts) == len(tracked) and key in COUNT_RULES:
-        _run(COUNT_RULES[key], ctx)
+        return _run(COUNT_RULES[key], ctx)
     elif any(index not in _COUNT_INPUTS.get(key, ()) for index in counts):
         ctx.block("a channel count read at runtime (Shape) is used here")
     elif key not in _TILED and any(layout.tiled for _, layout in tracked):
         ctx.block("channels share an axis with a symbolic dim (e.g. batch*heads)")
     elif key in RULES:
-        _run(RULES[key], ctx)
+        return _run(RULES[key], ctx)
     elif tracked:
         domain = f"{key[0]}." if key[0] else ""
         ctx.block(f"no channel rule for op {domain}{key[1]}")
+    return False
 
 
-def _run(function: Rule, ctx: Context) -> None:
+def _run(function: Rule, ctx: Context) -> bool:
     """Run a rule; one that fails on a malformed node (dims that contradict its weights,
     say) cannot state its channel mapping, so the node is a barrier for the channels that
     reach it and for those it made."""
@@ -102,6 +112,8 @@ def _run(function: Rule, ctx: Context) -> None:
     except (ArithmeticError, IndexError, KeyError, TypeError, ValueError) as error:
         ctx.block(f"channel rule failed ({type(error).__name__}: {first_line(error)})")
         ctx.freeze_own_atoms("its channel rule failed")
+        return False
+    return True
 
 
 def walk_body(
