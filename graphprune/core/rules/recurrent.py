@@ -111,9 +111,10 @@ def _join(
     ):
         ctx.couple(first.atoms, second.atoms)
         return first
+    why = f"{what} carry channels on different axes or ranks (or one only)"
     for layout in (first, second):
         if layout is not None:
-            ctx.stop(layout.atoms, f"{what} carry channels on different axes (or only one does)")
+            ctx.stop(layout.atoms, why)
     return None
 
 
