@@ -25,11 +25,13 @@ from onnx import numpy_helper
 
 from ..errors import GraphpruneError
 from ..io.protos import (
+    all_graphs,
     constant_value,
     graph_inputs,
     node_attribute,
     opset_version,
     outer_scope_reads,
+    subgraphs,
 )
 from ..io.shapes import Shape, infer_shapes
 
@@ -46,15 +48,19 @@ class GraphView:
         self.model = model
         self.opset = opset_version(model)
         graph = model.graph
-        self.nodes: dict[str, onnx.NodeProto] = {node.name: node for node in graph.node}
-        self.initializers = {tensor.name: tensor for tensor in graph.initializer}
+        scopes = list(all_graphs(graph))
+        # Node names are unique across subgraphs too (loading makes them so): body nodes
+        # are found, and produce and consume, like the main graph's.
+        self.nodes: dict[str, onnx.NodeProto] = {n.name: n for g in scopes for n in g.node}
+        self.initializers = {t.name: t for g in scopes for t in g.initializer}
         self.graph_inputs = [info.name for info in graph_inputs(model)]
         self.graph_outputs = [o.name for o in graph.output]
         self.shapes: dict[str, Shape] = infer_shapes(model) if shapes else {}
         self._producer: dict[str, tuple[onnx.NodeProto, int]] = {}
         self._consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = defaultdict(list)
         self._small: dict[str, np.ndarray | None] = {}
-        for node in graph.node:
+        self.body_names_clash = _body_names_clash(scopes)
+        for node in self.nodes.values():
             for index, name in enumerate(node.output):
                 if name:
                     self._producer[name] = (node, index)
@@ -83,6 +89,8 @@ class GraphView:
             order.append(node)
             for name in node.output:
                 for consumer in {use.name for use, _ in self._consumers.get(name, [])}:
+                    if consumer not in missing:  # a body node: its holder counts the read
+                        continue
                     missing[consumer] -= 1
                     if missing[consumer] == 0:
                         heapq.heappush(ready, position[consumer])
@@ -101,7 +109,12 @@ class GraphView:
 
     @cached_property
     def position(self) -> dict[str, int]:
-        return {node.name: i for i, node in enumerate(self.order)}
+        """Each node's index in `order`, body nodes right after the node that holds them."""
+        flat: list[onnx.NodeProto] = []
+        for node in self.order:
+            flat.append(node)
+            flat.extend(n for body in subgraphs(node) for g in all_graphs(body) for n in g.node)
+        return {node.name: i for i, node in enumerate(flat)}
 
     def producer(self, tensor: str) -> onnx.NodeProto | None:
         found = self._producer.get(tensor)
@@ -191,6 +204,19 @@ class GraphView:
             return None if value is None else [int(v) for v in np.asarray(value).reshape(-1)]
         value = None if attribute is None else self.attribute(node, attribute)
         return None if value is None else [int(v) for v in np.atleast_1d(value)]
+
+
+def _body_names_clash(scopes: list[onnx.GraphProto]) -> bool:
+    """Whether two graphs define one tensor name (sibling branches may, in ONNX): layouts
+    are kept by name, so such bodies cannot be analyzed."""
+    seen: set[str] = set()
+    for scope in scopes:
+        names = {i.name for i in scope.input} | {t.name for t in scope.initializer}
+        names |= {o for n in scope.node for o in n.output if o}
+        if names & seen:
+            return True
+        seen |= names
+    return False
 
 
 def _reads(node: onnx.NodeProto) -> set[str]:

@@ -20,7 +20,7 @@ from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from ..errors import InternalError
 from ..io.large import hollow
-from ..io.protos import element_count
+from ..io.protos import all_graphs, element_count
 from ..io.shapes import infer_shapes
 from .analysis import Analysis
 from .channels import Bypass, Edit, MaskInput, SetCount, SliceConstant, SliceGroupedInput
@@ -72,13 +72,16 @@ def _edited(analysis: Analysis, keep_atom, edits_to_apply, apply, plan_json, wei
     view = analysis.view
     # Without weights, the unchanged ones are not copied into the new model either.
     graph = gs.import_onnx(view.model if weights else hollow(view.model))
-    nodes = {node.name: node for node in graph.nodes}
+    # Edits name body nodes (If branches, Loop and Scan bodies) like the main graph's.
+    scopes = [graph, *graph.subgraphs(recursive=True)]
+    home = {node.name: scope for scope in scopes for node in scope.nodes}
+    nodes = {node.name: node for scope in scopes for node in scope.nodes}
     input_edits: dict[tuple[str, int], list[Edit]] = defaultdict(list)
     for edit in edits_to_apply:
         if not _changes(edit, keep_atom):
             continue
         if isinstance(edit, MaskInput):
-            _multiply_input(graph, nodes[edit.node], edit, keep_atom)
+            _multiply_input(home[edit.node], nodes[edit.node], edit, keep_atom)
             continue
         if isinstance(edit, Bypass):
             _bypass(graph, nodes[edit.node], edit.input_index, view)
@@ -109,19 +112,30 @@ def _edited(analysis: Analysis, keep_atom, edits_to_apply, apply, plan_json, wei
             value = apply(edit, value, keep_atom)
         _replace_input(graph, node, index, value, view, uses)
     # Stale shapes would contradict the new widths; outputs keep theirs unless they may
-    # lose channels, then they are inferred again.
+    # lose channels, then they are inferred again. Bodies' inputs and outputs (a Loop's
+    # state, a branch's result) change width like any tensor.
     fixed = graph.inputs + ([] if analysis.prune_outputs else graph.outputs)
-    for tensor in graph.tensors().values():
-        if isinstance(tensor, gs.Variable) and tensor not in fixed:
-            tensor.shape = None
+    for scope in scopes:
+        for tensor in scope.tensors().values():
+            if isinstance(tensor, gs.Variable) and tensor not in fixed:
+                tensor.shape = None
+        for tensor in [] if scope is graph else scope.inputs + scope.outputs:
+            # onnxruntime wants the rank of a body's inputs and outputs (a Loop's counter).
+            if tensor not in fixed:
+                tensor.shape = _rank_only(view.shape(tensor.name))
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     model = gs.export_onnx(graph, do_type_check=False)
+    _restore_initializer_scopes(model, view.model)
     if weights:
         _fill_deferred(model, view, deferred, keep_atom, apply)
     _restore_model_fields(model, view.model, plan_json)
     if analysis.prune_outputs:
         _infer_output_shapes(model)
     return model
+
+
+def _rank_only(shape) -> list[None] | None:
+    return None if shape is None else [None] * len(shape)
 
 
 def _deferrable(view, node: gs.Node, index: int, edits: list[Edit], minimum: int) -> str | None:
@@ -158,7 +172,7 @@ def _fill_deferred(model: onnx.ModelProto, view, deferred, keep_atom, apply) -> 
     time: the tensor graphsurgeon would have written from the sliced array."""
     if not deferred:
         return
-    tensors = {tensor.name: tensor for tensor in model.graph.initializer}
+    tensors = {t.name: t for scope in all_graphs(model.graph) for t in scope.initializer}
     for name, (source, edits, location) in deferred.items():
         tensor = tensors.get(name)
         if tensor is None:  # removed by the cleanup
@@ -173,6 +187,30 @@ def _fill_deferred(model: onnx.ModelProto, view, deferred, keep_atom, apply) -> 
         if location is not None:
             tensor.data_location = location
         del value
+
+
+def _restore_initializer_scopes(model: onnx.ModelProto, original: onnx.ModelProto) -> None:
+    """graphsurgeon exports a constant that subgraphs read from an enclosing graph as an
+    initializer of every subgraph that reads it, and of no enclosing graph when only
+    subgraphs read it: each goes back to the main graph (where the input had it), once."""
+    main = {t.name for t in original.graph.initializer}
+    present = {t.name for t in model.graph.initializer}
+
+    def visit(graph: onnx.GraphProto, outer: set[str]) -> None:
+        for node in graph.node:
+            for attribute in node.attribute:
+                bodies = [attribute.g] if attribute.HasField("g") else list(attribute.graphs)
+                for body in bodies:
+                    moved = [i for i, t in enumerate(body.initializer) if t.name in outer | main]
+                    for index in reversed(moved):
+                        tensor = body.initializer[index]
+                        if tensor.name in main and tensor.name not in present:
+                            model.graph.initializer.add().CopyFrom(tensor)
+                            present.add(tensor.name)
+                        del body.initializer[index]
+                    visit(body, outer | {t.name for t in body.initializer})
+
+    visit(model.graph, present)
 
 
 def _infer_output_shapes(model: onnx.ModelProto) -> None:
@@ -284,7 +322,7 @@ def _set_attribute(node: gs.Node, edit: SetCount, keep_atom: np.ndarray) -> None
 def _constant_uses(view) -> dict[str, int]:
     """How many node inputs read each constant storage (directly or through Identity)."""
     counts: dict[str, int] = defaultdict(int)
-    for node in view.order:
+    for node in view.nodes.values():
         for name in node.input:
             storage = view.storage(name) if name else None
             if storage is not None:

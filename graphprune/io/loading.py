@@ -13,7 +13,7 @@ from google.protobuf.message import DecodeError
 
 from ..errors import GraphpruneError, first_line
 from .folding import fold_constants
-from .protos import all_tensors, byte_size, element_count, unique_name
+from .protos import all_graphs, all_tensors, byte_size, element_count, unique_name
 from .wellformed import check_input_model, check_reads
 
 _PARSE_ERRORS = (
@@ -113,10 +113,12 @@ def _integer(text: str, where: str, what: str) -> int:
 
 
 def _name_nodes(graph: onnx.GraphProto) -> None:
-    """Give unnamed nodes `<op>_<index>` and later duplicates a numbered suffix."""
-    taken = {node.name for node in graph.node if node.name}
+    """Give unnamed nodes `<op>_<index>` and later duplicates a numbered suffix, across the
+    main graph and every subgraph (edits name the If, Loop and Scan body nodes they change)."""
+    nodes = [node for scope in all_graphs(graph) for node in scope.node]
+    taken = {node.name for node in nodes if node.name}
     seen: set[str] = set()
-    for index, node in enumerate(graph.node):
+    for index, node in enumerate(nodes):
         if node.name and node.name not in seen:
             seen.add(node.name)
             continue

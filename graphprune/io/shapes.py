@@ -16,7 +16,7 @@ import onnx
 from onnx import shape_inference
 
 from ..errors import GraphpruneError
-from .protos import element_count
+from .protos import all_graphs, element_count
 
 # Initializers up to this many elements stay real values in the skeleton, so that shape
 # computations that read them (Reshape targets, Slice bounds) still infer.
@@ -74,18 +74,20 @@ def infer_shapes(
         for name, shape in _symbolic_shapes(skeleton).items():
             if _better(shape, shapes.get(name)):
                 shapes[name] = shape
-    for tensor in model.graph.initializer:
-        shapes[tensor.name] = tuple(int(d) for d in tensor.dims)
+    for graph in all_graphs(model.graph):
+        for tensor in graph.initializer:
+            shapes[tensor.name] = tuple(int(d) for d in tensor.dims)
     return shapes
 
 
 def _shapes_in(model: onnx.ModelProto) -> dict[str, Shape]:
+    """Shapes inference wrote, subgraphs' (If branches, Loop and Scan bodies) included."""
     shapes: dict[str, Shape] = {}
-    graph = model.graph
-    for info in [*graph.input, *graph.value_info, *graph.output]:
-        shape = _shape_of(info.type)
-        if shape is not None and (None not in shape or info.name not in shapes):
-            shapes[info.name] = shape
+    for graph in all_graphs(model.graph):
+        for info in [*graph.input, *graph.value_info, *graph.output]:
+            shape = _shape_of(info.type)
+            if shape is not None and (None not in shape or info.name not in shapes):
+                shapes[info.name] = shape
     return shapes
 
 

@@ -152,10 +152,18 @@ class CalibrationStats:
         }
 
 
+# Absorbing consumers whose absorbed input is not their input 0 with features on one axis
+# (a recurrent layer's R absorbs its own hidden state, W's columns a [seq, batch, input];
+# expert weights absorb the experts' own hidden units, not the input).
+_UNOBSERVED = frozenset({"LSTM", "GRU", "RNN", "MoE", "Gather", "GatherND"})
+
+
 def find_consumers(analysis: Analysis, groups: list[int] | None = None) -> list[Consumer]:
-    """Consumers whose absorbed positions belong to `groups` (default: every prunable one)."""
+    """Consumers whose absorbed positions belong to `groups` (default: every prunable one).
+    Consumers inside subgraphs are left out: a body's tensors cannot become graph outputs."""
     wanted = {g.id for g in analysis.prunable_groups} if groups is None else set(groups)
     view = analysis.view
+    main = {node.name for node in view.order}
     found = []
     for edit in analysis.edits:
         if not isinstance(edit, SliceConstant | SliceGroupedInput) or not edit.absorbs:
@@ -164,8 +172,8 @@ def find_consumers(analysis: Analysis, groups: list[int] | None = None) -> list[
         if not touched & wanted:
             continue
         node = view.nodes[edit.node]
-        if node.op_type in ("MoE", "Gather", "GatherND"):
-            continue  # expert weights absorb the experts' own hidden units, not the input
+        if edit.node not in main or node.op_type in _UNOBSERVED:
+            continue
         if node.op_type == "MatMul":
             axis = -1
         elif node.op_type == "Gemm":

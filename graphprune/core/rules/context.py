@@ -227,13 +227,39 @@ class Context:
         op = f"{self.node.domain}.{self.node.op_type}" if self.node.domain else self.node.op_type
         self._recorder.without_rule[op] = self._recorder.without_rule.get(op, 0) + 1
 
-    def block_subgraph_reads(self) -> None:
+    def child(self, node: onnx.NodeProto) -> Context:
+        """The context of a node in one of this node's subgraphs (same walk, same options)."""
+        return Context(self._recorder, self.view, node, approximate_norms=self.approximate_norms)
+
+    def layout_of(self, tensor: str) -> Layout | None:
+        """The layout of any tensor by name (a subgraph's inputs and outputs)."""
+        return self._recorder.layouts.get(tensor)
+
+    def assign(self, tensor: str, layout: Layout) -> None:
+        """A subgraph input carries these channels (a Loop's state, a Scan's slices)."""
+        self._recorder.layouts[tensor] = layout
+
+    def atom_mark(self) -> int:
+        """A mark for `stop_atoms_since`: how many atoms exist now."""
+        return self._recorder.atom_count
+
+    def stop_atoms_since(self, mark: int, reason: str) -> None:
+        """Every atom created after `mark` (in this node's subgraphs) cannot go."""
+        if self._recorder.atom_count > mark:
+            self.stop(np.arange(mark, self._recorder.atom_count, dtype=np.int64), reason)
+
+    def stop(self, atoms: np.ndarray, reason: str) -> None:
+        """These channels cannot go: a barrier at this node for channels that are not
+        among its inputs (those a subgraph returns)."""
+        self._recorder.freeze(atoms, self.reason(reason))
+
+    def block_subgraph_reads(self, why: str = "") -> None:
         """Channels read inside this node's subgraphs stop here (outer-scope reads are
         the node's inputs in all but name)."""
         layouts = self._recorder.layouts
         for name in sorted(outer_scope_reads(self.node)):
             if name in layouts:
-                reason = self.reason(f"'{name}' is read inside a subgraph")
+                reason = self.reason(f"'{name}' is read inside a subgraph{why}")
                 self._recorder.freeze(layouts[name].atoms, reason)
 
     def freeze_own_atoms(self, reason: str) -> None:

@@ -12,9 +12,12 @@ Anything else stops them, with the reason, so an unforeseen use is never mapped 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+
+import onnx
 
 from ...errors import first_line
+from ..channels import Layout
 from .context import Context
 
 Rule = Callable[[Context], None]
@@ -23,14 +26,21 @@ COUNT_RULES: dict[tuple[str, str], Rule] = {}
 INDEX_RULES: dict[tuple[str, str], Rule] = {}
 _TILED: set[tuple[str, str]] = set()
 _COUNT_INPUTS: dict[tuple[str, str], tuple[int, ...]] = {}
+_SUBGRAPHS: set[tuple[str, str]] = set()
 
 
 def rule(
-    *op_types: str, domain: str = "", tiled: bool = False, count_inputs: tuple[int, ...] = ()
-) -> Callable[[Rule], Rule]:
+    *op_types: str, domain: str = "", tiled: bool = False, count_inputs: tuple[int, ...] = (),
+    subgraphs: bool = False,
+) -> Callable[[Rule], Rule]:  # fmt: skip
+    """`subgraphs=True`: the rule walks the op's bodies itself (`walk_body`); channels read
+    inside the subgraphs of any other op stop at it."""
+
     def register(function: Rule) -> Rule:
         for op_type in op_types:
             RULES[(domain, op_type)] = function
+            if subgraphs:
+                _SUBGRAPHS.add((domain, op_type))
             if tiled:
                 _TILED.add((domain, op_type))
             if count_inputs:
@@ -68,12 +78,27 @@ def find_rule(domain: str, op_type: str) -> Rule | None:
 
 def apply_rule(ctx: Context) -> None:
     """Let the node's rule state its channel flow, or stop what no rule can map. Channels
-    a subgraph (If, Loop, Scan body) reads from the enclosing graph stop at its node: no
-    rule maps channels inside bodies yet."""
+    a subgraph reads from the enclosing graph stop at its node unless the op's rule walks
+    its bodies (If, Loop, Scan)."""
     key = (ctx.node.domain or "", ctx.node.op_type)
     if key not in RULES and key != ("", "Constant"):
         ctx.note_without_rule()
-    ctx.block_subgraph_reads()
+    if key not in _SUBGRAPHS:
+        ctx.block_subgraph_reads()
+    elif ctx.view.body_names_clash:
+        why = " (two subgraphs define the same tensor name)"
+        ctx.block_subgraph_reads(why)
+        ctx.block(why.strip(" ()"))
+        return
+    mark = ctx.atom_mark()
+    if not _applied(ctx, key) and key in _SUBGRAPHS:
+        # Bodies not walked to the end: what they read and what they made stays.
+        ctx.block_subgraph_reads(" (its subgraphs could not be mapped)")
+        ctx.stop_atoms_since(mark, "made in a subgraph that could not be mapped")
+
+
+def _applied(ctx: Context, key: tuple[str, str]) -> bool:
+    """Run the rule when the inputs' layouts allow it; whether it ran without failing."""
     tracked = ctx.tracked()
     counts = [index for index, layout in tracked if layout.count]
     indices = [index for index, layout in tracked if layout.index]
@@ -84,19 +109,20 @@ def apply_rule(ctx: Context) -> None:
     elif indices:
         ctx.block("expert indices (a TopK over channels) are used here")
     elif counts and len(counts) == len(tracked) and key in COUNT_RULES:
-        _run(COUNT_RULES[key], ctx)
+        return _run(COUNT_RULES[key], ctx)
     elif any(index not in _COUNT_INPUTS.get(key, ()) for index in counts):
         ctx.block("a channel count read at runtime (Shape) is used here")
     elif key not in _TILED and any(layout.tiled for _, layout in tracked):
         ctx.block("channels share an axis with a symbolic dim (e.g. batch*heads)")
     elif key in RULES:
-        _run(RULES[key], ctx)
+        return _run(RULES[key], ctx)
     elif tracked:
         domain = f"{key[0]}." if key[0] else ""
         ctx.block(f"no channel rule for op {domain}{key[1]}")
+    return False
 
 
-def _run(function: Rule, ctx: Context) -> None:
+def _run(function: Rule, ctx: Context) -> bool:
     """Run a rule; one that fails on a malformed node (dims that contradict its weights,
     say) cannot state its channel mapping, so the node is a barrier for the channels that
     reach it and for those it made."""
@@ -105,3 +131,19 @@ def _run(function: Rule, ctx: Context) -> None:
     except (ArithmeticError, IndexError, KeyError, TypeError, ValueError) as error:
         ctx.block(f"channel rule failed ({type(error).__name__}: {first_line(error)})")
         ctx.freeze_own_atoms("its channel rule failed")
+        return False
+    return True
+
+
+def walk_body(
+    ctx: Context, body: onnx.GraphProto, inputs: Sequence[Layout | None]
+) -> list[Layout | None]:
+    """Run a subgraph's nodes through their rules, in the same walk: its inputs carry
+    `inputs`, the outer-scope tensors it reads carry their own layouts (a read by name is
+    an input in all but name). Returns the layouts of its outputs."""
+    for info, layout in zip(body.input, inputs, strict=False):
+        if layout is not None:
+            ctx.assign(info.name, layout)
+    for node in body.node:
+        apply_rule(ctx.child(node))
+    return [ctx.layout_of(output.name) for output in body.output]
