@@ -53,8 +53,9 @@ def infer_shapes(
                 dim.dim_value = int(size)
     inferred = _infer(skeleton)
     # Some ops have no shape inference in onnx (function ops such as GroupNormalization):
-    # their output has the data input's shape; state it and infer again downstream.
-    for _ in range(4):
+    # their output has the data input's shape; state it and infer again downstream (each
+    # pass reaches one more such op on a path: a QOperator ResNet chains one per block).
+    for _ in range(_STATING_PASSES):
         known = {info.name for info in [*inferred.graph.value_info, *inferred.graph.input]}
         stated = [
             _copy_type(inferred, node.input[0], node.output[0])
@@ -63,6 +64,7 @@ def infer_shapes(
             and node.output[0] not in known
             and node.input[0] in known
         ]
+        stated += _quantized_contrib_types(inferred, known)
         if not stated:
             break
         skeleton.graph.value_info.extend(stated)
@@ -162,6 +164,7 @@ def _symbolic_shape_infer():
 # settle in a few.
 _SYMBOLIC_PASSES = 16
 
+_STATING_PASSES = 64
 _SHAPE_PRESERVING = {"GroupNormalization", "LayerNormalization", "RMSNormalization"}
 
 
@@ -180,6 +183,31 @@ def _copy_type(model: onnx.ModelProto, source: str, name: str) -> onnx.ValueInfo
             copy.name = name
             return copy
     raise KeyError(source)
+
+
+def _quantized_contrib_types(model: onnx.ModelProto, known: set[str]):
+    """onnxruntime's QOperator contrib ops that onnx does not know: QLinearSigmoid and
+    QLinearLeakyRelu keep X's shape, QLinearAdd and QLinearMul that of equal operands,
+    QLinearGlobalAveragePool sets the spatial dims to 1."""
+    for node in model.graph.node:
+        if node.domain != "com.microsoft" or node.output[0] in known or node.input[0] not in known:
+            continue
+        op = node.op_type
+        if op in ("QLinearSigmoid", "QLinearLeakyRelu"):
+            yield _copy_type(model, node.input[0], node.output[0])
+        elif op in ("QLinearAdd", "QLinearMul") and node.input[3] in known:
+            first = _copy_type(model, node.input[0], node.output[0])
+            second = _copy_type(model, node.input[3], node.output[0])
+            if first.type == second.type:
+                yield first
+        elif op == "QLinearGlobalAveragePool":
+            info = _copy_type(model, node.input[0], node.output[0])
+            dims = info.type.tensor_type.shape.dim
+            last = any(a.name == "channels_last" and a.i for a in node.attribute)
+            for dim in dims[1:-1] if last else dims[2:]:
+                dim.Clear()
+                dim.dim_value = 1
+            yield info
 
 
 def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:

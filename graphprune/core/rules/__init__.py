@@ -13,6 +13,7 @@ from . import (  # noqa: F401
     elementwise,
     linear,
     normalization,
+    quantized,
     reduction,
     reshape,
     routing,
