@@ -12,6 +12,7 @@ from oracle import GraphBuilder, assert_same_outputs, outputs, prune_and_check
 import graphprune as gp
 from graphprune.planning.plan import GroupChoice, Plan
 from graphprune.runtime.inputs import input_shapes, random_inputs
+from models.export import cached
 
 quantization = pytest.importorskip("onnxruntime.quantization")
 
@@ -91,7 +92,7 @@ def test_blocked_dequantize_removes_whole_blocks():
     scale = g.rng.uniform(0.01, 0.02, (4, 6)).astype(np.float32)
     zero = g.rng.integers(100, 150, (4, 6)).astype(np.uint8)
     g.output(g.op("MatMul", [h, _dq(g, q, scale, zero, axis=0, block_size=4)]))
-    analysis, plan, pruned = prune_and_check(g.model(), ratio=0.5)
+    analysis, _, pruned = prune_and_check(g.model(), ratio=0.5)
     group = analysis.prunable_groups[0]
     assert group.channels == 4  # four blocks of four features
     stored = {tuple(t.dims) for t in pruned.graph.initializer}
@@ -156,7 +157,7 @@ def test_matmul_nbits_prunes_rows_and_whole_blocks(symmetric):
     config = nbits.DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=symmetric)
     quantizer = nbits.MatMulNBitsQuantizer(_mlp(), algo_config=config)
     quantizer.process()
-    analysis, plan, pruned = prune_and_check(quantizer.model.model, ratio=0.5)
+    analysis, _, pruned = prune_and_check(quantizer.model.model, ratio=0.5)
     assert [grp.channels for grp in analysis.prunable_groups] == [4]  # 128 = 4 blocks
     view = gp.GraphView(pruned)
     first, second = (n for n in pruned.graph.node if n.op_type == "MatMulNBits")
@@ -184,3 +185,16 @@ def test_dynamic_quantization_is_an_opt_in_approximation(tmp_path):
     pruned = gp.prune(approximate, gp.plan(approximate, 0.25))
     feeds = random_inputs(model, input_shapes(model), seed=1)
     assert outputs(pruned, feeds)[0].shape == outputs(model, feeds)[0].shape
+
+
+@pytest.mark.parametrize(
+    "name,exporter,fmt", [("resnet18", "classic", "QOperator"), ("mobilenetv2", "dynamo", "QDQ")]
+)
+def test_real_quantized_exports_prune_exactly(name, exporter, fmt, tmp_path):
+    model = _static(onnx.load(cached(name, exporter)), tmp_path, fmt)
+    analysis, _, pruned = prune_and_check(model, ratio=0.3)
+    assert len(analysis.prunable_groups) >= len(analysis.groups) - 1  # all but the logits
+    kinds = {(n.domain, n.op_type) for n in model.graph.node}
+    assert {(n.domain, n.op_type) for n in pruned.graph.node} == kinds
+    params = [sum(int(np.prod(t.dims)) for t in m.graph.initializer) for m in (model, pruned)]
+    assert params[1] < 0.7 * params[0]
