@@ -111,7 +111,8 @@ def row(path: Path, fmt: str, ratio: float) -> dict:
         return sum(int(np.prod(t.dims)) for t in m.graph.initializer)
 
     def kinds(m: onnx.ModelProto):
-        ops = Counter((n.domain, n.op_type) for n in m.graph.node)
+        # Constant nodes become initializers when graphprune loads a model.
+        ops = Counter((n.domain, n.op_type) for n in m.graph.node if n.op_type != "Constant")
         types = {t.data_type for t in m.graph.initializer if len(t.dims) >= 2}
         return set(ops), types
 

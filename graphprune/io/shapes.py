@@ -187,8 +187,8 @@ def _copy_type(model: onnx.ModelProto, source: str, name: str) -> onnx.ValueInfo
 
 def _quantized_contrib_types(model: onnx.ModelProto, known: set[str]):
     """onnxruntime's QOperator contrib ops that onnx does not know: QLinearSigmoid and
-    QLinearLeakyRelu keep X's shape, QLinearAdd and QLinearMul that of equal operands,
-    QLinearGlobalAveragePool sets the spatial dims to 1."""
+    QLinearLeakyRelu keep X's shape, QLinearAdd and QLinearMul broadcast operands of equal
+    rank, QLinearGlobalAveragePool sets the spatial dims to 1."""
     for node in model.graph.node:
         if node.domain != "com.microsoft" or node.output[0] in known or node.input[0] not in known:
             continue
@@ -198,8 +198,20 @@ def _quantized_contrib_types(model: onnx.ModelProto, known: set[str]):
         elif op in ("QLinearAdd", "QLinearMul") and node.input[3] in known:
             first = _copy_type(model, node.input[0], node.output[0])
             second = _copy_type(model, node.input[3], node.output[0])
-            if first.type == second.type:
-                yield first
+            a, b = _shape_of(first.type), _shape_of(second.type)
+            if a is None or b is None or len(a) != len(b):
+                continue
+            if any(x != y and 1 not in (x, y) for x, y in zip(a, b, strict=True)):
+                continue  # numpy broadcasting of equal ranks only, with known dims
+            dims = first.type.tensor_type.shape.dim
+            for dim, x, y in zip(dims, a, b, strict=True):
+                if x == 1 and y != 1:
+                    dim.Clear()
+                    if isinstance(y, int):
+                        dim.dim_value = y
+                    elif y is not None:
+                        dim.dim_param = y
+            yield first
         elif op == "QLinearGlobalAveragePool":
             info = _copy_type(model, node.input[0], node.output[0])
             dims = info.type.tensor_type.shape.dim
