@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         for name, source in float_exports(args.models):
             for fmt in args.formats:
-                if (fmt == "nbits") == (name.split(".")[0] in CNNS):
+                if fmt == "nbits" and name.split(".")[0] in CNNS:  # MatMul weights only
                     continue
                 out = Path(scratch) / f"{name}.{fmt}.onnx"
                 try:
