@@ -164,7 +164,7 @@ def _symbolic_shape_infer():
 # settle in a few.
 _SYMBOLIC_PASSES = 16
 
-_STATING_PASSES = 64
+_STATING_PASSES = 256
 _SHAPE_PRESERVING = {"GroupNormalization", "LayerNormalization", "RMSNormalization"}
 
 
@@ -182,44 +182,62 @@ def _copy_type(model: onnx.ModelProto, source: str, name: str) -> onnx.ValueInfo
             copy.CopyFrom(info)
             copy.name = name
             return copy
+    for tensor in model.graph.initializer:
+        if tensor.name == source:
+            return onnx.helper.make_tensor_value_info(name, tensor.data_type, tensor.dims)
     raise KeyError(source)
 
 
-def _quantized_contrib_types(model: onnx.ModelProto, known: set[str]):
+def _quantized_contrib_types(model: onnx.ModelProto, known: set[str]) -> list:
     """onnxruntime's QOperator contrib ops that onnx does not know: QLinearSigmoid and
-    QLinearLeakyRelu keep X's shape, QLinearAdd and QLinearMul broadcast operands of equal
-    rank, QLinearGlobalAveragePool sets the spatial dims to 1."""
+    QLinearLeakyRelu keep X's shape, QLinearAdd and QLinearMul broadcast their operands
+    (A and B, either may be a constant), QLinearGlobalAveragePool sets spatial dims to 1.
+    Each stated type is added to `model` at once, so a chain of them takes one pass."""
+    known = known | {tensor.name for tensor in model.graph.initializer}
+    stated = []
     for node in model.graph.node:
         if node.domain != "com.microsoft" or node.output[0] in known or node.input[0] not in known:
             continue
-        op = node.op_type
-        if op in ("QLinearSigmoid", "QLinearLeakyRelu"):
-            yield _copy_type(model, node.input[0], node.output[0])
-        elif op in ("QLinearAdd", "QLinearMul") and node.input[3] in known:
-            first = _copy_type(model, node.input[0], node.output[0])
-            second = _copy_type(model, node.input[3], node.output[0])
-            a, b = _shape_of(first.type), _shape_of(second.type)
-            if a is None or b is None or len(a) != len(b):
-                continue
-            if any(x != y and 1 not in (x, y) for x, y in zip(a, b, strict=True)):
-                continue  # numpy broadcasting of equal ranks only, with known dims
-            dims = first.type.tensor_type.shape.dim
-            for dim, x, y in zip(dims, a, b, strict=True):
-                if x == 1 and y != 1:
-                    dim.Clear()
-                    if isinstance(y, int):
-                        dim.dim_value = y
-                    elif y is not None:
-                        dim.dim_param = y
-            yield first
-        elif op == "QLinearGlobalAveragePool":
-            info = _copy_type(model, node.input[0], node.output[0])
-            dims = info.type.tensor_type.shape.dim
-            last = any(a.name == "channels_last" and a.i for a in node.attribute)
-            for dim in dims[1:-1] if last else dims[2:]:
+        info = _contrib_type(model, node, known)
+        if info is not None:
+            model.graph.value_info.append(info)
+            known.add(info.name)
+            stated.append(info)
+    return stated
+
+
+def _contrib_type(model: onnx.ModelProto, node: onnx.NodeProto, known: set[str]):
+    op = node.op_type
+    if op in ("QLinearSigmoid", "QLinearLeakyRelu"):
+        return _copy_type(model, node.input[0], node.output[0])
+    if op in ("QLinearAdd", "QLinearMul") and node.input[3] in known:
+        first = _copy_type(model, node.input[0], node.output[0])
+        second = _copy_type(model, node.input[3], node.output[0])
+        a, b = _shape_of(first.type), _shape_of(second.type)
+        if a is None or b is None:
+            return None
+        if len(b) > len(a):
+            first, a, b = second, b, a
+        b = (1,) * (len(a) - len(b)) + tuple(b)  # numpy broadcasting aligns the right
+        if any(x != y and 1 not in (x, y) for x, y in zip(a, b, strict=True)):
+            return None  # unknown or unrelated dims: left unknown
+        for dim, x, y in zip(first.type.tensor_type.shape.dim, a, b, strict=True):
+            if x == 1 and y != 1:
                 dim.Clear()
-                dim.dim_value = 1
-            yield info
+                if isinstance(y, int):
+                    dim.dim_value = y
+                elif y is not None:
+                    dim.dim_param = y
+        return first
+    if op == "QLinearGlobalAveragePool":
+        info = _copy_type(model, node.input[0], node.output[0])
+        dims = info.type.tensor_type.shape.dim
+        last = any(a.name == "channels_last" and a.i for a in node.attribute)
+        for dim in dims[1:-1] if last else dims[2:]:
+            dim.Clear()
+            dim.dim_value = 1
+        return info
+    return None
 
 
 def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
