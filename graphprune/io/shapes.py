@@ -56,7 +56,11 @@ def infer_shapes(
     # their output has the data input's shape; state it and infer again downstream (each
     # pass reaches one more such op on a path: a QOperator ResNet chains one per block).
     for _ in range(_STATING_PASSES):
-        known = {info.name for info in [*inferred.graph.value_info, *inferred.graph.input]}
+        known = {
+            info.name
+            for info in [*inferred.graph.value_info, *inferred.graph.input]
+            if _shape_of(info.type) is not None  # a type without a shape is not known
+        }
         stated = [
             _copy_type(inferred, node.input[0], node.output[0])
             for node in inferred.graph.node
