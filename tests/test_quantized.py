@@ -198,3 +198,18 @@ def test_real_quantized_exports_prune_exactly(name, exporter, fmt, tmp_path):
     assert {(n.domain, n.op_type) for n in pruned.graph.node} == kinds
     params = [sum(int(np.prod(t.dims)) for t in m.graph.initializer) for m in (model, pruned)]
     assert params[1] < 0.7 * params[0]
+
+
+def test_a_dequantized_weight_read_twice_is_sliced_per_reader():
+    """One DequantizeLinear feeding two MatMuls (a tied weight): loading gives each its
+    own, so each reader's channels slice their own copy."""
+    g = GraphBuilder(opset=17)
+    x = g.input([1, 4, 16])
+    q = g.rng.integers(-127, 128, (16, 16)).astype(np.int8)
+    tied = _dq(g, q, np.full(16, 0.02, np.float32), np.zeros(16, np.int8), axis=1)
+    first = g.op("Relu", [g.op("MatMul", [x, tied])])
+    second = g.op("Relu", [g.op("MatMul", [g.op("Neg", [x]), tied])])
+    g.output(g.op("MatMul", [g.op("Concat", [first, second], axis=-1), g.weight(32, 8)]))
+    analysis, _, pruned = prune_and_check(g.model(), ratio=0.5)
+    assert sorted(grp.channels for grp in analysis.prunable_groups) == [16, 16]
+    assert sum(n.op_type == "DequantizeLinear" for n in pruned.graph.node) == 2
