@@ -25,9 +25,8 @@ import numpy as np
 
 from ..core.analysis import Analysis, Group
 from ..core.channels import MaskInput, SliceConstant, SliceGroupedInput
-from ..core.metrics import count_params, node_macs
+from ..core.metrics import WEIGHT_INPUT, count_params, is_parameter, node_macs
 from ..errors import GraphpruneError
-from ..io.protos import is_float
 from ..io.shapes import infer_shapes
 from ..runtime.inputs import input_shapes
 
@@ -71,7 +70,7 @@ class CostModel:
                 if storage is None or storage in seen or shape is None:
                     continue
                 stored = view.initializers.get(storage)
-                if stored is not None and not is_float(stored.data_type):
+                if stored is not None and not is_parameter(stored.data_type):
                     continue
                 seen.add(storage)
                 self.items.append((float(math.prod(shape)), _axes(edits)))
@@ -85,7 +84,7 @@ class CostModel:
             for node in view.order:
                 macs = float(node_macs(node, concrete))
                 self.total += macs
-                edits = by_input.get((node.name, 1), []) + masks.get(node.name, [])
+                edits = _weight_edits(view, node, by_input) + masks.get(node.name, [])
                 if macs and edits:
                     self.items.append((macs, _axes(edits)))
         self.fixed = self.total - sum(base for base, _ in self.items)
@@ -98,6 +97,17 @@ class CostModel:
                 fraction *= float(keep_atom[atoms].mean()) if atoms.size else 1.0
             total += base * fraction
         return total
+
+
+def _weight_edits(view, node, by_input) -> list:
+    """The edits of a node's weight: its own input, or the integer input of the
+    DequantizeLinear that computes it (QDQ)."""
+    index = WEIGHT_INPUT.get(node.op_type, 1)
+    edits = by_input.get((node.name, index), [])
+    producer = view.producer(node.input[index]) if len(node.input) > index else None
+    if not edits and producer is not None and producer.op_type == "DequantizeLinear":
+        edits = by_input.get((producer.name, 0), [])
+    return edits
 
 
 def _axes(edits) -> list[np.ndarray]:
