@@ -10,6 +10,7 @@ import pytest
 from oracle import GraphBuilder, assert_same_outputs, outputs, prune_and_check
 
 import graphprune as gp
+from graphprune.core.metrics import count_macs
 from graphprune.planning.plan import GroupChoice, Plan
 from graphprune.runtime.inputs import input_shapes, random_inputs
 from models.export import cached
@@ -36,18 +37,11 @@ def _static(model: onnx.ModelProto, tmp_path, fmt: str) -> onnx.ModelProto:
     """onnxruntime's static quantization (uint8 activations, int8 per-channel weights)."""
     src, dst = tmp_path / "float.onnx", tmp_path / f"{fmt}.onnx"
     onnx.save(model, src)
-    shapes = input_shapes(model)
-    rng = np.random.default_rng(0)
+    feeds = [random_inputs(model, input_shapes(model), seed) for seed in (0, 1)]
 
     class Reader(quantization.CalibrationDataReader):
-        def __init__(self) -> None:
-            self.left = 2
-
         def get_next(self):
-            self.left -= 1
-            if self.left < 0:
-                return None
-            return {k: rng.standard_normal(v).astype(np.float32) for k, v in shapes.items()}
+            return feeds.pop() if feeds else None
 
     quantization.quantize_static(
         str(src), str(dst), Reader(), quant_format=getattr(quantization.QuantFormat, fmt),
@@ -213,3 +207,43 @@ def test_a_dequantized_weight_read_twice_is_sliced_per_reader():
     analysis, _, pruned = prune_and_check(g.model(), ratio=0.5)
     assert sorted(grp.channels for grp in analysis.prunable_groups) == [16, 16]
     assert sum(n.op_type == "DequantizeLinear" for n in pruned.graph.node) == 2
+
+
+def test_budgets_count_quantized_layers(tmp_path):
+    """--target-macs on a QDQ and a QOperator model: the cost model finds the weights'
+    edits behind DequantizeLinear and in QLinearConv, so it stops near the target."""
+    g = GraphBuilder(opset=17)
+    x = g.input([1, 3, 16, 16])
+    y = g.op("Relu", [g.conv(g.op("Relu", [g.conv(x, 3, 16)]), 16, 16)])
+    g.output(g.conv(y, 16, 4))
+    for fmt in ("QDQ", "QOperator"):
+        model = gp.load(_static(g.model(), tmp_path, fmt))
+        shapes = input_shapes(model)
+        analysis = gp.analyze(model)
+        plan = gp.plan(analysis, gp.PlanOptions(budget=gp.Budget("macs", 0.5)))
+        before = count_macs(model, shapes)
+        after = count_macs(gp.prune(analysis, plan), shapes)
+        assert before > 0 and 0.4 < after / before <= 0.55, (fmt, after / before)
+
+
+@pytest.mark.parametrize("fmt", ["QDQ", "nbits"])
+def test_quantized_llama_keeps_its_heads_and_mlp(fmt, tmp_path):
+    """LLaMA (grouped-query attention, rotary) from a config, dynamo export: QDQ prunes
+    and MatMulNBits prune heads and MLP widths exactly, as the float model does."""
+    from models.torchvision_cpu import import_torchvision
+
+    import_torchvision()
+    from models.transformers_zoo import cached as transformer
+
+    model = onnx.load(transformer("llama", "dynamo"))
+    if fmt == "QDQ":
+        model = _static(model, tmp_path, "QDQ")
+    else:
+        from onnxruntime.quantization import matmul_nbits_quantizer as nbits
+
+        config = nbits.DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=False)
+        quantizer = nbits.MatMulNBitsQuantizer(model, algo_config=config)
+        quantizer.process()
+        model = quantizer.model.model
+    analysis, _, _ = prune_and_check(model, ratio=0.3)
+    assert sorted(grp.kind for grp in analysis.prunable_groups) == ["heads"] * 2 + ["mlp"] * 2
