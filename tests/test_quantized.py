@@ -113,6 +113,21 @@ def test_qoperator_ops_prune_exactly(tmp_path):
     assert weight.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
 
 
+def test_qlinear_concat_and_average_pool(tmp_path):
+    g = GraphBuilder(opset=17)
+    x = g.input([1, 3, 16, 16])
+    a = g.op("Relu", [g.conv(x, 3, 8)])
+    b = g.op("Relu", [g.conv(a, 8, 6)])
+    joined = g.op("Concat", [a, b], axis=1)
+    pooled = g.op("AveragePool", [joined], kernel_shape=[2, 2], strides=[2, 2])
+    g.output(g.conv(pooled, 14, 4))
+    model = _static(g.model(), tmp_path, "QOperator")
+    ops = {node.op_type for node in model.graph.node}
+    assert {"QLinearConcat", "QLinearAveragePool"} <= ops
+    analysis, _, _ = prune_and_check(model, ratio=0.5)
+    assert sorted(grp.channels for grp in analysis.prunable_groups) == [6, 8]
+
+
 def test_oracle_catches_a_wrong_slice_of_a_quantized_weight(tmp_path):
     """Shift the removed channels by one in the rewrite only: the masked original (zero
     points in the removed positions) and the pruned model must disagree."""

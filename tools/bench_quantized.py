@@ -18,6 +18,8 @@ unchanged, and for ``dynamic`` the deviation from the unpruned model. Command::
 
     python tools/bench_quantized.py            # everything
     python tools/bench_quantized.py --models resnet18 --formats qdq qop
+    python tools/bench_quantized.py --models --torchvision resnet18 mobilenet_v2 \
+        efficientnet_b0 regnet_y_400mf     # torchvision's architectures, 224x224
 """
 
 from __future__ import annotations
@@ -60,6 +62,28 @@ def float_exports(models: list[str]) -> list[tuple[str, Path]]:
             from models.transformers_zoo import cached as tx_cached
 
             found.append((f"{name}.{TRANSFORMERS[name]}", tx_cached(name, TRANSFORMERS[name])))
+    return found
+
+
+def torchvision_exports(names: list[str], folder: Path) -> list[tuple[str, Path]]:
+    """torchvision's own architectures (random weights), classic export at 1x3x224x224."""
+    import torch
+
+    from models.export import OPSET
+    from models.torchvision_cpu import import_torchvision
+
+    torchvision = import_torchvision()
+    found = []
+    for name in names:
+        torch.manual_seed(0)
+        model = getattr(torchvision.models, name)(weights=None).eval()
+        path = folder / f"tv-{name}.onnx"
+        with torch.no_grad():
+            torch.onnx.export(
+                model, (torch.randn(1, 3, 224, 224),), str(path), dynamo=False,
+                opset_version=OPSET, input_names=["input"], output_names=["output"],
+            )  # fmt: skip
+        found.append((f"tv-{name}.classic", path))
     return found
 
 
@@ -129,7 +153,11 @@ def row(path: Path, fmt: str, ratio: float) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=[*CNNS, *TRANSFORMERS])
+    parser.add_argument("--models", nargs="*", default=[*CNNS, *TRANSFORMERS])
+    parser.add_argument(
+        "--torchvision", nargs="*", default=[], metavar="NAME",
+        help="also torchvision builders (e.g. resnet18 mobilenet_v2 efficientnet_b0)",
+    )  # fmt: skip
     parser.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS))
     parser.add_argument("--ratio", type=float, default=0.3)
     parser.add_argument("--tolerance", type=float, default=1e-4)
@@ -140,9 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     totals = Counter()
     with tempfile.TemporaryDirectory() as scratch:
-        for name, source in float_exports(args.models):
+        exports = float_exports(args.models)
+        exports += torchvision_exports(args.torchvision, Path(scratch))
+        for name, source in exports:
             for fmt in args.formats:
-                if fmt == "nbits" and name.split(".")[0] in CNNS:  # MatMul weights only
+                cnn = name.split(".")[0] in CNNS or name.startswith("tv-")
+                if fmt == "nbits" and cnn:  # MatMul weights only
                     continue
                 out = Path(scratch) / f"{name}.{fmt}.onnx"
                 try:

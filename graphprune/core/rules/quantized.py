@@ -13,7 +13,7 @@ which removal changes: a barrier unless approximations are asked for (`--approxi
 
 Specs: onnx QuantizeLinear / DequantizeLinear (opset 10-23), QLinearConv, QLinearMatMul,
 ConvInteger, MatMulInteger, DynamicQuantizeLinear; onnxruntime's contrib ops
-(docs/ContribOperators.md): QGemm, QLinearAdd, QLinearMul, QLinearSigmoid,
+(docs/ContribOperators.md): QGemm, QLinearAdd, QLinearMul, QLinearConcat, QLinearSigmoid,
 QLinearLeakyRelu, QLinearGlobalAveragePool, QLinearAveragePool, DynamicQuantizeMatMul,
 MatMulIntegerToFloat, MatMulNBits.
 """
@@ -153,6 +153,45 @@ def _dynamic_range(ctx: Context) -> bool:
 # Inputs 1, 2, 4, 5, 6, 7 are per-tensor scales and zero points (scalars): the broadcast
 # rule skips them and couples or slices the data operands A (0) and B (3).
 rule("QLinearAdd", "QLinearMul", domain=MS)(broadcast)
+
+
+@rule("QLinearConcat", domain=MS)
+def qlinear_concat(ctx: Context) -> None:
+    """Concat of the tensors X at inputs 2, 5, 8, ... (each followed by its per-tensor scale
+    and zero point; Y's come first). Along the channel axis the output holds the inputs'
+    channels end to end (untracked inputs add positions nothing may remove); along another
+    axis every input must carry the same channels, which couples them."""
+    tracked = dict(ctx.tracked())
+    if not tracked:
+        return
+    data = list(range(2, len(ctx.node.input), 3))
+    if any(index not in data for index in tracked):
+        ctx.block("channels reach a scale or zero point")
+        return
+    rank = len(ctx.output_shape() or ctx.input_shape(data[0]) or ())
+    axis = int(ctx.attr("axis")) % max(rank, 1)
+    if all(layout.axis == axis for layout in tracked.values()):
+        pieces = []
+        for index in data:
+            shape = ctx.input_shape(index)
+            if index in tracked:
+                pieces.append(tracked[index].atoms)
+            elif shape is None or not isinstance(shape[axis], int):
+                ctx.block("size of an untracked input along the channel axis unknown")
+                return
+            else:
+                pieces.append(ctx.opaque_atoms(shape[axis], "concatenated with untracked input"))
+        ctx.emit(0, Layout(axis, np.concatenate(pieces)))
+        return
+    first = next(iter(tracked.values()))
+    if len(tracked) != len(data) or any(
+        x.axis != first.axis or x.size != first.size for x in tracked.values()
+    ):
+        ctx.block("inputs carry channels on different axes")
+        return
+    for layout in tracked.values():
+        ctx.couple(first.atoms, layout.atoms)
+    ctx.emit(0, first)
 
 
 @rule("QLinearSigmoid", "QLinearLeakyRelu", domain=MS)
