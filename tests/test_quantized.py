@@ -22,8 +22,9 @@ def _initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     return {tensor.name: tensor for tensor in model.graph.initializer}
 
 
-def _dq(g: GraphBuilder, q: np.ndarray, scale: np.ndarray, zero: np.ndarray, **attrs) -> str:
-    return g.op("DequantizeLinear", [g.const(q), g.const(scale), g.const(zero)], **attrs)
+def _dq(g: GraphBuilder, q: np.ndarray, scale: np.ndarray, zero, **attrs) -> str:
+    inputs = [g.const(q), g.const(scale)] + ([] if zero is None else [g.const(zero)])
+    return g.op("DequantizeLinear", inputs, **attrs)
 
 
 def _qdq_conv(g: GraphBuilder, x: str, cin: int, cout: int, scales=None) -> str:
@@ -63,6 +64,25 @@ def test_qdq_conv_slices_the_quantized_weight_and_its_per_channel_scale():
     assert weights == [([4, 3, 3, 3], onnx.TensorProto.INT8), ([4, 4, 3, 3], onnx.TensorProto.INT8)]
     scales = sorted(list(t.dims) for t in pruned.graph.initializer if t.data_type == 1)
     assert scales == [[4], [4]]  # the first conv's scale lost 4; the second's is per output
+
+
+def test_uint8_weights_mask_to_their_zero_point_and_an_omitted_one_is_zero():
+    """Asymmetric uint8 weights (zero point 128 per channel: a removed input channel
+    becomes 128 in the oracle, not 0) and a symmetric int8 weight without zero point."""
+    g = GraphBuilder(opset=17)
+    x = g.input([1, 3, 8, 8])
+    first = _dq(g, g.rng.integers(0, 256, (8, 3, 3, 3)).astype(np.uint8),
+                np.full(8, 0.01, np.float32), np.full(8, 128, np.uint8), axis=0)  # fmt: skip
+    y = g.op("Relu", [g.op("Conv", [x, first], pads=[1, 1, 1, 1])])
+    second = _dq(g, g.rng.integers(0, 256, (4, 8, 3, 3)).astype(np.uint8),
+                 g.rng.uniform(0.01, 0.02, 4).astype(np.float32),
+                 g.rng.integers(120, 136, 4).astype(np.uint8), axis=0)  # fmt: skip
+    z = g.op("Relu", [g.op("Conv", [y, second], pads=[1, 1, 1, 1])])
+    third = _dq(g, g.rng.integers(-127, 128, (2, 4, 1, 1)).astype(np.int8),
+                np.float32(0.02), None)  # fmt: skip
+    g.output(g.op("Conv", [z, third]))
+    analysis, _, _ = prune_and_check(g.model(), ratio=0.5)
+    assert [grp.channels for grp in analysis.prunable_groups] == [8, 4]
 
 
 def test_importance_ranks_quantized_channels_by_their_real_values():

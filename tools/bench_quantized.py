@@ -18,6 +18,7 @@ unchanged, and for ``dynamic`` the deviation from the unpruned model. Command::
 
     python tools/bench_quantized.py            # everything
     python tools/bench_quantized.py --models resnet18 --formats qdq qop
+    python tools/bench_quantized.py --models densenet inception yolov8 --formats qdq qop
     python tools/bench_quantized.py --models --torchvision resnet18 mobilenet_v2 \
         efficientnet_b0 regnet_y_400mf     # torchvision's architectures, 224x224
 """
@@ -50,10 +51,11 @@ FORMATS = ("dynamic", "qdq", "qop", "nbits")
 
 def float_exports(models: list[str]) -> list[tuple[str, Path]]:
     from models.export import cached
+    from models.zoo import ZOO
 
     found = []
     for name in models:
-        if name in CNNS:
+        if name in ZOO:
             found += [(f"{name}.{e}", cached(name, e)) for e in ("classic", "dynamo")]
         else:
             from models.torchvision_cpu import import_torchvision
@@ -172,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         exports += torchvision_exports(args.torchvision, Path(scratch))
         for name, source in exports:
             for fmt in args.formats:
-                cnn = name.split(".")[0] in CNNS or name.startswith("tv-")
+                cnn = name.split(".")[0] not in TRANSFORMERS
                 if fmt == "nbits" and cnn:  # MatMul weights only
                     continue
                 out = Path(scratch) / f"{name}.{fmt}.onnx"

@@ -66,9 +66,8 @@ def _zero_value(view, edit: Edit, value: np.ndarray):
         return 0
     if quant.bits < 8:
         raise InternalError(f"packed weight of '{edit.node}' cannot absorb channels")
-    name = view.input(view.nodes[edit.node], quant.zero_point)
-    if quant.zero_point is None:
-        name = None
+    node = view.nodes[edit.node]
+    name = None if quant.zero_point is None else view.input(node, quant.zero_point)
     zero_point = None if name is None else view.constant(name)
     return zero_points(quant, value.shape, zero_point, value.dtype)
 
