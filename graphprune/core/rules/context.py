@@ -141,9 +141,17 @@ class Context:
 
     def _dequantized_weight(self, index: int) -> tuple[onnx.NodeProto, Quantized] | None:
         """The DequantizeLinear of constants that computes input `index` for this node
-        alone, and its quantization."""
+        alone (directly or through Identity nodes), and its quantization."""
         name = self.view.input(self.node, index)
         producer = None if name is None else self.view.producer(name)
+        while (
+            producer is not None
+            and producer.op_type == "Identity"
+            and len(self.view.consumers(name)) == 1
+            and name not in self.view.graph_outputs
+        ):
+            name = producer.input[0]
+            producer = self.view.producer(name)
         if (
             producer is None
             or producer.op_type != "DequantizeLinear"

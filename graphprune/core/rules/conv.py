@@ -67,6 +67,10 @@ def conv_channels(ctx: Context, weight: int = 1, bias: int | None = 2) -> None:
         ctx.equal_blocks(out.reshape(groups, out_channels // groups))
     ctx.slice(weight, 0, out, role="weight")
     if bias is not None and ctx.view.input(ctx.node, bias) is not None:
+        if ctx.constant_shape(bias) is None:
+            ctx.block("bias computed at runtime")
+            ctx.freeze_own_atoms("bias computed at runtime")
+            return
         ctx.slice(bias, 0, out, role="bias")
     ctx.emit(0, Layout(1, out))
 
