@@ -282,3 +282,23 @@ def test_quantized_llama_keeps_its_heads_and_mlp(fmt, tmp_path):
         model = quantizer.model.model
     analysis, _, _ = prune_and_check(model, ratio=0.3)
     assert sorted(grp.kind for grp in analysis.prunable_groups) == ["heads"] * 2 + ["mlp"] * 2
+
+
+def test_a_deduplicated_quantized_bias_read_through_identity_nodes():
+    """The classic exporter stores equal biases once and reads them through Identity
+    nodes; the quantizer then dequantizes that one bias for both convs."""
+    g = GraphBuilder(opset=17)
+    x = g.input([1, 3, 8, 8])
+    bias = _dq(g, np.arange(8, dtype=np.int32), np.float32(0.01), None)
+    first = g.op("Conv", [x, _dq(g, g.rng.integers(-127, 128, (8, 3, 3, 3)).astype(np.int8),
+                                 np.full(8, 0.01, np.float32), None, axis=0),
+                          g.op("Identity", [bias])], pads=[1, 1, 1, 1])  # fmt: skip
+    second = g.op("Conv", [g.op("Relu", [first]),
+                           _dq(g, g.rng.integers(-127, 128, (8, 8, 1, 1)).astype(np.int8),
+                               np.full(8, 0.01, np.float32), None, axis=0),
+                           g.op("Identity", [bias])])  # fmt: skip
+    g.output(g.conv(g.op("Relu", [second]), 8, 2))
+    analysis, _, pruned = prune_and_check(g.model(), ratio=0.5)
+    assert [grp.channels for grp in analysis.prunable_groups] == [8, 8]
+    biases = sorted(tuple(t.dims) for t in pruned.graph.initializer if t.data_type == 6)
+    assert biases == [(4,), (4,)]  # one int32 bias per conv, each sliced with its channels
