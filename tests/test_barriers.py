@@ -1,5 +1,5 @@
 """Graphs beyond plain exports are decided during analysis, never after the rewrite:
-channels read inside subgraphs, quantized graphs, onnxruntime contrib ops in the default
+channels read inside subgraphs, onnxruntime contrib ops in the default
 domain, unknown shapes. Each prunes what it can, runs, and names what it keeps."""
 
 from __future__ import annotations
@@ -46,40 +46,6 @@ def test_channels_that_leave_if_branches_on_different_axes_stop_at_the_if():
     assert [grp.channels for grp in kept] == [8]
     assert len(analysis.prunable_groups) >= 1
     onnx.checker.check_model(pruned, full_check=True)
-
-
-@pytest.mark.parametrize("per_channel", [False, True])
-def test_quantized_graphs_are_kept_whole_and_say_why(per_channel, tmp_path):
-    quantization = pytest.importorskip("onnxruntime.quantization")
-    g = GraphBuilder(opset=17)
-    x = g.input([1, 3, 8, 8])
-    g.output(g.conv(g.op("Relu", [g.conv(x, 3, 8)]), 8, 4))
-    float_path, quantized_path = tmp_path / "float.onnx", tmp_path / "int8.onnx"
-    onnx.save(g.model(), float_path)
-    rng = np.random.default_rng(0)
-
-    class Reader(quantization.CalibrationDataReader):
-        def __init__(self) -> None:
-            self.left = 2
-
-        def get_next(self):
-            self.left -= 1
-            return (
-                {"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)}
-                if self.left >= 0
-                else None
-            )
-
-    quantization.quantize_static(
-        str(float_path), str(quantized_path), Reader(), per_channel=per_channel
-    )
-    model = gp.load(str(quantized_path))
-    analysis, _, _ = prune_and_check(model)
-    assert not analysis.prunable_groups
-    assert "DequantizeLinear" in analysis.ops_without_rule
-    assert "ops without a channel rule: DequantizeLinear" in gp.inspect.report.analysis_text(
-        analysis
-    )
 
 
 def test_contrib_ops_in_the_default_domain_are_checked_as_the_input_is():

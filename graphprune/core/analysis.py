@@ -222,8 +222,16 @@ def _groups_touched(atom_lists, group_of_class, class_of) -> set[int]:
     return {int(g) for atoms in atom_lists for g in np.unique(group_of_class[class_of[atoms]])}
 
 
+# Linear layers, float and quantized (QOperator, integer, onnxruntime's contrib ops), and
+# onnxruntime's fused mixture-of-experts MLPs.
+_LINEAR = {
+    "Gemm", "MatMul", "QGemm", "QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat",
+    "DynamicQuantizeMatMul", "MatMulNBits", "MoE",
+}  # fmt: skip
+
+
 def _linear(view: GraphView, source: str) -> bool:
-    return view.nodes[source].op_type in ("Gemm", "MatMul", "MoE")
+    return view.nodes[source].op_type in _LINEAR
 
 
 def _reasons_by_group(entries, group_of_class, class_of) -> dict[int, list[Reason]]:

@@ -72,12 +72,30 @@ class Layout:
 
 
 @dataclass(frozen=True)
+class Quantized:
+    """A constant input holds quantized values q: its real value is (q - zero_point) *
+    scale, where `scale` and `zero_point` (None: 0) are inputs of the same node, per
+    tensor (`axis` None), per position of `axis`, or per block of `block_size` positions
+    along `axis`. `bits` < 8: `8 // bits` values packed in a byte along the last axis,
+    low bits first (MatMulNBits), with the zero points packed likewise."""
+
+    scale: int | None
+    zero_point: int | None
+    axis: int | None = None
+    block_size: int = 0
+    bits: int = 8
+
+
+@dataclass(frozen=True)
 class SliceConstant:
     """Keep only the positions of `atoms` that survive along `axis` of a constant input.
 
     `absorbs` marks the consumer side (a Conv's input channels, a Gemm's input features):
     zeroing exactly those positions in the original model is the masking oracle.
-    `role` says what the values are (see `Role`).
+    `role` says what the values are (see `Role`). `quantized`: the values are quantized
+    (importance reads them dequantized; the oracle sets them to their zero point, which
+    dequantizes to 0). `pack`: that many positions share one byte along `axis`, low bits
+    first (4-bit zero points): the rewrite unpacks, slices and packs again.
     """
 
     node: str
@@ -86,6 +104,8 @@ class SliceConstant:
     atoms: np.ndarray
     role: Role = "param"
     absorbs: bool = False
+    quantized: Quantized | None = None
+    pack: int = 1
 
 
 @dataclass(frozen=True)
@@ -98,6 +118,7 @@ class SliceGroupedInput:
     atoms: np.ndarray
     role: Role = "weight"
     absorbs: bool = True
+    quantized: Quantized | None = None
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from ..io.protos import all_graphs, element_count
 from ..io.shapes import infer_shapes
 from .analysis import Analysis
 from .channels import Bypass, Edit, MaskInput, SetCount, SliceConstant, SliceGroupedInput
+from .dequantize import pack, unpack, zero_points
 from .graph import SUBGRAPH_READ
 
 PLAN_METADATA_KEY = "graphprune.plan"
@@ -50,21 +51,43 @@ def masked(analysis: Analysis, keep_atom: np.ndarray) -> onnx.ModelProto:
     absorbing = [
         e for e in analysis.edits if getattr(e, "absorbs", False) or isinstance(e, MaskInput)
     ]
-    return _edited(analysis, keep_atom, absorbing, _zero, None)
+    view = analysis.view
+
+    def zero(edit: Edit, value: np.ndarray, keep_atom: np.ndarray) -> np.ndarray:
+        return _zero(edit, value, keep_atom, _zero_value(view, edit, value))
+
+    return _edited(analysis, keep_atom, absorbing, zero, None)
 
 
-def _zero(edit: Edit, value: np.ndarray, keep_atom: np.ndarray) -> np.ndarray:
+def _zero_value(view, edit: Edit, value: np.ndarray):
+    """What a removed position becomes in the oracle: 0, or for a quantized weight its
+    zero point (which dequantizes to 0)."""
+    quant = getattr(edit, "quantized", None)
+    if quant is None:
+        return 0
+    if quant.bits < 8:
+        raise InternalError(f"packed weight of '{edit.node}' cannot absorb channels")
+    node = view.nodes[edit.node]
+    name = None if quant.zero_point is None else view.input(node, quant.zero_point)
+    zero_point = None if name is None else view.constant(name)
+    return zero_points(quant, value.shape, zero_point, value.dtype)
+
+
+def _zero(edit: Edit, value: np.ndarray, keep_atom: np.ndarray, zero=0) -> np.ndarray:
     value = value.copy()
     if isinstance(edit, SliceGroupedInput):
         groups = edit.atoms.shape[0]
         rows = value.shape[0] // groups
+        zero = np.broadcast_to(zero, value.shape)
         for group in range(groups):
             removed = ~keep_atom[edit.atoms[group]]
-            value[group * rows : (group + 1) * rows][:, removed] = 0
+            rows_of_group = slice(group * rows, (group + 1) * rows)
+            value[rows_of_group][:, removed] = zero[rows_of_group][:, removed]
         return value
     index = [slice(None)] * value.ndim
     index[edit.axis] = ~keep_atom[edit.atoms]
-    value[tuple(index)] = 0
+    index = tuple(index)
+    value[index] = zero if np.isscalar(zero) else zero[index]
     return value
 
 
@@ -156,14 +179,14 @@ def _deferrable(view, node: gs.Node, index: int, edits: list[Edit], minimum: int
 def _shape_after(tensor: onnx.TensorProto, edits, keep_atom, apply) -> list[int]:
     """The shape `apply` gives the tensor, computed without its values."""
     shape = [int(d) for d in tensor.dims]
-    if apply is _zero:
+    if apply is not _apply:  # masking keeps every shape
         return shape
     for edit in sorted(edits, key=_edit_order):
         keep = keep_atom[edit.atoms]
         if isinstance(edit, SliceGroupedInput):
             shape[1] = int(keep.sum(axis=1)[0])
         else:
-            shape[edit.axis] = int(keep.sum())
+            shape[edit.axis] = -(-int(keep.sum()) // getattr(edit, "pack", 1))
     return shape
 
 
@@ -250,6 +273,11 @@ def _current_value(view, node: gs.Node, index: int, edits: list[Edit]) -> np.nda
 
 
 def _apply(edit: Edit, value: np.ndarray, keep_atom: np.ndarray) -> np.ndarray:
+    if isinstance(edit, SliceConstant) and edit.pack > 1:
+        bits = 8 // edit.pack
+        values = unpack(value, bits, edit.axis)
+        values = np.take(values, np.arange(edit.atoms.size), axis=edit.axis)
+        return pack(np.compress(keep_atom[edit.atoms], values, axis=edit.axis), bits, edit.axis)
     if isinstance(edit, SliceConstant):
         return np.compress(keep_atom[edit.atoms], value, axis=edit.axis)
     if isinstance(edit, SliceGroupedInput):

@@ -37,6 +37,7 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
     check_input_model(model)
     _name_nodes(model.graph)
     fold_constants(model)
+    _unshare_dequantized_constants(model.graph)
     return model
 
 
@@ -124,3 +125,36 @@ def _name_nodes(graph: onnx.GraphProto) -> None:
             continue
         node.name = unique_name(node.name or f"{node.op_type}_{index}", taken)
         seen.add(node.name)
+
+
+def _unshare_dequantized_constants(graph: onnx.GraphProto) -> None:
+    """A DequantizeLinear of constants that several nodes read (a tied quantized weight, a
+    shared bias or rotary table) becomes one per reader, all reading the same
+    initializers: as a shared float constant gets a copy per use in the rewrite, each
+    reader's channels then slice their own. Reads inside subgraphs keep the original."""
+    constants = {tensor.name for tensor in graph.initializer}
+    constants |= {n.output[0] for n in graph.node if n.op_type == "Constant" and n.output}
+    readers: dict[str, list[tuple[int, int]]] = {}
+    for position, node in enumerate(graph.node):
+        for index, name in enumerate(node.input):
+            readers.setdefault(name, []).append((position, index))
+    node_names = {node.name for node in graph.node}
+    tensor_names = {name for node in graph.node for name in [*node.input, *node.output]}
+    nodes = []
+    for node in graph.node:
+        nodes.append(node)
+        uses = readers.get(node.output[0], []) if node.output else []
+        if node.op_type != "DequantizeLinear" or len(uses) < 2:
+            continue
+        if any(name and name not in constants for name in node.input):
+            continue
+        for position, index in uses[1:]:
+            copy = onnx.NodeProto()
+            copy.CopyFrom(node)
+            copy.name = unique_name(node.name, node_names)
+            copy.output[0] = unique_name(node.output[0], tensor_names)
+            graph.node[position].input[index] = copy.output[0]
+            nodes.append(copy)
+    if len(nodes) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(nodes)

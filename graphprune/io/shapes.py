@@ -10,6 +10,7 @@ import contextlib
 import functools
 import importlib.util
 import io
+import math
 from pathlib import Path
 
 import onnx
@@ -53,9 +54,14 @@ def infer_shapes(
                 dim.dim_value = int(size)
     inferred = _infer(skeleton)
     # Some ops have no shape inference in onnx (function ops such as GroupNormalization):
-    # their output has the data input's shape; state it and infer again downstream.
-    for _ in range(4):
-        known = {info.name for info in [*inferred.graph.value_info, *inferred.graph.input]}
+    # their output has the data input's shape; state it and infer again downstream (each
+    # pass reaches one more such op on a path: a QOperator ResNet chains one per block).
+    for _ in range(_STATING_PASSES):
+        known = {
+            info.name
+            for info in [*inferred.graph.value_info, *inferred.graph.input]
+            if _shape_of(info.type) is not None  # a type without a shape is not known
+        }
         stated = [
             _copy_type(inferred, node.input[0], node.output[0])
             for node in inferred.graph.node
@@ -63,6 +69,7 @@ def infer_shapes(
             and node.output[0] not in known
             and node.input[0] in known
         ]
+        stated += _quantized_contrib_types(inferred, known)
         if not stated:
             break
         skeleton.graph.value_info.extend(stated)
@@ -164,6 +171,7 @@ def _symbolic_shape_infer():
 # settle in a few.
 _SYMBOLIC_PASSES = 16
 
+_STATING_PASSES = 256
 _SHAPE_PRESERVING = {"GroupNormalization", "LayerNormalization", "RMSNormalization"}
 
 
@@ -181,7 +189,120 @@ def _copy_type(model: onnx.ModelProto, source: str, name: str) -> onnx.ValueInfo
             copy.CopyFrom(info)
             copy.name = name
             return copy
+    for tensor in model.graph.initializer:
+        if tensor.name == source:
+            return onnx.helper.make_tensor_value_info(name, tensor.data_type, tensor.dims)
     raise KeyError(source)
+
+
+def _quantized_contrib_types(model: onnx.ModelProto, known: set[str]) -> list:
+    """onnxruntime's QOperator contrib ops that onnx does not know: QLinearSigmoid and
+    QLinearLeakyRelu keep X's shape, QLinearAdd and QLinearMul broadcast their operands
+    (A and B, either may be a constant), QLinearConcat adds up sizes along its axis,
+    QLinearAveragePool pools, QLinearGlobalAveragePool sets spatial dims to 1, QGemm is
+    [M, N].
+    Each stated type is added to `model` at once, so a chain of them takes one pass."""
+    known = known | {tensor.name for tensor in model.graph.initializer}
+    stated = []
+    for node in model.graph.node:
+        if node.domain != "com.microsoft" or node.output[0] in known or node.input[0] not in known:
+            continue
+        info = _contrib_type(model, node, known)
+        if info is not None:
+            model.graph.value_info.append(info)
+            known.add(info.name)
+            stated.append(info)
+    return stated
+
+
+def _contrib_type(model: onnx.ModelProto, node: onnx.NodeProto, known: set[str]):
+    op = node.op_type
+    if op in ("QLinearSigmoid", "QLinearLeakyRelu"):
+        return _copy_type(model, node.input[0], node.output[0])
+    if op in ("QLinearAdd", "QLinearMul") and node.input[3] in known:
+        first = _copy_type(model, node.input[0], node.output[0])
+        second = _copy_type(model, node.input[3], node.output[0])
+        a, b = _shape_of(first.type), _shape_of(second.type)
+        if a is None or b is None:
+            return None
+        if len(b) > len(a):
+            first, a, b = second, b, a
+        b = (1,) * (len(a) - len(b)) + tuple(b)  # numpy broadcasting aligns the right
+        for dim, x, y in zip(first.type.tensor_type.shape.dim, a, b, strict=True):
+            if x == y or y == 1:
+                continue
+            if isinstance(x, int) and isinstance(y, int) and x != 1:
+                return None  # sizes that do not broadcast: a malformed model
+            dim.Clear()  # x is 1: y; unrelated symbols: unknown
+            if x == 1 and isinstance(y, int):
+                dim.dim_value = y
+            elif x == 1 and y is not None:
+                dim.dim_param = y
+        return first
+    if op == "QLinearConcat":  # X at inputs 2, 5, ...: sizes add up along `axis`
+        parts = [_copy_type(model, x, node.output[0]) for x in node.input[2::3] if x in known]
+        shapes = [_shape_of(part.type) for part in parts]
+        if len(parts) != len(node.input[2::3]) or any(x is None for x in shapes):
+            return None
+        axis = next(a.i for a in node.attribute if a.name == "axis") % len(shapes[0])
+        sizes = [shape[axis] for shape in shapes]
+        dim = parts[0].type.tensor_type.shape.dim[axis]
+        dim.Clear()
+        if all(isinstance(size, int) for size in sizes):
+            dim.dim_value = sum(sizes)
+        return parts[0]
+    if op == "QLinearAveragePool":
+        return _pooled_type(model, node)
+    if op == "QGemm" and node.input[3] in known:  # A' [M, K] times B' [K, N]
+        attributes = {a.name: a.i for a in node.attribute if a.type == a.INT}
+        a = _copy_type(model, node.input[0], node.output[0])
+        b = _shape_of(_copy_type(model, node.input[3], node.output[0]).type)
+        dims = a.type.tensor_type.shape.dim
+        if len(dims) != 2 or b is None or len(b) != 2:
+            return None
+        if attributes.get("transA", 0):
+            dims[0].CopyFrom(dims[1])
+        dims[1].Clear()
+        n = b[0] if attributes.get("transB", 0) else b[1]
+        if isinstance(n, int):
+            dims[1].dim_value = n
+        return a
+    if op == "QLinearGlobalAveragePool":
+        info = _copy_type(model, node.input[0], node.output[0])
+        dims = info.type.tensor_type.shape.dim
+        last = any(a.name == "channels_last" and a.i for a in node.attribute)
+        for dim in dims[1:-1] if last else dims[2:]:
+            dim.Clear()
+            dim.dim_value = 1
+        return info
+    return None
+
+
+def _pooled_type(model: onnx.ModelProto, node: onnx.NodeProto):
+    """AveragePool's output size per spatial axis: floor or ceil (ceil_mode) of
+    (size + pads - kernel) / stride + 1, or ceil(size / stride) with SAME padding."""
+    info = _copy_type(model, node.input[0], node.output[0])
+    attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    kernel = list(attributes["kernel_shape"])
+    dims = info.type.tensor_type.shape.dim
+    spatial = list(dims[1:-1] if attributes.get("channels_last", 0) else dims[2:])
+    strides = list(attributes.get("strides", [1] * len(kernel)))
+    pads = list(attributes.get("pads", [0] * 2 * len(kernel)))
+    auto_pad = attributes.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if len(spatial) != len(kernel) or auto_pad == "VALID":
+        return None
+    rounding = math.ceil if attributes.get("ceil_mode", 0) else math.floor
+    for i, dim in enumerate(spatial):
+        if not dim.HasField("dim_value"):
+            return None
+        size = dim.dim_value
+        if auto_pad.startswith("SAME"):
+            dim.dim_value = -(-size // strides[i])
+        else:
+            padded = size + pads[i] + pads[i + len(kernel)] - kernel[i]
+            dim.dim_value = int(rounding(padded / strides[i])) + 1
+    return info
 
 
 def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:

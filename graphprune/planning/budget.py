@@ -25,9 +25,8 @@ import numpy as np
 
 from ..core.analysis import Analysis, Group
 from ..core.channels import MaskInput, SliceConstant, SliceGroupedInput
-from ..core.metrics import count_params, node_macs
+from ..core.metrics import WEIGHT_INPUT, count_params, is_parameter, node_macs
 from ..errors import GraphpruneError
-from ..io.protos import is_float
 from ..io.shapes import infer_shapes
 from ..runtime.inputs import input_shapes
 
@@ -72,7 +71,7 @@ class CostModel:
                 if storage is None or storage in seen or shape is None:
                     continue
                 stored = view.initializers.get(storage)
-                if stored is not None and not is_float(stored.data_type):
+                if stored is not None and not is_parameter(stored.data_type):
                     continue
                 seen[storage] = len(self.items)
                 self.items.append((float(math.prod(shape)), _axes(edits)))
@@ -93,7 +92,7 @@ class CostModel:
             for node in view.order:
                 macs = float(node_macs(node, concrete))
                 self.total += macs
-                edits = by_input.get((node.name, 1), []) + masks.get(node.name, [])
+                edits = _weight_edits(view, node, by_input) + masks.get(node.name, [])
                 axes = _axes(edits) + owners.get(node.name, [])
                 if macs and axes:
                     self.items.append((macs, axes))
@@ -127,7 +126,7 @@ def _block_weights(view, owners) -> dict[str, list[np.ndarray]]:
         return found
     for storage, tensor in view.initializers.items():
         readers = view.consumers(storage)
-        if not readers or not is_float(tensor.data_type):
+        if not readers or not is_parameter(tensor.data_type):
             continue
         shared = None
         for node, _ in readers:
@@ -136,6 +135,17 @@ def _block_weights(view, owners) -> dict[str, list[np.ndarray]]:
         if shared:
             found[storage] = [np.array([atom]) for atom in sorted(shared)]
     return found
+
+
+def _weight_edits(view, node, by_input) -> list:
+    """The edits of a node's weight: its own input, or the integer input of the
+    DequantizeLinear that computes it (QDQ)."""
+    index = WEIGHT_INPUT.get(node.op_type, 1)
+    edits = by_input.get((node.name, index), [])
+    producer = view.producer(node.input[index]) if len(node.input) > index else None
+    if not edits and producer is not None and producer.op_type == "DequantizeLinear":
+        edits = by_input.get((producer.name, 0), [])
+    return edits
 
 
 def _axes(edits) -> list[np.ndarray]:

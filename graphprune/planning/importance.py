@@ -16,7 +16,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..core.analysis import Analysis
-from ..core.channels import SliceConstant, SliceGroupedInput
+from ..core.channels import Quantized, SliceConstant, SliceGroupedInput
+from ..core.dequantize import dequantize
 from ..errors import GraphpruneError
 from ..posttrain.criteria import CALIBRATED, LayerReduction, calibrated_scores, standardize
 
@@ -78,6 +79,8 @@ def _reduce(analysis: Analysis, roles: set[str], p: int, reduction: str) -> np.n
         value = analysis.view.constant(node.input[edit.input_index])
         if value is None:
             continue
+        if edit.quantized is not None:  # rank by the real values
+            value = _dequantized(analysis.view, node, edit.quantized, value)
         if isinstance(edit, SliceGroupedInput):
             magnitude = np.abs(value.astype(np.float64)) ** p
             groups, per_group = edit.atoms.shape
@@ -87,6 +90,14 @@ def _reduce(analysis: Analysis, roles: set[str], p: int, reduction: str) -> np.n
             per_position = _position_norms(np.moveaxis(value, edit.axis, 0), p)
         layers.add(edit.atoms, per_position)
     return layers.result(reduction)
+
+
+def _dequantized(view, node, quant: Quantized, value: np.ndarray) -> np.ndarray:
+    def read(index):
+        name = None if index is None else view.input(node, index)
+        return None if name is None else view.constant(name)
+
+    return dequantize(value, quant, read(quant.scale), read(quant.zero_point))
 
 
 _CHUNK_ELEMENTS = 1 << 22

@@ -248,7 +248,8 @@ def check_weights(analysis: Analysis) -> None:
             groups, per_group = edit.atoms.shape
             fits = len(shape) > 1 and shape[0] % groups == 0 and shape[1] == per_group
         else:
-            fits = edit.axis < len(shape) and shape[edit.axis] == edit.atoms.size
+            packed = -(-edit.atoms.size // edit.pack)  # 4-bit codes: two per byte
+            fits = edit.axis < len(shape) and shape[edit.axis] == packed
         if not fits:
             raise GraphpruneError(
                 f"weight '{name}' {list(shape)} of node '{edit.node}' does not match its "

@@ -168,6 +168,8 @@ def find_consumers(analysis: Analysis, groups: list[int] | None = None) -> list[
     for edit in analysis.edits:
         if not isinstance(edit, SliceConstant | SliceGroupedInput) or not edit.absorbs:
             continue
+        if edit.quantized is not None or edit.input_index != 1:
+            continue  # integer weights (and MatMulNBits' scales): no float weight to score
         touched = set(analysis.group_of_class[analysis.class_of[edit.atoms.ravel()]].tolist())
         if not touched & wanted:
             continue

@@ -14,6 +14,7 @@ from . import (  # noqa: F401
     linear,
     moe,
     normalization,
+    quantized,
     recurrent,
     reduction,
     reshape,

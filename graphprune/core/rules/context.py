@@ -31,6 +31,7 @@ from ..channels import (
     Edit,
     Layout,
     MaskInput,
+    Quantized,
     Reason,
     Role,
     SetCount,
@@ -38,6 +39,7 @@ from ..channels import (
     SliceGroupedInput,
     Target,
 )
+from ..dequantize import dequantize, dequantize_linear
 from ..graph import GraphView
 
 
@@ -92,6 +94,7 @@ class Context:
         self.view = view
         self.node = node
         self.approximate_norms = approximate_norms
+        self._quantized: dict[int, Quantized] = {}
 
     # Reading the node.
     def layout(self, index: int) -> Layout | None:
@@ -119,13 +122,49 @@ class Context:
         return self.view.attribute(self.node, name, default)
 
     def constant(self, index: int) -> np.ndarray | None:
+        """A constant input's value; a weight dequantized from constants (QDQ) reads as
+        its real values."""
         name = self.view.input(self.node, index)
+        found = self._dequantized_weight(index)
+        if found is not None:
+            dq, quant = found
+            inputs = [self.view.constant(n) if n else None for n in (*dq.input, "", "")[:3]]
+            return dequantize(inputs[0], quant, inputs[1], inputs[2]).astype(inputs[1].dtype)
         return None if name is None else self.view.constant(name)
 
     def constant_shape(self, index: int) -> tuple[int, ...] | None:
-        """Shape of a constant input (weights), None when it is computed at runtime."""
+        """Shape of a constant input (weights), None when it is computed at runtime. A
+        weight that a DequantizeLinear of constants computes for this node alone (QDQ)
+        counts as constant: slicing it slices the quantized values (`slice`)."""
         name = self.view.input(self.node, index)
+        found = self._dequantized_weight(index)
+        if found is not None:
+            return self.view.constant_shape(found[0].input[0])
         return None if name is None else self.view.constant_shape(name)
+
+    def _dequantized_weight(self, index: int) -> tuple[onnx.NodeProto, Quantized] | None:
+        """The DequantizeLinear of constants that computes input `index` for this node
+        alone (directly or through Identity nodes), and its quantization."""
+        name = self.view.input(self.node, index)
+        producer = None if name is None else self.view.producer(name)
+        while (
+            producer is not None
+            and producer.op_type == "Identity"
+            and len(self.view.consumers(name)) == 1
+            and name not in self.view.graph_outputs
+        ):
+            name = producer.input[0]
+            producer = self.view.producer(name)
+        if (
+            producer is None
+            or producer.op_type != "DequantizeLinear"
+            or producer.domain not in ("", "com.microsoft")
+            or len(self.view.consumers(name)) != 1
+            or name in self.view.graph_outputs
+        ):
+            return None
+        quant = dequantize_linear(self.view, producer)
+        return None if quant is None else (producer, quant)
 
     def input_shape(self, index: int):
         name = self.view.input(self.node, index)
@@ -167,10 +206,53 @@ class Context:
             self.couple(np.full(atoms.size - 1, atoms[0]), atoms[1:])
 
     def slice(
-        self, index: int, axis: int, atoms: np.ndarray, role: Role = "param", absorbs: bool = False
+        self,
+        index: int,
+        axis: int,
+        atoms: np.ndarray,
+        role: Role = "param",
+        absorbs: bool = False,
+        pack: int = 1,
     ) -> None:
-        edit = SliceConstant(self.node.name, index, axis, atoms, role, absorbs)
-        self._recorder.edits.append(edit)
+        """A constant input loses positions (`pack` of them per byte: 4-bit codes). A
+        quantized one (`quantized`, or a weight a DequantizeLinear of constants computes)
+        takes its per-axis or blocked scale and zero point along."""
+        found = self._dequantized_weight(index)
+        if found is not None:
+            dq, quant = found
+            self._slice_quantized(dq.name, 0, axis, atoms, role, absorbs, quant)
+        elif index in self._quantized:
+            quant = self._quantized[index]
+            self._slice_quantized(self.node.name, index, axis, atoms, role, absorbs, quant)
+        else:
+            edit = SliceConstant(self.node.name, index, axis, atoms, role, absorbs, pack=pack)
+            self._recorder.edits.append(edit)
+
+    def quantized(self, index: int, quant: Quantized) -> None:
+        """Input `index` holds quantized values (QLinearConv's w with w_scale, w_zero_point),
+        so `slice` slices its scale and zero point with it."""
+        self._quantized[index] = quant
+
+    def _slice_quantized(self, node, index, axis, atoms, role, absorbs, quant: Quantized) -> None:
+        edits = self._recorder.edits
+        edits.append(SliceConstant(node, index, axis, atoms, role, absorbs, quant))
+        if quant.axis is None or quant.bits < 8:  # packed: the rule slices its parameters
+            return
+        owner = self.view.nodes[node]
+        parameters = [i for i in (quant.scale, quant.zero_point) if i is not None]
+        if not quant.block_size:
+            if axis == quant.axis:  # one scale and zero point per position
+                for i in parameters:
+                    shape = self.view.constant_shape(owner.input[i])
+                    if shape is not None and int(np.prod(shape)) > 1:
+                        edits.append(SliceConstant(node, i, len(shape) - 1, atoms))
+            return
+        if axis == quant.axis:  # a block's positions share one scale: they go together
+            size = quant.block_size
+            self.couple(np.repeat(atoms[::size], size)[: atoms.size], atoms)
+            atoms = atoms[::size]
+        for i in parameters:
+            edits.append(SliceConstant(node, i, axis, atoms))
 
     def slice_upstream(
         self, index: int, constant: int, axis: int, atoms: np.ndarray, role: Role = "param",
@@ -183,7 +265,14 @@ class Context:
         self._recorder.edits.append(edit)
 
     def slice_grouped_input(self, index: int, atoms: np.ndarray) -> None:
-        self._recorder.edits.append(SliceGroupedInput(self.node.name, index, atoms))
+        node, quant = self.node.name, self._quantized.get(index)
+        found = self._dequantized_weight(index)
+        if found is not None:
+            node, index, quant = found[0].name, 0, found[1]
+        if quant is not None and quant.axis not in (None, 0):
+            self.block("weight quantized along its input channels in groups")
+            return
+        self._recorder.edits.append(SliceGroupedInput(node, index, atoms, quantized=quant))
 
     def mask_input(self, index: int, axis: int, atoms: np.ndarray, fill: float = 0.0) -> None:
         """Oracle only: setting these positions of input `index` to `fill` (zero, or -inf

@@ -13,10 +13,10 @@ from .context import Context
 from .registry import rule
 
 
-def _weight_shape(ctx: Context) -> tuple[int, ...] | None:
+def _weight_shape(ctx: Context, weight: int = 1) -> tuple[int, ...] | None:
     """The constant weight's shape; None (after stopping tracked inputs) when the weights are
     computed at runtime or channels arrive anywhere but the data input's axis 1."""
-    weight_shape = ctx.constant_shape(1)
+    weight_shape = ctx.constant_shape(weight)
     x = ctx.layout(0)
     if (
         weight_shape is None
@@ -30,21 +30,26 @@ def _weight_shape(ctx: Context) -> tuple[int, ...] | None:
 
 @rule("Conv")
 def conv(ctx: Context) -> None:
+    conv_channels(ctx)
+
+
+def conv_channels(ctx: Context, weight: int = 1, bias: int | None = 2) -> None:
     """Input channels are absorbed by weight axis 1; output channels are new.
 
     Depthwise (one input channel per group): output channel m is computed from input
     channel m // multiplier alone, so it *is* that channel: the atoms pass through and
     `group` shrinks with them. Other grouped convs keep their group count; each group must
-    lose the same number of input channels and of output channels."""
+    lose the same number of input channels and of output channels. `weight` and `bias`
+    are their input indices (QLinearConv has its own; ConvInteger has no bias)."""
     x = ctx.layout(0)
-    weight_shape = _weight_shape(ctx)
+    weight_shape = _weight_shape(ctx, weight)
     if weight_shape is None:
         return
     groups = int(ctx.attr("group", 1))
     out_channels, per_group = weight_shape[0], weight_shape[1]
     if groups == 1:
         if x is not None:
-            ctx.slice(1, 1, x.atoms, role="weight", absorbs=True)
+            ctx.slice(weight, 1, x.atoms, role="weight", absorbs=True)
         out = ctx.new_atoms(out_channels)
     elif per_group == 1 and x is not None:
         out = np.repeat(x.atoms, out_channels // groups)
@@ -56,13 +61,17 @@ def conv(ctx: Context) -> None:
     else:
         if x is not None:
             blocks = x.atoms.reshape(groups, per_group)
-            ctx.slice_grouped_input(1, blocks)
+            ctx.slice_grouped_input(weight, blocks)
             ctx.equal_blocks(blocks)
         out = ctx.new_atoms(out_channels)
         ctx.equal_blocks(out.reshape(groups, out_channels // groups))
-    ctx.slice(1, 0, out, role="weight")
-    if ctx.view.input(ctx.node, 2) is not None:
-        ctx.slice(2, 0, out, role="bias")
+    ctx.slice(weight, 0, out, role="weight")
+    if bias is not None and ctx.view.input(ctx.node, bias) is not None:
+        if ctx.constant_shape(bias) is None:
+            ctx.block("bias computed at runtime")
+            ctx.freeze_own_atoms("bias computed at runtime")
+            return
+        ctx.slice(bias, 0, out, role="bias")
     ctx.emit(0, Layout(1, out))
 
 

@@ -8,6 +8,8 @@ weight (K, N); the classic one as Gemm with transB=1.
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..channels import Layout
 from .context import Context
 from .moe import gathered_expert_weights
@@ -16,9 +18,14 @@ from .registry import rule
 
 @rule("Gemm")
 def gemm(ctx: Context) -> None:
+    gemm_channels(ctx)
+
+
+def gemm_channels(ctx: Context, weight: int = 1, bias: int = 2) -> None:
     """Input features are absorbed by B's K axis; output features are new and cut B's N
-    axis and C's last axis (when C is per-feature)."""
-    weight_shape = ctx.constant_shape(1)
+    axis and C's last axis (when C is per-feature). `weight` and `bias` are the input
+    indices of B and C (QGemm has its own)."""
+    weight_shape = ctx.constant_shape(weight)
     a = ctx.layout(0)
     if weight_shape is None or any(i != 0 for i, _ in ctx.tracked()):
         ctx.block("B is computed at runtime" if weight_shape is None else "channels in B or C")
@@ -29,28 +36,36 @@ def gemm(ctx: Context) -> None:
         return
     k_axis, n_axis = (1, 0) if ctx.attr("transB", 0) else (0, 1)
     if a is not None:
-        ctx.slice(1, k_axis, a.atoms, role="weight", absorbs=True)
+        ctx.slice(weight, k_axis, a.atoms, role="weight", absorbs=True)
     out = ctx.new_atoms(weight_shape[n_axis])
-    ctx.slice(1, n_axis, out, role="weight")
-    bias_shape = ctx.input_shape(2)
+    ctx.slice(weight, n_axis, out, role="weight")
+    bias_shape = ctx.input_shape(bias)
     if bias_shape and bias_shape[-1] == weight_shape[n_axis] and weight_shape[n_axis] != 1:
-        if ctx.constant(2) is None:
+        if ctx.constant_shape(bias) is None:
             ctx.block("bias computed at runtime")
             return
-        ctx.slice(2, len(bias_shape) - 1, out, role="bias")
+        ctx.slice(bias, len(bias_shape) - 1, out, role="bias")
     ctx.emit(0, Layout(1, out))
 
 
 @rule("MatMul", tiled=True)
 def matmul(ctx: Context) -> None:
+    matmul_channels(ctx)
+
+
+def matmul_channels(ctx: Context, weight: int = 1) -> np.ndarray | None:
     """With a constant 2-D B (K, N): A's last axis is absorbed by B's rows, and the output's
     last axis holds N new features. Two computed operands (attention) go to
-    `activation_matmul`."""
-    weight_shape = ctx.constant_shape(1)
+    `activation_matmul`. `weight`: B's input index (QLinearMatMul has its own). Returns
+    the new output features, None when there are none."""
+    weight_shape = ctx.constant_shape(weight)
     a = ctx.layout(0)
     a_rank = len(ctx.input_shape(0) or ())
     a_is_constant = ctx.constant_shape(0) is not None
     if weight_shape is None and not a_is_constant:
+        if weight != 1:
+            ctx.block("both operands are computed")
+            return
         if not gathered_expert_weights(ctx):
             activation_matmul(ctx)
         return
@@ -64,10 +79,11 @@ def matmul(ctx: Context) -> None:
         ctx.block("channels are not on the contracted axis")
         return
     if a is not None:
-        ctx.slice(1, 0, a.atoms, role="weight", absorbs=True)
+        ctx.slice(weight, 0, a.atoms, role="weight", absorbs=True)
     out = ctx.new_atoms(weight_shape[1])
-    ctx.slice(1, 1, out, role="weight")
+    ctx.slice(weight, 1, out, role="weight")
     ctx.emit(0, Layout(a_rank - 1, out))
+    return out
 
 
 def activation_matmul(ctx: Context) -> None:

@@ -322,6 +322,17 @@ def surviving_axes(view, node) -> dict[int, int] | None:
     return dict(enumerate(i for i in range(len(out_shape)) if i not in inserted))
 
 
+_REQUANTIZE = {"QuantizeLinear", "DequantizeLinear"}
+
+
+def _is_weight(view, tensor: str) -> bool:
+    """A constant, or a constant's dequantized values (QDQ)."""
+    producer = view.producer(tensor)
+    if producer is not None and producer.op_type == "DequantizeLinear":
+        return view.is_constant(producer.input[0])
+    return view.is_constant(tensor)
+
+
 def _feeds_attention(view, tensor: str, depth: int = 8) -> bool:
     """Whether `tensor` reaches a MatMul of two computed operands within `depth` ops,
     without passing through a layer with weights or a selector."""
@@ -333,10 +344,12 @@ def _feeds_attention(view, tensor: str, depth: int = 8) -> bool:
                 if consumer.name in seen:
                     continue
                 seen.add(consumer.name)
-                constant_operand = any(view.is_constant(i) for i in consumer.input[:2] if i)
+                constant_operand = any(_is_weight(view, i) for i in consumer.input[:2] if i)
                 if consumer.op_type == "MatMul" and not constant_operand:
                     return True
-                if consumer.op_type not in _ENDS_ATTENTION_SEARCH:
+                if consumer.op_type in _REQUANTIZE:  # moves no data: costs no depth
+                    frontier.append(consumer.output[0])
+                elif consumer.op_type not in _ENDS_ATTENTION_SEARCH:
                     following.extend(o for o in consumer.output if o)
         frontier = following
     return False
