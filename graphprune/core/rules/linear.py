@@ -117,3 +117,37 @@ def activation_matmul(ctx: Context) -> None:
         ctx.mask_input(0, len(shapes[0]) - 1, tracked[0].atoms)
         return
     ctx.emit(0, Layout(out_axis, first.atoms, first.tiled))
+
+
+@rule("FusedMatMul", domain="com.microsoft")
+def fused_matmul(ctx: Context) -> None:
+    """com.microsoft.FusedMatMul: alpha * A' @ B' like numpy.matmul, A' = A or A with its
+    last two axes swapped (transA), likewise B' (transB); transBatchA/B also move batch
+    axes. alpha scales every output alike. A constant 2-D B is a linear layer (B' = B^T
+    when transB: K on axis 1); two computed operands are mapped as MatMul's when neither
+    is transposed."""
+    if ctx.attr("transBatchA", 0) or ctx.attr("transBatchB", 0):
+        ctx.block("batch axes transposed (transBatchA/B)")
+        return
+    weight_shape = ctx.constant_shape(1)
+    trans_a, trans_b = bool(ctx.attr("transA", 0)), bool(ctx.attr("transB", 0))
+    if weight_shape is None and ctx.constant_shape(0) is None:
+        if trans_a or trans_b:
+            ctx.block("a transposed operand of a product of two computed tensors")
+            return
+        activation_matmul(ctx)
+        return
+    a, a_rank = ctx.layout(0), len(ctx.input_shape(0) or ())
+    if weight_shape is None or len(weight_shape) != 2 or a_rank < 2:
+        ctx.block("multiplies by a constant that is not a 2-D weight")
+        return
+    contracted = a_rank - (2 if trans_a else 1)
+    if any(i != 0 for i, _ in ctx.tracked()) or (a is not None and a.axis != contracted):
+        ctx.block("channels are not on the contracted axis")
+        return
+    k_axis, n_axis = (1, 0) if trans_b else (0, 1)
+    if a is not None:
+        ctx.slice(1, k_axis, a.atoms, role="weight", absorbs=True)
+    out = ctx.new_atoms(weight_shape[n_axis])
+    ctx.slice(1, n_axis, out, role="weight")
+    ctx.emit(0, Layout(a_rank - 1, out))
