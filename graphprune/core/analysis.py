@@ -182,7 +182,7 @@ def _groups_touched(atom_lists, group_of_class, class_of) -> set[int]:
 
 
 def _linear(view: GraphView, source: str) -> bool:
-    return view.nodes[source].op_type in ("Gemm", "MatMul")
+    return view.nodes[source].op_type in ("Gemm", "MatMul", "FusedMatMul")
 
 
 def _reasons_by_group(entries, group_of_class, class_of) -> dict[int, list[Reason]]:

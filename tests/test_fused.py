@@ -1,0 +1,298 @@
+"""onnxruntime's fused (com.microsoft) ops and onnx's RotaryEmbedding: one tiny graph per
+op against the oracle, and the real graphs onnxruntime's transformer optimizer writes
+(tools/fused_models.py): heads and MLP widths prune on them as on the raw exports."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from oracle import GraphBuilder, assert_same_outputs, outputs, prune_and_check
+
+import graphprune as gp
+from graphprune.runtime.inputs import input_shapes, random_inputs
+
+MS = "com.microsoft"
+
+
+class _Lowering:
+    """Writes CPU nodes in place of one CUDA-only node; names start with the node's."""
+
+    def __init__(self, model: onnx.ModelProto, node: onnx.NodeProto, nodes: list) -> None:
+        self.model, self.node, self.nodes = model, node, nodes
+        self.shapes = gp.GraphView(model).shapes
+
+    def make(self, op, inputs, outputs=None, domain="", **attrs) -> str | list[str]:
+        prefix = f"{self.node.name}/{len(self.nodes)}"
+        outputs = outputs or [prefix]
+        self.nodes.append(
+            onnx.helper.make_node(op, inputs, outputs, prefix, domain=domain, **attrs)
+        )
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def constant(self, values) -> str:
+        name = f"{self.node.name}/c{len(self.model.graph.initializer)}"
+        self.model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(values), name))
+        return name
+
+    def unpack(self, packed: str, parts: int) -> list[str]:
+        """[..., H, parts, D] -> parts tensors [..., H * D]."""
+        axis = len(self.shapes[packed]) - 2
+        names = [f"{self.node.name}/part{i}" for i in range(parts)]
+        pieces = self.make("Split", [packed], names, axis=axis, num_outputs=parts)
+        flat = self.constant([0] * (axis - 1) + [-1])
+        squeezed = [self.make("Squeeze", [p, self.constant([axis])]) for p in pieces]
+        return [self.make("Reshape", [p, flat]) for p in squeezed]
+
+    def batch_of_one(self, op: str, tokens: list[str], rest: list[str], **attrs) -> None:
+        """A token-major op ([T, ...] inputs `tokens`) run as batch 1 (one unpadded
+        sequence); `rest` (weights, bias) follow unchanged."""
+        batched = [self.make("Unsqueeze", [i, self.constant([0])]) for i in tokens]
+        y = self.make(op, [*batched, *rest], domain=MS, **attrs)
+        self.make("Squeeze", [y, self.constant([0])], [self.node.output[0]])
+
+
+def cpu_equivalent(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with the CUDA-only fused ops written as the CPU ops their spec equates
+    them with (for one unpadded sequence), so the oracle can run here: packed QKV / KV
+    split into separate inputs, the packed (token-major) attentions as batch 1,
+    BiasSplitGelu and BiasAdd decomposed. Applied to the masked original and to the
+    pruned model alike; it reads the (rewritten) attributes and shapes of each node."""
+    nodes: list[onnx.NodeProto] = []
+    shapes = gp.GraphView(model).shapes
+    for node in list(model.graph.node):
+        ins, out = list(node.input), [node.output[0]]
+        heads = {a.name: a.i for a in node.attribute if a.name == "num_heads"}
+        low = _Lowering(model, node, nodes)
+        if node.op_type == "MultiHeadAttention" and len(shapes[ins[0]]) == 5:
+            low.make("MultiHeadAttention", low.unpack(ins[0], 3), out, MS, **heads)
+        elif node.op_type == "MultiHeadAttention" and len(shapes[ins[1]]) == 5:
+            low.make("MultiHeadAttention", [ins[0], *low.unpack(ins[1], 2)], out, MS, **heads)
+        elif node.op_type == "PackedAttention":
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            low.batch_of_one("Attention", ins[:1], ins[1:3], **attrs)
+        elif node.op_type == "PackedMultiHeadAttention":
+            low.batch_of_one("MultiHeadAttention", ins[:3], [], **heads)
+        elif node.op_type == "BiasSplitGelu":
+            halves = [f"{node.name}/left", f"{node.name}/right"]
+            left, right = low.make("Split", [low.make("Add", ins)], halves, axis=-1, num_outputs=2)
+            low.make("Mul", [left, low.make("Gelu", [right], domain=MS)], out)
+        elif node.op_type == "BiasAdd":
+            low.make("Add", [low.make("Add", ins[:2]), ins[2]], out)
+        else:
+            nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
+
+
+def check_on_cpu(model: onnx.ModelProto, ratio: float):
+    """prune_and_check's oracle, with CUDA-only fused ops run as their CPU equivalent."""
+    model = gp.load(model)
+    analysis = gp.analyze(model)
+    plan = gp.plan(analysis, gp.PlanOptions(ratio=ratio))
+    pruned = gp.prune(analysis, plan)
+    feeds = random_inputs(model, input_shapes(model), seed=1)
+    expected = outputs(cpu_equivalent(gp.mask(analysis, plan)), feeds)
+    assert_same_outputs(
+        expected,
+        outputs(cpu_equivalent(onnx.ModelProto.FromString(pruned.SerializeToString())), feeds),
+    )
+    return analysis, plan, pruned
+
+
+def attributes(model: onnx.ModelProto, op: str) -> dict:
+    (node,) = [n for n in model.graph.node if n.op_type == op]
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def weight(model: onnx.ModelProto, name: str) -> np.ndarray:
+    (tensor,) = [t for t in model.graph.initializer if t.name == name]
+    return onnx.numpy_helper.to_array(tensor)
+
+
+def prunable(analysis) -> list[tuple[str, int]]:
+    return sorted((group.kind, group.channels) for group in analysis.prunable_groups)
+
+
+def reasons(analysis) -> str:
+    return " | ".join(str(r) for group in analysis.groups for r in group.reasons)
+
+
+def gqa_graph(packed: bool, rotary: bool, cache: bool = False) -> tuple[onnx.ModelProto, str]:
+    """x -> Q, K, V projections (or one packed) -> GroupQueryAttention (4 query heads, 2 KV
+    heads of 16) -> output projection. Without a cache the sequence is the prompt: 6
+    tokens, seqlens_k = 5, total_sequence_length = 6. Returns the model and the name of
+    the query (or packed) projection weight."""
+    g = GraphBuilder(seed=3)
+    x = g.input([1, 6, 16])
+    heads, kv_heads, size = 4, 2, 16
+    if packed:
+        w = g.weight(16, (heads + 2 * kv_heads) * size)
+        qkv = [g.op("MatMul", [x, w]), "", ""]
+    else:
+        qkv = []
+        for count in (heads, kv_heads, kv_heads):
+            qkv.append(g.op("MatMul", [x, g.weight(16, count * size)]))
+        w = g.nodes[-3].input[1]
+    past = ["", ""]
+    if cache:
+        past = [g.input([1, kv_heads, 3, size], name) for name in ("past_key", "past_value")]
+    total = 9 if cache else 6
+    inputs = [
+        *qkv,
+        *past,
+        g.const(np.array([total - 1], np.int32)),
+        g.const(np.array(total, np.int32)),
+    ]
+    attrs = {}
+    if rotary:
+        angles = np.arange(16)[:, None] * np.arange(1, size // 2 + 1)[None] * 0.3
+        inputs += [
+            g.const(np.cos(angles).astype(np.float32)),
+            g.const(np.sin(angles).astype(np.float32)),
+        ]
+        attrs["do_rotary"] = 1
+    y = g.op(
+        "GroupQueryAttention", inputs, outputs=3 if cache else 1, domain=MS,
+        num_heads=heads, kv_num_heads=kv_heads, **attrs,
+    )  # fmt: skip
+    g.output(g.op("MatMul", [y[0] if cache else y, g.weight(heads * size, 5)]))
+    return g.model(), w
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["separate", "packed"])
+@pytest.mark.parametrize("rotary", [False, True], ids=["plain", "rotary"])
+def test_group_query_attention_removes_a_kv_head_with_its_query_heads(packed, rotary):
+    model, w = gqa_graph(packed, rotary)
+    analysis, plan, pruned = prune_and_check(model, 0.5)
+    assert prunable(analysis) == [("heads", 2)]
+    assert attributes(pruned, "GroupQueryAttention")["num_heads"] == 2
+    assert attributes(pruned, "GroupQueryAttention")["kv_num_heads"] == 1
+    (kept_kv,) = plan.choices[0].kept
+    # The query columns that stay are those of the two query heads of the kept KV head.
+    queries = weight(model, w)[:, : 4 * 16].reshape(16, 4, 16)[:, 2 * kept_kv : 2 * kept_kv + 2]
+    np.testing.assert_array_equal(weight(pruned, w)[:, : 2 * 16], queries.reshape(16, 32))
+
+
+def test_group_query_attention_cache_in_the_graph_inputs_keeps_the_heads():
+    model, _ = gqa_graph(packed=True, rotary=False, cache=True)
+    analysis = gp.analyze(gp.load(model))
+    assert prunable(analysis) == []
+    assert "'past_key' is a graph input: its heads cannot be removed" in reasons(analysis)
+
+
+def _cos_sin(g: GraphBuilder, rows: int, half: int) -> list[str]:
+    angles = np.arange(rows)[:, None] * np.arange(1, half + 1)[None] * 0.3
+    return [g.const(np.cos(angles).astype(np.float32)), g.const(np.sin(angles).astype(np.float32))]
+
+
+@pytest.mark.parametrize("domain", [MS, ""], ids=["com.microsoft", "onnx23"])
+@pytest.mark.parametrize("interleaved", [0, 1])
+def test_rotary_embedding_removes_whole_heads(domain, interleaved):
+    """3-D input [B, S, H*D] with num_heads: a head's positions rotate together, so heads
+    go whole and num_heads counts those that stay (rotary_embedding_dim is per head)."""
+    g = GraphBuilder(opset=23, seed=4)
+    x = g.input([1, 6, 16])
+    q, k, v = (g.op("MatMul", [x, g.weight(16, 3 * 8)]) for _ in range(3))
+    cos, sin = _cos_sin(g, 6, 2)
+    positions = g.const(np.arange(6, dtype=np.int64)[None])
+    attrs = dict(num_heads=3, rotary_embedding_dim=4, interleaved=interleaved)
+    if domain:
+        q, k = (
+            g.op("RotaryEmbedding", [t, positions, cos, sin], domain=MS, **attrs) for t in (q, k)
+        )
+    else:
+        q, k = (g.op("RotaryEmbedding", [t, cos, sin, positions], **attrs) for t in (q, k))
+    y = g.op("MultiHeadAttention", [q, k, v], domain=MS, num_heads=3)
+    g.output(g.op("MatMul", [y, g.weight(24, 4)]))
+    analysis, _, pruned = prune_and_check(g.model(), 0.34)
+    assert prunable(analysis) == [("heads", 3)]
+    assert {a["num_heads"] for a in _all_attributes(pruned, "RotaryEmbedding")} == {2}
+
+
+def _all_attributes(model: onnx.ModelProto, op: str) -> list[dict]:
+    return [
+        {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        for node in model.graph.node
+        if node.op_type == op
+    ]
+
+
+@pytest.mark.parametrize("packing", ["qkv", "kv"])
+def test_multi_head_attention_packed_qkv_and_kv(packing):
+    """Packed QKV [B, S, H, 3, D] (key, value absent) or packed KV [B, S, H, 2, D] (value
+    absent): the reshape of the projection puts the heads on axis 2."""
+    g = GraphBuilder(seed=5)
+    x = g.input([1, 6, 16])
+    parts = 3 if packing == "qkv" else 2
+    packed = g.op("MatMul", [x, g.weight(16, 3 * parts * 8)])
+    packed = g.op("Reshape", [packed, g.const(np.array([0, 0, 3, parts, 8]))])
+    query = [] if packing == "qkv" else [g.op("MatMul", [x, g.weight(16, 24)])]
+    inputs = [*query, packed]
+    y = g.op("MultiHeadAttention", inputs, domain=MS, num_heads=3)
+    g.output(g.op("MatMul", [y, g.weight(24, 4)]))
+    analysis, _, pruned = check_on_cpu(g.model(), 0.34)
+    assert prunable(analysis) == [("heads", 3)]
+    assert attributes(pruned, "MultiHeadAttention")["num_heads"] == 2
+
+
+def _tokens(g: GraphBuilder, count: int) -> list[str]:
+    """token_offset and cumulative_sequence_length of one unpadded sequence."""
+    return [
+        g.const(np.arange(count, dtype=np.int32)[None]),
+        g.const(np.array([0, count], np.int32)),
+    ]
+
+
+def test_packed_attention_removes_whole_heads():
+    g = GraphBuilder(seed=6)
+    x = g.input([6, 16])
+    hidden = g.op("MatMul", [x, g.weight(16, 16)])
+    y = g.op(
+        "PackedAttention", [hidden, g.weight(16, 48), g.weight(48), *_tokens(g, 6)],
+        domain=MS, num_heads=2,
+    )  # fmt: skip
+    g.output(g.op("MatMul", [y, g.weight(16, 4)]))
+    analysis, _, pruned = check_on_cpu(g.model(), 0.5)
+    assert prunable(analysis) == [("heads", 2), ("mlp", 16)]
+    assert attributes(pruned, "PackedAttention")["num_heads"] == 1
+
+
+def test_packed_multi_head_attention_removes_whole_heads():
+    g = GraphBuilder(seed=7)
+    x = g.input([6, 16])
+    q, k, v = (g.op("MatMul", [x, g.weight(16, 24)]) for _ in range(3))
+    y = g.op("PackedMultiHeadAttention", [q, k, v, "", *_tokens(g, 6)], domain=MS, num_heads=3)
+    g.output(g.op("MatMul", [y, g.weight(24, 4)]))
+    analysis, _, pruned = check_on_cpu(g.model(), 0.34)
+    assert prunable(analysis) == [("heads", 3)]
+    assert attributes(pruned, "PackedMultiHeadAttention")["num_heads"] == 2
+
+
+def test_bias_split_gelu_couples_the_halves_and_bias_add_the_skip():
+    """BiasSplitGelu: output d = (x + b)[d] * gelu((x + b)[D/2 + d]); BiasAdd: x + b + skip."""
+    g = GraphBuilder(seed=8)
+    x = g.input([1, 6, 16])
+    y = g.op("BiasSplitGelu", [g.op("MatMul", [x, g.weight(16, 32)]), g.weight(32)], domain=MS)
+    skip = g.op("MatMul", [x, g.weight(16, 16)])
+    y = g.op("BiasAdd", [g.op("MatMul", [y, g.weight(16, 16)]), g.weight(16), skip], domain=MS)
+    g.output(g.op("MatMul", [y, g.weight(16, 4)]))
+    analysis, _, pruned = check_on_cpu(g.model(), 0.5)
+    assert prunable(analysis) == [("mlp", 16), ("mlp", 16)]
+    assert [list(t.dims) for t in pruned.graph.initializer if len(t.dims) == 1] == [[16], [8]]
+
+
+@pytest.mark.parametrize("trans_a,trans_b", [(0, 0), (0, 1), (1, 1)])
+def test_fused_matmul_with_a_weight_and_between_activations(trans_a, trans_b):
+    g = GraphBuilder(seed=9)
+    x = g.input([1, 6, 16] if not trans_a else [1, 16, 6])
+    w = g.weight(*((12, 16) if trans_b else (16, 12)))
+    y = g.op("FusedMatMul", [x, w], domain=MS, transA=trans_a, transB=trans_b, alpha=0.5)
+    if not trans_a:  # attention of y on itself: Q @ K^T contracts the channels (transB)
+        scores = g.op("FusedMatMul", [y, y], domain=MS, transB=1, alpha=0.1)
+        y = g.op("Add", [y, g.op("FusedMatMul", [g.op("Softmax", [scores]), y], domain=MS)])
+    g.output(g.op("MatMul", [g.op("Relu", [y]), g.weight(12, 4)]))
+    analysis, _, pruned = prune_and_check(g.model(), 0.5)
+    assert prunable(analysis) == [("mlp", 12)]
+    assert weight(pruned, w).shape == ((6, 16) if trans_b else (16, 6))
