@@ -7,10 +7,13 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from fused_models import FUSED, export
+from fused_models import cached as fused_cached
 from oracle import GraphBuilder, assert_same_outputs, outputs, prune_and_check
 
 import graphprune as gp
 from graphprune.runtime.inputs import input_shapes, random_inputs
+from models.transformers_zoo import TRANSFORMERS, VOCAB
 
 MS = "com.microsoft"
 
@@ -296,3 +299,74 @@ def test_fused_matmul_with_a_weight_and_between_activations(trans_a, trans_b):
     analysis, _, pruned = prune_and_check(g.model(), 0.5)
     assert prunable(analysis) == [("mlp", 12)]
     assert weight(pruned, w).shape == ((6, 16) if trans_b else (16, 6))
+
+
+@pytest.mark.parametrize("residual", ["tracked", "constant", None])
+def test_fused_conv_activation_and_residual(residual):
+    """FusedConv = Conv, + Z, then the activation: a tracked Z is coupled with the output
+    channels, a constant one sliced."""
+    g = GraphBuilder(seed=10)
+    x = g.input([1, 3, 8, 8])
+    a = g.conv(x, 3, 8)
+    w, b = g.weight(8, 8, 3, 3), g.weight(8)
+    z = {"tracked": [a], "constant": [g.weight(1, 8, 8, 8)], None: []}[residual]
+    y = g.op(
+        "FusedConv", [a, w, b, *z], domain=MS, activation="LeakyRelu",
+        activation_params=[0.1], pads=[1, 1, 1, 1],
+    )  # fmt: skip
+    g.output(g.conv(y, 8, 2, k=1))
+    analysis, _, pruned = prune_and_check(g.model(), 0.5)
+    assert prunable(analysis) == (
+        [("channels", 8)] if residual == "tracked" else [("channels", 8)] * 2
+    )
+    assert weight(pruned, w).shape == (4, 4, 3, 3)
+
+
+FUSED_CASES = list(FUSED)
+
+
+@pytest.mark.parametrize("name", FUSED_CASES)
+def test_optimizer_output_prunes_heads_and_mlp_like_the_raw_export(name):
+    """onnxruntime.transformers.optimizer's graphs: the same head and MLP groups as the
+    raw exports (tests/test_transformers.py), against the oracle at two input shapes."""
+    base = TRANSFORMERS[FUSED[name].base]
+    model = gp.load(fused_cached(name))
+    analysis = gp.analyze(model)
+    assert prunable(analysis) == sorted([("heads", base.kv_heads), ("mlp", base.mlp)] * base.layers)
+    plan = gp.plan(analysis, 0.3)
+    pruned, masked = gp.prune(analysis, plan), gp.mask(analysis, plan)
+    for shape in ((1, 8), (2, 5)) if base.is_text else ((1, 3, 32, 32), (3, 3, 32, 32)):
+        rng = np.random.default_rng(5)
+        if base.is_text:
+            feeds = {"input": rng.integers(0, VOCAB, shape), "mask": np.ones(shape, np.int64)}
+            feeds["mask"][-1, -2:] = 0  # padding in the last sequence
+        else:
+            feeds = {"input": rng.standard_normal(shape).astype(np.float32)}
+        assert_same_outputs(outputs(masked, feeds), outputs(pruned, feeds))
+
+
+def test_embed_layer_norm_hidden_size_prunes_as_the_raw_embeddings():
+    """EmbedLayerNormalization normalizes the hidden size: a barrier by default, and with
+    approximate norms the fused BERT loses the same hidden channels as the unfused export
+    of the same model (tables, gamma, beta, Attention and SkipLayerNorm inputs) and
+    computes the same."""
+    fused = gp.load(fused_cached("bert"))
+    (frozen,) = [g for g in gp.analyze(fused).groups if g.kind == "hidden"]
+    assert not frozen.prunable and "EmbedLayerNormalization" in reasons_of(frozen)
+    removed = list(range(0, 64, 4))
+    pruned = []
+    for model in (gp.load(export("bert")), fused):
+        analysis = gp.analyze(model, approximate_norms=True, prune_outputs=True)
+        (group,) = [g for g in analysis.groups if g.kind == "hidden"]
+        assert group.prunable and group.approximations
+        chosen = {"name": group.name, "sources": group.sources, "channels": group.channels}
+        plan = gp.plan_from_json(analysis, {"groups": [chosen | {"removed": removed}]})
+        pruned.append(gp.prune(analysis, plan))
+    feeds = {"input": np.arange(14).reshape(2, 7) % VOCAB, "mask": np.ones((2, 7), np.int64)}
+    raw, fused_out = (outputs(model, feeds) for model in pruned)
+    assert fused_out[0].shape == (2, 7, 48)
+    assert_same_outputs(raw, fused_out)
+
+
+def reasons_of(group) -> str:
+    return " | ".join(str(r) for r in group.reasons)

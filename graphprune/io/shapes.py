@@ -228,7 +228,7 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     skeleton.opset_import.extend(model.opset_import)
     skeleton.functions.extend(model.functions)
     graph = skeleton.graph
-    graph.node.extend(model.graph.node)
+    graph.node.extend(_as_inferable(node) for node in model.graph.node)
     graph.input.extend(model.graph.input)
     graph.output.extend(model.graph.output)
     existing_inputs = {info.name for info in model.graph.input}
@@ -240,6 +240,21 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
                 onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims)
             )
     return skeleton
+
+
+def _as_inferable(node: onnx.NodeProto) -> onnx.NodeProto:
+    """onnxruntime's FusedConv has Conv's output shape (its activation and residual input
+    change no shape), but no inference knows it: the skeleton holds the Conv."""
+    if node.domain != "com.microsoft" or node.op_type != "FusedConv":
+        return node
+    conv = onnx.NodeProto()
+    conv.CopyFrom(node)
+    conv.domain, conv.op_type = "", "Conv"
+    del conv.input[3:]
+    kept = [a for a in node.attribute if not a.name.startswith("activation")]
+    del conv.attribute[:]
+    conv.attribute.extend(kept)
+    return conv
 
 
 def _is_external(tensor: onnx.TensorProto) -> bool:
