@@ -7,13 +7,14 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from fused_models import FUSED, export
+from fused_models import FUSED, decoder, export
 from fused_models import cached as fused_cached
 from oracle import GraphBuilder, assert_same_outputs, outputs, prune_and_check
 
 import graphprune as gp
 from graphprune.runtime.inputs import input_shapes, random_inputs
 from models.transformers_zoo import TRANSFORMERS, VOCAB
+from models.transformers_zoo import cached as zoo_cached
 
 MS = "com.microsoft"
 
@@ -326,9 +327,10 @@ FUSED_CASES = list(FUSED)
 
 
 @pytest.mark.parametrize("name", FUSED_CASES)
-def test_optimizer_output_prunes_heads_and_mlp_like_the_raw_export(name):
-    """onnxruntime.transformers.optimizer's graphs: the same head and MLP groups as the
-    raw exports (tests/test_transformers.py), against the oracle at two input shapes."""
+def test_fused_graph_prunes_heads_and_mlp_like_the_raw_export(name):
+    """onnxruntime.transformers.optimizer's graphs and the genai builder's LLaMA/Qwen2
+    (GroupQueryAttention): the same head and MLP groups as the raw exports
+    (tests/test_transformers.py), against the oracle at two input shapes."""
     base = TRANSFORMERS[FUSED[name].base]
     model = gp.load(fused_cached(name))
     analysis = gp.analyze(model)
@@ -370,3 +372,37 @@ def test_embed_layer_norm_hidden_size_prunes_as_the_raw_embeddings():
 
 def reasons_of(group) -> str:
     return " | ".join(str(r) for r in group.reasons)
+
+
+@pytest.mark.parametrize("name", ["llama_gqa", "qwen2_gqa_packed"])
+def test_genai_decoder_computes_the_transformers_model(name):
+    """The builder-style graph is the transformers model: GroupQueryAttention pairs query
+    head h with KV head h // (num_heads / kv_num_heads), as repeat_kv does."""
+    import torch
+
+    entry = FUSED[name]
+    model = decoder(entry.base, entry.packed)
+    ids = np.random.default_rng(0).integers(0, VOCAB, (2, 7))
+    with torch.no_grad():
+        expected = model(input_ids=torch.from_numpy(ids)).last_hidden_state.numpy()
+    feeds = {"input": ids, "mask": np.ones((2, 7), np.int64)}
+    assert_same_outputs([expected], outputs(gp.load(fused_cached(name)), feeds))
+
+
+def test_genai_llama_hidden_size_prunes_as_the_raw_export():
+    """With approximate norms the fused LLaMA (SimplifiedLayerNormalization, SkipSimplified-
+    LayerNormalization, GroupQueryAttention) loses the same hidden channels as the raw
+    dynamo export of the same model and computes the same."""
+    removed = list(range(1, 64, 4))
+    pruned = []
+    for model in (gp.load(zoo_cached("llama", "dynamo")), gp.load(fused_cached("llama_gqa"))):
+        analysis = gp.analyze(model, approximate_norms=True, prune_outputs=True)
+        (group,) = [g for g in analysis.groups if g.kind == "hidden"]
+        chosen = {"name": group.name, "sources": group.sources, "channels": group.channels}
+        plan = gp.plan_from_json(analysis, {"groups": [chosen | {"removed": removed}]})
+        pruned.append(gp.prune(analysis, plan))
+    ids = np.random.default_rng(1).integers(0, VOCAB, (1, 8))
+    raw = outputs(pruned[0], {"input": ids})
+    fused = outputs(pruned[1], {"input": ids, "mask": np.ones((1, 8), np.int64)})
+    assert fused[0].shape == (1, 8, 48)
+    assert_same_outputs(raw, fused)

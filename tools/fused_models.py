@@ -10,6 +10,14 @@ FastGelu (its attention fusion needs a KV cache); for ViT: SkipLayerNormalizatio
 BiasGelu. The dynamo exporter's graphs (and mask-free exports) get only the norm and GELU
 fusions.
 
+LLaMA and Qwen2 as onnxruntime-genai's model builder (Olive's LLM path) writes them,
+built here from the transformers model with onnx.helper (the builder is no dependency):
+SimplifiedLayerNormalization and SkipSimplifiedLayerNormalization, GroupQueryAttention
+(causal, seqlens_k and total_sequence_length from the attention mask) fed either by
+separate Q, K, V projections through com.microsoft RotaryEmbedding or by one packed QKV
+projection with the rotation inside (do_rotary), SiLU as x * Sigmoid(x). The prompt
+graph: no KV cache (a cache that is a graph input keeps the heads, see the report).
+
     python tools/fused_models.py --out DIR      # writes NAME.fused.onnx for each
 """
 
@@ -33,14 +41,23 @@ import onnx  # noqa: E402
 import torch  # noqa: E402
 
 from models.export import OPSET, cache_dir, normalize, source_fingerprint  # noqa: E402
-from models.transformers_zoo import TRANSFORMERS, LastHiddenState, example_input  # noqa: E402
+from models.transformers_zoo import (  # noqa: E402
+    TRANSFORMERS,
+    VOCAB,
+    LastHiddenState,
+    example_input,
+    randomize_norms,
+)
+
+MS = "com.microsoft"
 
 
 @dataclass(frozen=True)
 class FusedEntry:
     base: str  # the models/transformers_zoo.py entry
-    model_type: str  # optimize_model's model_type
+    model_type: str  # optimize_model's model_type, or "genai" (built here)
     hidden: int
+    packed: bool = False  # genai: one packed QKV projection, rotation inside attention
 
 
 FUSED: dict[str, FusedEntry] = {
@@ -48,6 +65,8 @@ FUSED: dict[str, FusedEntry] = {
     "gpt2": FusedEntry("gpt2", "gpt2", 64),
     "vit": FusedEntry("vit", "vit", 64),
     "minilm": FusedEntry("minilm", "bert", 384),
+    "llama_gqa": FusedEntry("llama", "genai", 64),
+    "qwen2_gqa_packed": FusedEntry("qwen2", "genai", 64, packed=True),
 }
 
 
@@ -89,6 +108,8 @@ def fuse(name: str) -> onnx.ModelProto:
     from onnxruntime.transformers.optimizer import optimize_model
 
     entry = FUSED[name]
+    if entry.model_type == "genai":
+        return genai_decoder(decoder(entry.base, entry.packed), packed=entry.packed)
     for logger in ("onnxruntime.transformers", "fusion_base", "onnx_model"):
         logging.getLogger(logger).setLevel(logging.ERROR)
     optimized = optimize_model(
@@ -96,6 +117,125 @@ def fuse(name: str) -> onnx.ModelProto:
         num_heads=TRANSFORMERS[entry.base].heads,
     )  # fmt: skip
     return normalize(optimized.model)
+
+
+def decoder(base: str, packed: bool) -> torch.nn.Module:
+    """The zoo's LLaMA or Qwen2 (8 heads, 4 KV heads), with heads of 16 when packed:
+    onnxruntime's CPU GroupQueryAttention rotates only heads of a multiple of 16."""
+    import transformers
+
+    kind = {"llama": "Llama", "qwen2": "Qwen2"}[base]
+    config = getattr(transformers, f"{kind}Config")(
+        vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=8,
+        num_key_value_heads=4, intermediate_size=128, max_position_embeddings=64,
+        head_dim=16 if packed else 8, use_cache=False, attn_implementation="eager",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return randomize_norms(getattr(transformers, f"{kind}Model")(config)).eval()
+
+
+class _Graph:
+    """Nodes and initializers, named in order."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+
+    def const(self, name: str, value) -> str:
+        array = value.detach().numpy() if isinstance(value, torch.Tensor) else value
+        self.initializers.append(onnx.numpy_helper.from_array(array, name))
+        return name
+
+    def op(self, op: str, inputs: list[str], name: str, outputs: int = 1, **attrs):
+        names = [f"{name}/out{i}" for i in range(outputs)]
+        domain = MS if op in ("GroupQueryAttention", "RotaryEmbedding") or "Skip" in op else ""
+        self.nodes.append(onnx.helper.make_node(op, inputs, names, name, domain=domain, **attrs))
+        return names[0] if outputs == 1 else names
+
+
+def genai_decoder(model: torch.nn.Module, packed: bool) -> onnx.ModelProto:
+    """input ids, attention mask -> last hidden state, in the builder's fused ops."""
+    import numpy as np
+
+    config, g = model.config, _Graph()
+    heads, kv_heads, size = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+    eps = float(config.rms_norm_eps)
+    mask_sum = g.op("ReduceSum", ["mask", g.const("axis1", np.array([1]))], "mask_sum", keepdims=0)
+    one = g.const("one", np.array(1, np.int64))
+    seqlens = g.op("Cast", [g.op("Sub", [mask_sum, one], "seqlens")], "seqlens_k", to=6)
+    length = g.op("Gather", [g.op("Shape", ["mask"], "mask_shape"), one], "total", axis=0)
+    total = g.op("Cast", [length], "total_sequence_length", to=6)
+    positions = g.op("Sub", [g.op("CumSum", ["mask", one], "cumsum"), one], "position_ids")
+    inv_freq = 1.0 / (config.rope_parameters["rope_theta"] ** (np.arange(0, size, 2) / size))
+    angles = np.arange(config.max_position_embeddings)[:, None] * inv_freq[None]
+    cos = g.const("cos_cache", np.cos(angles).astype(np.float32))
+    sin = g.const("sin_cache", np.sin(angles).astype(np.float32))
+    hidden = g.op("Gather", [g.const("embed_tokens", model.embed_tokens.weight), "input"], "embed")
+    residual, x = hidden, None
+    layers = list(model.layers)
+    for index, layer in enumerate(layers):
+        norm = g.const(f"layers.{index}.input_layernorm", layer.input_layernorm.weight)
+        if x is None:
+            x = g.op("SimplifiedLayerNormalization", [hidden, norm], "norm0", epsilon=eps)
+        else:
+            x, _, _, residual = g.op(
+                "SkipSimplifiedLayerNormalization", [x, residual, norm], f"skipnorm{index}.0",
+                outputs=4, epsilon=eps,
+            )  # fmt: skip
+        attn, name = layer.self_attn, f"layers.{index}.attn"
+        projections = [attn.q_proj, attn.k_proj, attn.v_proj]
+        if packed:
+            weight = torch.cat([p.weight for p in projections]).T
+            qkv = [g.op("MatMul", [x, g.const(f"{name}.qkv", weight)], f"{name}.qkv")]
+            if attn.q_proj.bias is not None:
+                bias = g.const(f"{name}.qkv_bias", torch.cat([p.bias for p in projections]))
+                qkv = [g.op("Add", [qkv[0], bias], f"{name}.qkv_add")]
+            qkv += ["", ""]
+            rotary = {"do_rotary": 1}
+            caches = [cos, sin]
+        else:
+            qkv = []
+            for part, proj in zip("qkv", projections, strict=True):
+                y = g.op("MatMul", [x, g.const(f"{name}.{part}", proj.weight.T)], f"{name}.{part}")
+                if proj.bias is not None:
+                    bias = g.const(f"{name}.{part}_bias", proj.bias)
+                    y = g.op("Add", [y, bias], f"{name}.{part}_add")
+                qkv.append(y)
+            for part, count in ((0, heads), (1, kv_heads)):
+                qkv[part] = g.op(
+                    "RotaryEmbedding", [qkv[part], positions, cos, sin], f"{name}.rotary{part}",
+                    num_heads=count,
+                )  # fmt: skip
+            rotary, caches = {}, []
+        y = g.op(
+            "GroupQueryAttention", [*qkv, "", "", seqlens, total, *caches], f"{name}.gqa",
+            num_heads=heads, kv_num_heads=kv_heads, **rotary,
+        )  # fmt: skip
+        x = g.op("MatMul", [y, g.const(f"{name}.o", attn.o_proj.weight.T)], f"{name}.o")
+        norm = g.const(f"layers.{index}.post_layernorm", layer.post_attention_layernorm.weight)
+        x, _, _, residual = g.op(
+            "SkipSimplifiedLayerNormalization", [x, residual, norm], f"skipnorm{index}.1",
+            outputs=4, epsilon=eps,
+        )  # fmt: skip
+        mlp, name = layer.mlp, f"layers.{index}.mlp"
+        gate = g.op("MatMul", [x, g.const(f"{name}.gate", mlp.gate_proj.weight.T)], f"{name}.gate")
+        up = g.op("MatMul", [x, g.const(f"{name}.up", mlp.up_proj.weight.T)], f"{name}.up")
+        silu = g.op("Mul", [gate, g.op("Sigmoid", [gate], f"{name}.sigmoid")], f"{name}.silu")
+        act = g.op("Mul", [silu, up], f"{name}.act")
+        x = g.op("MatMul", [act, g.const(f"{name}.down", mlp.down_proj.weight.T)], f"{name}.down")
+    g.op(
+        "SkipSimplifiedLayerNormalization", [x, residual, g.const("norm", model.norm.weight)],
+        "final_norm", epsilon=eps,
+    )  # fmt: skip
+    g.nodes[-1].output[0] = "output"
+    text = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.INT64, ["batch", "sequence"])
+            for n in ("input", "mask")]  # fmt: skip
+    out = onnx.helper.make_tensor_value_info(
+        "output", onnx.TensorProto.FLOAT, ["batch", "sequence", config.hidden_size]
+    )
+    graph = onnx.helper.make_graph(g.nodes, "decoder", text, [out], g.initializers)
+    opsets = [onnx.helper.make_opsetid("", OPSET), onnx.helper.make_opsetid(MS, 1)]
+    return onnx.helper.make_model(graph, opset_imports=opsets, ir_version=8)
 
 
 def _fingerprint() -> str:
