@@ -212,6 +212,7 @@ def group_query_attention(ctx: Context) -> None:
     kv_atoms, q_atoms = k_heads[:, 0], q_heads[:, 0]
     ctx.couple(kv_atoms, v_heads[:, 0])
     ctx.couple(np.repeat(kv_atoms, heads // kv_heads), q_atoms)
+    ctx.mark_heads(kv_atoms)
     for index, atoms_at, axis in (
         (_PAST_KEY, kv_atoms, 1), (_PAST_VALUE, kv_atoms, 1), (_ATTENTION_BIAS, q_atoms, 1),
         (_HEAD_SINK, q_atoms, 0), (_K_SCALE, kv_atoms, 1), (_V_SCALE, kv_atoms, 1),
@@ -220,7 +221,6 @@ def group_query_attention(ctx: Context) -> None:
             return
     ctx.set_count(ctx.target(attribute="num_heads"), q_atoms)
     ctx.set_count(ctx.target(attribute="kv_num_heads"), kv_atoms)
-    ctx.mark_heads(kv_atoms)
     ctx.emit(0, Layout(2, q))
     ctx.emit(1, Layout(1, kv_atoms))
     ctx.emit(2, Layout(1, kv_atoms))
