@@ -12,6 +12,7 @@ from fused_models import cached as fused_cached
 from oracle import GraphBuilder, assert_same_outputs, outputs, prune_and_check
 
 import graphprune as gp
+from graphprune.core.metrics import count_macs
 from graphprune.runtime.inputs import input_shapes, random_inputs
 from models.transformers_zoo import TRANSFORMERS, VOCAB
 from models.transformers_zoo import cached as zoo_cached
@@ -406,3 +407,15 @@ def test_genai_llama_hidden_size_prunes_as_the_raw_export():
     fused = outputs(pruned[1], {"input": ids, "mask": np.ones((1, 8), np.int64)})
     assert fused[0].shape == (1, 8, 48)
     assert_same_outputs(raw, fused)
+
+
+def test_fused_ops_count_the_macs_of_the_ops_they_fuse():
+    """Attention (projection, Q.K^T, P.V), GroupQueryAttention and SkipLayerNorm-fed
+    MatMuls cost what the unfused graphs of the same model cost."""
+    pairs = [
+        (export("bert"), fused_cached("bert"), {"input": (2, 8), "mask": (2, 8)}),
+        (zoo_cached("llama", "dynamo"), fused_cached("llama_gqa"), {"input": (1, 8)}),
+    ]
+    for raw, fused, shapes in pairs:
+        expected = count_macs(gp.load(raw), shapes)
+        assert count_macs(gp.load(fused), shapes | {"mask": shapes["input"]}) == expected > 0
