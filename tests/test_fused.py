@@ -7,12 +7,13 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from fused_models import FUSED, decoder, export
+from fused_models import FUSED, cached_export, decoder
 from fused_models import cached as fused_cached
 from oracle import GraphBuilder, assert_same_outputs, outputs, prune_and_check
 
 import graphprune as gp
 from graphprune.core.metrics import count_macs
+from graphprune.errors import GraphpruneError
 from graphprune.runtime.inputs import input_shapes, random_inputs
 from models.transformers_zoo import TRANSFORMERS, VOCAB
 from models.transformers_zoo import cached as zoo_cached
@@ -329,23 +330,36 @@ FUSED_CASES = list(FUSED)
 
 @pytest.mark.parametrize("name", FUSED_CASES)
 def test_fused_graph_prunes_heads_and_mlp_like_the_raw_export(name):
-    """onnxruntime.transformers.optimizer's graphs and the genai builder's LLaMA/Qwen2
-    (GroupQueryAttention): the same head and MLP groups as the raw exports
-    (tests/test_transformers.py), against the oracle at two input shapes."""
+    """onnxruntime.transformers.optimizer's graphs, the genai builder's LLaMA/Qwen2
+    (GroupQueryAttention) and onnxruntime's session-optimized graphs (FusedMatMul): the
+    same head and MLP groups as the raw exports (tests/test_transformers.py), against the
+    oracle at two input shapes."""
     base = TRANSFORMERS[FUSED[name].base]
     model = gp.load(fused_cached(name))
     analysis = gp.analyze(model)
     assert prunable(analysis) == sorted([("heads", base.kv_heads), ("mlp", base.mlp)] * base.layers)
     plan = gp.plan(analysis, 0.3)
     pruned, masked = gp.prune(analysis, plan), gp.mask(analysis, plan)
-    for shape in ((1, 8), (2, 5)) if base.is_text else ((1, 3, 32, 32), (3, 3, 32, 32)):
+    shapes = [(1, 3, 32, 32), (3, 3, 32, 32)] if not base.is_text else [(1, 8), (2, 5), (1, 13)]
+    checked = 0
+    for shape in shapes[: 1 if base.layers > 2 else None]:  # MiniLM: one shape suffices
         rng = np.random.default_rng(5)
-        if base.is_text:
+        if FUSED[name].has_mask:
             feeds = {"input": rng.integers(0, VOCAB, shape), "mask": np.ones(shape, np.int64)}
             feeds["mask"][-1, -2:] = 0  # padding in the last sequence
+        elif base.is_text:
+            feeds = {"input": rng.integers(0, VOCAB, shape)}
         else:
             feeds = {"input": rng.standard_normal(shape).astype(np.float32)}
-        assert_same_outputs(outputs(masked, feeds), outputs(pruned, feeds))
+        try:
+            original = outputs(model, feeds)
+        except GraphpruneError:
+            continue  # the dynamo exporter specialised this axis: the original cannot run it
+        pruned_out = outputs(pruned, feeds)
+        assert [o.shape for o in original] == [o.shape for o in pruned_out]
+        assert_same_outputs(outputs(masked, feeds), pruned_out)
+        checked += 1
+    assert checked >= (1 if base.layers > 2 else 2)
 
 
 def test_embed_layer_norm_hidden_size_prunes_as_the_raw_embeddings():
@@ -358,7 +372,7 @@ def test_embed_layer_norm_hidden_size_prunes_as_the_raw_embeddings():
     assert not frozen.prunable and "EmbedLayerNormalization" in reasons_of(frozen)
     removed = list(range(0, 64, 4))
     pruned = []
-    for model in (gp.load(export("bert")), fused):
+    for model in (gp.load(cached_export("bert")), fused):
         analysis = gp.analyze(model, approximate_norms=True, prune_outputs=True)
         (group,) = [g for g in analysis.groups if g.kind == "hidden"]
         assert group.prunable and group.approximations
@@ -413,7 +427,7 @@ def test_fused_ops_count_the_macs_of_the_ops_they_fuse():
     """Attention (projection, Q.K^T, P.V), GroupQueryAttention and SkipLayerNorm-fed
     MatMuls cost what the unfused graphs of the same model cost."""
     pairs = [
-        (export("bert"), fused_cached("bert"), {"input": (2, 8), "mask": (2, 8)}),
+        (cached_export("bert"), fused_cached("bert"), {"input": (2, 8), "mask": (2, 8)}),
         (zoo_cached("llama", "dynamo"), fused_cached("llama_gqa"), {"input": (1, 8)}),
     ]
     for raw, fused, shapes in pairs:

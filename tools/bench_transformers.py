@@ -61,7 +61,7 @@ def main() -> int:
     ]  # fmt: skip
     for name, entry in FUSED.items():
         feeds = feeds_for(entry.base)
-        if TRANSFORMERS[entry.base].is_text:
+        if entry.has_mask:
             feeds["mask"] = np.ones_like(feeds["input"])
         rows.append((f"{name}/fused", fused_cached(name), feeds))
     for label, path, feeds in rows:

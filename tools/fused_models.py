@@ -18,6 +18,10 @@ separate Q, K, V projections through com.microsoft RotaryEmbedding or by one pac
 projection with the rotation inside (do_rotary), SiLU as x * Sigmoid(x). The prompt
 graph: no KV cache (a cache that is a graph input keeps the heads, see the report).
 
+The raw dynamo exports as onnxruntime's own graph optimizer saves them
+(`SessionOptions.optimized_model_filepath` at ORT_ENABLE_EXTENDED, CPU: FusedMatMul for
+Q @ K^T, SkipLayerNormalization, BiasGelu, FastGelu, QuickGelu for SiLU).
+
     python tools/fused_models.py --out DIR      # writes NAME.fused.onnx for each
 """
 
@@ -29,6 +33,7 @@ import io
 import logging
 import os
 import sys
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +53,7 @@ from models.transformers_zoo import (  # noqa: E402
     example_input,
     randomize_norms,
 )
+from models.transformers_zoo import cached as zoo_cached  # noqa: E402
 
 MS = "com.microsoft"
 
@@ -55,9 +61,14 @@ MS = "com.microsoft"
 @dataclass(frozen=True)
 class FusedEntry:
     base: str  # the models/transformers_zoo.py entry
-    model_type: str  # optimize_model's model_type, or "genai" (built here)
+    model_type: str  # optimize_model's model_type, "genai" (built here), or "ort" (session)
     hidden: int
     packed: bool = False  # genai: one packed QKV projection, rotation inside attention
+
+    @property
+    def has_mask(self) -> bool:
+        """Text models take an attention mask, except the session-optimized raw exports."""
+        return TRANSFORMERS[self.base].is_text and self.model_type != "ort"
 
 
 FUSED: dict[str, FusedEntry] = {
@@ -67,6 +78,10 @@ FUSED: dict[str, FusedEntry] = {
     "minilm": FusedEntry("minilm", "bert", 384),
     "llama_gqa": FusedEntry("llama", "genai", 64),
     "qwen2_gqa_packed": FusedEntry("qwen2", "genai", 64, packed=True),
+    "bert_ort": FusedEntry("bert", "ort", 64),
+    "gpt2_ort": FusedEntry("gpt2", "ort", 64),
+    "llama_ort": FusedEntry("llama", "ort", 64),
+    "vit_ort": FusedEntry("vit", "ort", 64),
 }
 
 
@@ -110,6 +125,8 @@ def fuse(name: str) -> onnx.ModelProto:
     entry = FUSED[name]
     if entry.model_type == "genai":
         return genai_decoder(decoder(entry.base, entry.packed), packed=entry.packed)
+    if entry.model_type == "ort":
+        return session_optimized(zoo_cached(entry.base, "dynamo"))
     for logger in ("onnxruntime.transformers", "fusion_base", "onnx_model"):
         logging.getLogger(logger).setLevel(logging.ERROR)
     optimized = optimize_model(
@@ -117,6 +134,18 @@ def fuse(name: str) -> onnx.ModelProto:
         num_heads=TRANSFORMERS[entry.base].heads,
     )  # fmt: skip
     return normalize(optimized.model)
+
+
+def session_optimized(path: Path) -> onnx.ModelProto:
+    """The graph onnxruntime runs on CPU after its extended (hardware-independent) fusions."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    with tempfile.TemporaryDirectory() as folder:
+        options.optimized_model_filepath = str(Path(folder) / "optimized.onnx")
+        onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return normalize(onnx.load(options.optimized_model_filepath))
 
 
 def decoder(base: str, packed: bool) -> torch.nn.Module:
@@ -246,11 +275,20 @@ def _fingerprint() -> str:
 
 def cached(name: str) -> Path:
     """Path of the cached fused model, building it if missing (atomically)."""
-    path = cache_dir() / f"fused-{name}.{_fingerprint()}.onnx"
+    return _cached(f"fused-{name}", lambda: fuse(name))
+
+
+def cached_export(base: str) -> Path:
+    """Path of the cached unfused export (with the mask input) the optimizer starts from."""
+    return _cached(f"fused-export-{base}", lambda: export(base))
+
+
+def _cached(stem: str, build) -> Path:
+    path = cache_dir() / f"{stem}.{_fingerprint()}.onnx"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        staging.write_bytes(fuse(name).SerializeToString(deterministic=True))
+        staging.write_bytes(build().SerializeToString(deterministic=True))
         os.replace(staging, path)
     return path
 

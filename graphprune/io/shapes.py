@@ -63,13 +63,6 @@ def infer_shapes(
             and node.output[0] not in known
             and node.input[0] in known
         ]
-        stated += [
-            info
-            for node in inferred.graph.node
-            if node.op_type == "FusedMatMul" and node.output[0] not in known
-            for info in [_fused_matmul_type(inferred, node)]
-            if info is not None
-        ]
         if not stated:
             break
         skeleton.graph.value_info.extend(stated)
@@ -189,39 +182,6 @@ def _copy_type(model: onnx.ModelProto, source: str, name: str) -> onnx.ValueInfo
     raise KeyError(source)
 
 
-def _fused_matmul_type(model: onnx.ModelProto, node: onnx.NodeProto):
-    """onnxruntime's FusedMatMul (neither onnx nor onnxruntime's symbolic inference knows
-    it): numpy.matmul of A and B, each with its last two axes swapped when transA/transB.
-    None when an input's shape is unknown, of rank < 2, or batch axes are transposed."""
-    attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    if attributes.get("transBatchA") or attributes.get("transBatchB"):
-        return None
-    infos = {i.name: i for i in [*model.graph.value_info, *model.graph.input]}
-    initializers = {t.name: t for t in model.graph.initializer}
-    dims, element = [], None
-    for index, flag in ((0, "transA"), (1, "transB")):
-        name = node.input[index]
-        if name in infos and infos[name].type.tensor_type.HasField("shape"):
-            tensor_type = infos[name].type.tensor_type
-            shape = [d.dim_param if d.HasField("dim_param") else (
-                d.dim_value if d.HasField("dim_value") else None
-            ) for d in tensor_type.shape.dim]  # fmt: skip
-            element = element or tensor_type.elem_type
-        elif name in initializers:
-            shape, element = list(initializers[name].dims), element or initializers[name].data_type
-        else:
-            return None
-        if len(shape) < 2:
-            return None
-        if attributes.get(flag):
-            shape[-2:] = shape[-1:-3:-1]
-        dims.append(shape)
-    (a, b), rank = dims, max(len(dims[0]), len(dims[1]))
-    padded = [[1] * (rank - len(shape)) + shape[:-2] for shape in (a, b)]
-    batch = [right if left == 1 else left for left, right in zip(*padded, strict=True)]
-    return onnx.helper.make_tensor_value_info(node.output[0], element, [*batch, a[-2], b[-1]])
-
-
 def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     skeleton = onnx.ModelProto()
     skeleton.ir_version = model.ir_version
@@ -243,10 +203,22 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _as_inferable(node: onnx.NodeProto) -> onnx.NodeProto:
-    """onnxruntime's FusedConv has Conv's output shape (its activation and residual input
-    change no shape), but no inference knows it: the skeleton holds the Conv."""
-    if node.domain != "com.microsoft" or node.op_type != "FusedConv":
+    """onnxruntime's FusedConv and FusedMatMul are unknown to onnx's inference and to
+    onnxruntime's symbolic one (which then gives up on the whole graph). In the skeleton
+    they are the ops with their output shapes: FusedConv is Conv (its activation and
+    residual input change no shape); FusedMatMul is numpy.matmul of A and B with their
+    last two axes swapped by transA/transB, an Einsum (transBatchA/B stay unknown)."""
+    if node.domain != "com.microsoft" or node.op_type not in ("FusedConv", "FusedMatMul"):
         return node
+    flags = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "FusedMatMul":
+        if flags.get("transBatchA") or flags.get("transBatchB"):
+            return node
+        a = "...ji" if flags.get("transA") else "...ij"
+        b = "...kj" if flags.get("transB") else "...jk"
+        return onnx.helper.make_node(
+            "Einsum", node.input[:2], node.output[:1], node.name, equation=f"{a},{b}->...ik"
+        )
     conv = onnx.NodeProto()
     conv.CopyFrom(node)
     conv.domain, conv.op_type = "", "Conv"

@@ -157,7 +157,8 @@ def skip_layer_norm(ctx: Context) -> None:
     x = tracked.get(0) or tracked.get(1)
     if x is None:
         return
-    rank = len(ctx.output_shape() or ())
+    # The output has the input's shape (its own may be left unknown by inference).
+    rank = len(ctx.input_shape(0 if 0 in tracked else 1))
     if x.axis == rank - 1 and not ctx.approximate_norms:
         ctx.block("normalizes over the channel axis: removing channels changes the others")
         return
