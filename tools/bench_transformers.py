@@ -49,8 +49,8 @@ def main() -> int:
         f"{args.threads} onnxruntime thread(s)"
     )
     header = (
-        f"{'model':<14} {'params':>9} {'->':>9} {'heads':>7} {'mlp':>7} {'MMACs':>7} "
-        f"{'->':>7} {'ms':>7} {'->':>7} {'speedup':>7}"
+        f"{'model':<24} {'groups':>7} {'params':>10} {'->':>10} {'heads':>5} {'mlp':>5} "
+        f"{'MMACs':>7} {'->':>7} {'ms':>7} {'->':>7} {'speedup':>7}"
     )
     print(header)
     print("-" * len(header))
@@ -70,18 +70,21 @@ def main() -> int:
         plan = gp.plan(analysis, args.ratio)
         pruned = gp.prune(analysis, plan)
         shapes = {key: value.shape for key, value in feeds.items()}
+        kinds = [group.kind for group in analysis.prunable_groups]
+        found = f"{kinds.count('heads')}h+{kinds.count('mlp')}m"
         removed = {"heads": 0, "mlp": 0}
         for choice in plan.choices:
             kind = analysis.groups[choice.group].kind
             removed[kind] = removed.get(kind, 0) + len(choice.removed)
         timing = bench(model, pruned, feeds, args.repeats, "CPUExecutionProvider", args.threads)
         print(
-            f"{label:<14} {count_params(model):>9,} "
-            f"{count_params(pruned):>9,} {removed['heads']:>7} {removed['mlp']:>7} "
+            f"{label:<24} {found:>7} {count_params(model):>10,} "
+            f"{count_params(pruned):>10,} {removed['heads']:>5} {removed['mlp']:>5} "
             f"{count_macs(model, shapes) / 1e6:>7.1f} {count_macs(pruned, shapes) / 1e6:>7.1f} "
             f"{timing['latency_ms_before']:>7.3f} {timing['latency_ms_after']:>7.3f} "
             f"{timing['speedup']:>7.2f}"
         )
+    print("groups: prunable head (h) and MLP (m) groups found")
     print("heads / mlp: head groups (KV heads for GQA) and MLP channels removed")
     return 0
 
