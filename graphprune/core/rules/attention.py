@@ -113,6 +113,9 @@ def _separate_heads(ctx: Context, *, rank: int, first_unmapped: int) -> None:
         ctx.block("query, key and value must all carry the channels")
         return
     head_atoms = _packed_heads(ctx, tracked, present, rank, heads)
+    if isinstance(head_atoms, str):
+        ctx.block(head_atoms)
+        return
     if head_atoms is None:
         layouts = [tracked[index] for index in range(3)]
         if any(len(ctx.input_shape(i)) != rank or x.axis != rank - 1 for i, x in tracked.items()):
@@ -145,23 +148,24 @@ def _separate_heads(ctx: Context, *, rank: int, first_unmapped: int) -> None:
     ctx.emit(0, Layout(rank - 1, out))
 
 
-def _packed_heads(ctx, tracked, present, rank, heads) -> np.ndarray | None:
+def _packed_heads(ctx, tracked, present, rank, heads) -> np.ndarray | str | None:
     """Heads of packed QKV (query [..., H, 3, D], key and value absent) or packed KV (query
     [..., H*D] with key [..., H, 2, D], value absent): the heads are on the axis before the
-    3 (or 2), and the query's heads are coupled with them. None when nothing is packed."""
+    3 (or 2), and the query's heads are coupled with them. None when nothing is packed; a
+    reason when the packing is not one of these."""
     packed = [i for i in present if len(ctx.input_shape(i)) == rank + 2]
     if not packed:
         return None
     index = packed[0]
     layout, shape = tracked[index], ctx.input_shape(index)
     if present != ([0] if index == 0 else [0, 1]) or layout.axis != rank - 1:
-        raise ValueError("packed QKV or KV without its heads on the head axis")
+        return "packed QKV or KV without its heads on the head axis"
     if shape[rank - 1] != heads or shape[rank] != (3 if index == 0 else 2):
-        raise ValueError("packed QKV or KV does not hold num_heads heads")
+        return "packed QKV or KV does not hold num_heads heads"
     if index == 1:
         query = tracked[0]
         if query.axis != rank - 1 or query.size % heads:
-            raise ValueError("query is not [..., heads * head size]")
+            return "query is not [..., heads * head size]"
         per_head = query.atoms.reshape(heads, -1)
         for head in per_head:
             ctx.couple_all(head)
@@ -192,9 +196,10 @@ def group_query_attention(ctx: Context) -> None:
     if heads < 1 or kv_heads < 1 or heads % kv_heads:
         ctx.block("num_heads is not a multiple of kv_num_heads")
         return
-    if any(tracked.get(i) is None or tracked[i].axis != 2 for i in needed) or any(
-        index not in needed for index in tracked
-    ):
+    if any(index not in needed for index in tracked):
+        ctx.block("channels reach the cache, sequence lengths or per-head inputs")
+        return
+    if any(tracked.get(i) is None or tracked[i].axis != 2 for i in needed):
         ctx.block("query, key and value must carry the channels on their last axis")
         return
     atoms = np.concatenate([tracked[i].atoms for i in needed])

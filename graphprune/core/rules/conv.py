@@ -30,16 +30,17 @@ def _weight_shape(ctx: Context) -> tuple[int, ...] | None:
 
 @rule("Conv")
 def conv(ctx: Context) -> None:
-    _conv(ctx)
-
-
-def _conv(ctx: Context) -> np.ndarray | None:
     """Input channels are absorbed by weight axis 1; output channels are new.
 
     Depthwise (one input channel per group): output channel m is computed from input
     channel m // multiplier alone, so it *is* that channel: the atoms pass through and
     `group` shrinks with them. Other grouped convs keep their group count; each group must
     lose the same number of input channels and of output channels."""
+    _conv(ctx)
+
+
+def _conv(ctx: Context) -> np.ndarray | None:
+    """Conv's mapping; the output channels, or None when the node stopped them."""
     x = ctx.layout(0)
     weight_shape = _weight_shape(ctx)
     if weight_shape is None:
