@@ -78,7 +78,8 @@ def cpu_equivalent(model: onnx.ModelProto) -> onnx.ModelProto:
             attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
             low.batch_of_one("Attention", ins[:1], ins[1:3], **attrs)
         elif node.op_type == "PackedMultiHeadAttention":
-            low.batch_of_one("MultiHeadAttention", ins[:3], [], **heads)
+            qkv = low.unpack(ins[0], 3) if len(shapes[ins[0]]) == 4 else ins[:3]
+            low.batch_of_one("MultiHeadAttention", qkv, [], **heads)
         elif node.op_type == "BiasSplitGelu":
             halves = [f"{node.name}/left", f"{node.name}/right"]
             left, right = low.make("Split", [low.make("Add", ins)], halves, axis=-1, num_outputs=2)
@@ -265,11 +266,17 @@ def test_packed_attention_removes_whole_heads():
     assert attributes(pruned, "PackedAttention")["num_heads"] == 1
 
 
-def test_packed_multi_head_attention_removes_whole_heads():
+@pytest.mark.parametrize("packing", ["separate", "qkv"])
+def test_packed_multi_head_attention_removes_whole_heads(packing):
+    """Token-major [T, H*D] query, key and value, or packed QKV [T, H, 3, D]."""
     g = GraphBuilder(seed=7)
     x = g.input([6, 16])
-    q, k, v = (g.op("MatMul", [x, g.weight(16, 24)]) for _ in range(3))
-    y = g.op("PackedMultiHeadAttention", [q, k, v, "", *_tokens(g, 6)], domain=MS, num_heads=3)
+    if packing == "qkv":
+        qkv = g.op("MatMul", [x, g.weight(16, 72)])
+        inputs = [g.op("Reshape", [qkv, g.const(np.array([0, 3, 3, 8]))]), "", ""]
+    else:
+        inputs = [g.op("MatMul", [x, g.weight(16, 24)]) for _ in range(3)]
+    y = g.op("PackedMultiHeadAttention", [*inputs, "", *_tokens(g, 6)], domain=MS, num_heads=3)
     g.output(g.op("MatMul", [y, g.weight(24, 4)]))
     analysis, _, pruned = check_on_cpu(g.model(), 0.34)
     assert prunable(analysis) == [("heads", 3)]
