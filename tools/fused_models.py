@@ -7,8 +7,10 @@ attention and embedding fusions match that graph), then fused by
 At onnxruntime 1.31 the optimizer writes for BERT and MiniLM: EmbedLayerNormalization,
 Attention, SkipLayerNormalization, BiasGelu; for GPT-2: SkipLayerNormalization and
 FastGelu (its attention fusion needs a KV cache); for ViT: SkipLayerNormalization and
-BiasGelu. The dynamo exporter's graphs (and mask-free exports) get only the norm and GELU
-fusions.
+BiasGelu. FusionOptions vary it: use_multi_head_attention writes MultiHeadAttention
+(separate Q, K, V after the projections) instead of Attention, enable_gelu_approximation
+FastGelu instead of BiasGelu. The dynamo exporter's graphs (and mask-free exports) get
+only the norm and GELU fusions.
 
 LLaMA and Qwen2 as onnxruntime-genai's model builder (Olive's LLM path) writes them,
 built here from the transformers model with onnx.helper (the builder is no dependency):
@@ -64,6 +66,7 @@ class FusedEntry:
     model_type: str  # optimize_model's model_type, "genai" (built here), or "ort" (session)
     hidden: int
     packed: bool = False  # genai: one packed QKV projection, rotation inside attention
+    options: tuple[str, ...] = ()  # FusionOptions flags set (use_multi_head_attention, ...)
 
     @property
     def has_mask(self) -> bool:
@@ -73,6 +76,8 @@ class FusedEntry:
 
 FUSED: dict[str, FusedEntry] = {
     "bert": FusedEntry("bert", "bert", 64),
+    "bert_mha": FusedEntry("bert", "bert", 64, options=("use_multi_head_attention",)),
+    "bert_fastgelu": FusedEntry("bert", "bert", 64, options=("enable_gelu_approximation",)),
     "gpt2": FusedEntry("gpt2", "gpt2", 64),
     "vit": FusedEntry("vit", "vit", 64),
     "minilm": FusedEntry("minilm", "bert", 384),
@@ -120,6 +125,7 @@ def export(base: str) -> onnx.ModelProto:
 
 
 def fuse(name: str) -> onnx.ModelProto:
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     entry = FUSED[name]
@@ -129,9 +135,12 @@ def fuse(name: str) -> onnx.ModelProto:
         return session_optimized(zoo_cached(entry.base, "dynamo"))
     for logger in ("onnxruntime.transformers", "fusion_base", "onnx_model"):
         logging.getLogger(logger).setLevel(logging.ERROR)
+    options = FusionOptions(entry.model_type)
+    for flag in entry.options:
+        setattr(options, flag, True)
     optimized = optimize_model(
         export(entry.base), model_type=entry.model_type, hidden_size=entry.hidden,
-        num_heads=TRANSFORMERS[entry.base].heads,
+        num_heads=TRANSFORMERS[entry.base].heads, optimization_options=options,
     )  # fmt: skip
     return normalize(optimized.model)
 
