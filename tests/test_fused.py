@@ -182,6 +182,22 @@ def test_group_query_attention_removes_a_kv_head_with_its_query_heads(packed, ro
     np.testing.assert_array_equal(weight(pruned, w)[:, : 2 * 16], queries.reshape(16, 32))
 
 
+def test_group_query_attention_slices_a_per_head_attention_bias():
+    g = GraphBuilder(seed=11)
+    x = g.input([1, 6, 16])
+    qkv = g.op("MatMul", [x, g.weight(16, 8 * 8)])
+    lengths = [g.const(np.array([5], np.int32)), g.const(np.array(6, np.int32))]
+    bias = g.weight(1, 4, 6, 6)
+    inputs = [qkv, "", "", "", "", *lengths, "", "", "", bias]
+    y = g.op("GroupQueryAttention", inputs, domain=MS, num_heads=4, kv_num_heads=2)
+    g.output(g.op("MatMul", [y, g.weight(32, 5)]))
+    model = g.model()
+    _, plan, pruned = prune_and_check(model, 0.5)
+    (kept_kv,) = plan.choices[0].kept
+    expected = weight(model, bias)[:, 2 * kept_kv : 2 * kept_kv + 2]
+    np.testing.assert_array_equal(weight(pruned, bias), expected)
+
+
 def test_group_query_attention_cache_in_the_graph_inputs_keeps_the_heads():
     model, _ = gqa_graph(packed=True, rotary=False, cache=True)
     analysis = gp.analyze(gp.load(model))
