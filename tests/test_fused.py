@@ -322,9 +322,13 @@ def test_fused_matmul_with_a_weight_and_between_activations(trans_a, trans_b):
         scores = g.op("FusedMatMul", [y, y], domain=MS, transB=1, alpha=0.1)
         y = g.op("Add", [y, g.op("FusedMatMul", [g.op("Softmax", [scores]), y], domain=MS)])
     g.output(g.op("MatMul", [g.op("Relu", [y]), g.weight(12, 4)]))
-    analysis, _, pruned = prune_and_check(g.model(), 0.5)
+    model = g.model()
+    analysis, _, pruned = prune_and_check(model, 0.5)
     assert prunable(analysis) == [("mlp", 12)]
     assert weight(pruned, w).shape == ((6, 16) if trans_b else (16, 6))
+    # 6 tokens x 12 features x 16 inputs, the output layer, and the two products of y
+    attention = 0 if trans_a else 6 * 6 * 12 + 6 * 12 * 6
+    assert count_macs(model, {}) == 6 * 12 * 16 + 6 * 4 * 12 + attention
 
 
 @pytest.mark.parametrize("residual", ["tracked", "constant", None])
@@ -341,11 +345,13 @@ def test_fused_conv_activation_and_residual(residual):
         activation_params=[0.1], pads=[1, 1, 1, 1],
     )  # fmt: skip
     g.output(g.conv(y, 8, 2, k=1))
-    analysis, _, pruned = prune_and_check(g.model(), 0.5)
+    model = g.model()
+    analysis, _, pruned = prune_and_check(model, 0.5)
     assert prunable(analysis) == (
         [("channels", 8)] if residual == "tracked" else [("channels", 8)] * 2
     )
     assert weight(pruned, w).shape == (4, 4, 3, 3)
+    assert count_macs(model, {}) == 64 * (8 * 3 * 9 + 8 * 8 * 9 + 2 * 8)  # FusedConv as Conv
 
 
 FUSED_CASES = list(FUSED)
