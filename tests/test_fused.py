@@ -462,3 +462,12 @@ def test_fused_ops_count_the_macs_of_the_ops_they_fuse():
     for raw, fused, shapes in pairs:
         expected = count_macs(gp.load(raw), shapes)
         assert count_macs(gp.load(fused), shapes | {"mask": shapes["input"]}) == expected > 0
+
+
+def test_onnxruntime_gelu_passes_channels():
+    g = GraphBuilder(seed=12)
+    x = g.input([1, 6, 16])
+    y = g.op("Gelu", [g.op("MatMul", [x, g.weight(16, 12)])], domain=MS)
+    g.output(g.op("MatMul", [y, g.weight(12, 4)]))
+    analysis, _, _ = prune_and_check(g.model(), 0.5)
+    assert prunable(analysis) == [("mlp", 12)]
