@@ -1,7 +1,9 @@
 """Transformers benchmark: params, MACs and onnxruntime latency before and after pruning
-attention heads and MLP widths, for every covered export (models/transformers_zoo.py).
+attention heads and MLP widths, for every covered export (models/transformers_zoo.py)
+and every fused graph (tools/fused_models.py: onnxruntime's transformer optimizer, and
+LLaMA/Qwen2 with GroupQueryAttention as onnxruntime-genai's builder writes them).
 
-    python tools/bench_transformers.py [--ratio 0.3] [--repeats 50] [--threads 1]
+    python tools/bench_transformers.py [--ratio 0.3] [--repeats 50] [--threads 1] [--fused-only]
 
 Latency: CPU provider, fixed intra-op threads, original and pruned timed alternately in
 one process (graphprune.validation.bench), medians; text models at batch 1 x 64 tokens
@@ -17,6 +19,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fused_models import FUSED
+from fused_models import cached as fused_cached
 
 import graphprune as gp
 from graphprune.core.metrics import count_macs, count_params
@@ -36,37 +42,49 @@ def main() -> int:
     parser.add_argument("--ratio", type=float, default=0.3)
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--fused-only", action="store_true", help="only the fused graphs")
     args = parser.parse_args()
     print(
         f"ratio {args.ratio} (l2, per group), median of {args.repeats}, "
         f"{args.threads} onnxruntime thread(s)"
     )
     header = (
-        f"{'model':<14} {'params':>9} {'->':>9} {'heads':>7} {'mlp':>7} {'MMACs':>7} "
-        f"{'->':>7} {'ms':>7} {'->':>7} {'speedup':>7}"
+        f"{'model':<24} {'groups':>7} {'params':>10} {'->':>10} {'heads':>5} {'mlp':>5} "
+        f"{'MMACs':>7} {'->':>7} {'ms':>7} {'->':>7} {'speedup':>7}"
     )
     print(header)
     print("-" * len(header))
-    for name, entry in TRANSFORMERS.items():
-        for exporter in entry.exporters:
-            model = gp.load(cached(name, exporter))
-            analysis = gp.analyze(model)
-            plan = gp.plan(analysis, args.ratio)
-            pruned = gp.prune(analysis, plan)
-            feeds = feeds_for(name)
-            shapes = {key: value.shape for key, value in feeds.items()}
-            removed = {"heads": 0, "mlp": 0}
-            for choice in plan.choices:
-                kind = analysis.groups[choice.group].kind
-                removed[kind] = removed.get(kind, 0) + len(choice.removed)
-            timing = bench(model, pruned, feeds, args.repeats, "CPUExecutionProvider", args.threads)
-            print(
-                f"{name + '/' + exporter:<14} {count_params(model):>9,} "
-                f"{count_params(pruned):>9,} {removed['heads']:>7} {removed['mlp']:>7} "
-                f"{count_macs(model, shapes) / 1e6:>7.1f} {count_macs(pruned, shapes) / 1e6:>7.1f} "
-                f"{timing['latency_ms_before']:>7.3f} {timing['latency_ms_after']:>7.3f} "
-                f"{timing['speedup']:>7.2f}"
-            )
+    rows = [] if args.fused_only else [
+        (f"{name}/{exporter}", cached(name, exporter), feeds_for(name))
+        for name, entry in TRANSFORMERS.items()
+        for exporter in entry.exporters
+    ]  # fmt: skip
+    for name, entry in FUSED.items():
+        feeds = feeds_for(entry.base)
+        if entry.has_mask:
+            feeds["mask"] = np.ones_like(feeds["input"])
+        rows.append((f"{name}/fused", fused_cached(name), feeds))
+    for label, path, feeds in rows:
+        model = gp.load(path)
+        analysis = gp.analyze(model)
+        plan = gp.plan(analysis, args.ratio)
+        pruned = gp.prune(analysis, plan)
+        shapes = {key: value.shape for key, value in feeds.items()}
+        kinds = [group.kind for group in analysis.prunable_groups]
+        found = f"{kinds.count('heads')}h+{kinds.count('mlp')}m"
+        removed = {"heads": 0, "mlp": 0}
+        for choice in plan.choices:
+            kind = analysis.groups[choice.group].kind
+            removed[kind] = removed.get(kind, 0) + len(choice.removed)
+        timing = bench(model, pruned, feeds, args.repeats, "CPUExecutionProvider", args.threads)
+        print(
+            f"{label:<24} {found:>7} {count_params(model):>10,} "
+            f"{count_params(pruned):>10,} {removed['heads']:>5} {removed['mlp']:>5} "
+            f"{count_macs(model, shapes) / 1e6:>7.1f} {count_macs(pruned, shapes) / 1e6:>7.1f} "
+            f"{timing['latency_ms_before']:>7.3f} {timing['latency_ms_after']:>7.3f} "
+            f"{timing['speedup']:>7.2f}"
+        )
+    print("groups: prunable head (h) and MLP (m) groups found")
     print("heads / mlp: head groups (KV heads for GQA) and MLP channels removed")
     return 0
 

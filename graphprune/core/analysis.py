@@ -226,7 +226,7 @@ def _groups_touched(atom_lists, group_of_class, class_of) -> set[int]:
 # onnxruntime's fused mixture-of-experts MLPs.
 _LINEAR = {
     "Gemm", "MatMul", "QGemm", "QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat",
-    "DynamicQuantizeMatMul", "MatMulNBits", "MoE",
+    "DynamicQuantizeMatMul", "MatMulNBits", "MoE", "FusedMatMul",
 }  # fmt: skip
 
 

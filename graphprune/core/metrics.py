@@ -1,5 +1,6 @@
 """Model size and cost: parameters (float constants) and multiply-accumulates of the
-ops that dominate compute (Conv, ConvTranspose, Gemm, MatMul)."""
+ops that dominate compute (Conv, ConvTranspose, Gemm, MatMul, and onnxruntime's fused
+ops counted as the ops they fuse)."""
 
 from __future__ import annotations
 
@@ -75,4 +76,40 @@ def node_macs(node: onnx.NodeProto, shapes: dict) -> int:
             transposed = node_attribute(node, "transA", 0) if "Gemm" in node.op_type else 0
             k = a[0] if transposed else a[-1]
             return int(math.prod(out) * int(k))
+    elif node.domain == "com.microsoft":
+        return _fused_macs(node, shapes, out)
+    return 0
+
+
+def _fused_macs(node: onnx.NodeProto, shapes: dict, out: tuple[int, ...]) -> int:
+    """FusedConv as Conv, FusedMatMul as MatMul; attention as Q.K^T and P.V over T keys
+    (B * S * T * (Q + V) for query width Q and value width V, as the raw graph's two
+    MatMuls count), plus Attention's input projection. Without a KV cache T is the key
+    input's length (the query's for self-attention and packed inputs); a cache's length
+    is unknown before the run and not counted. Packed (token-major) ops are not counted."""
+    if node.op_type in ("FusedConv", "FusedMatMul"):
+        plain = onnx.NodeProto()
+        plain.CopyFrom(node)
+        plain.domain, plain.op_type = "", node.op_type[len("Fused") :]
+        if node.op_type == "FusedMatMul" and node_attribute(node, "transA", 0):
+            a = shapes.get(node.input[0])
+            return int(math.prod(out) * a[-2]) if a and isinstance(a[-2], int) else 0
+        return node_macs(plain, shapes)
+    query = shapes.get(node.input[0])
+    if query is None or len(query) != 3 or not all(isinstance(d, int) for d in query):
+        return 0
+    batch, length = query[0], query[1]
+    key = shapes.get(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+    keys = key[1] if key and len(key) == 3 and isinstance(key[1], int) else length
+    if node.op_type == "Attention":
+        weights = shapes.get(node.input[1])
+        if weights is None or len(weights) != 2:
+            return 0
+        sizes = node_attribute(node, "qkv_hidden_sizes", None) or [weights[1] // 3] * 3
+        projection = batch * length * weights[0] * weights[1]
+        return int(projection + batch * length * length * (sizes[0] + sizes[2]))
+    if node.op_type == "MultiHeadAttention" and key and len(key) == 3:
+        return int(batch * length * keys * (query[2] + out[-1]))
+    if node.op_type == "GroupQueryAttention":
+        return int(batch * length * keys * 2 * out[-1])
     return 0

@@ -311,7 +311,7 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     skeleton.opset_import.extend(model.opset_import)
     skeleton.functions.extend(model.functions)
     graph = skeleton.graph
-    graph.node.extend(model.graph.node)
+    graph.node.extend(inferable for node in model.graph.node for inferable in _as_inferable(node))
     graph.input.extend(model.graph.input)
     graph.output.extend(model.graph.output)
     existing_inputs = {info.name for info in model.graph.input}
@@ -323,6 +323,40 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
                 onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims)
             )
     return skeleton
+
+
+def _as_inferable(node: onnx.NodeProto) -> list[onnx.NodeProto]:
+    """onnxruntime's FusedConv and FusedMatMul are unknown to onnx's inference and to
+    onnxruntime's symbolic one (which then gives up on the whole graph). In the skeleton
+    they are ops with their output shapes: FusedConv is Conv (its activation and residual
+    input change no shape); FusedMatMul is MatMul of A and B with their last two axes
+    swapped by transA/transB (a one-operand Einsum, whatever the rank; transBatchA/B stay
+    unknown). The swapped operands' names are the output's plus a suffix no graph uses."""
+    if node.domain != "com.microsoft" or node.op_type not in ("FusedConv", "FusedMatMul"):
+        return [node]
+    flags = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "FusedMatMul":
+        if flags.get("transBatchA") or flags.get("transBatchB"):
+            return [node]
+        nodes, operands = [], list(node.input[:2])
+        for index, flag in enumerate(("transA", "transB")):
+            if flags.get(flag):
+                swapped = f"{node.output[0]}::graphprune_{flag}"
+                nodes.append(
+                    onnx.helper.make_node(
+                        "Einsum", [operands[index]], [swapped], equation="...ij->...ji"
+                    )
+                )
+                operands[index] = swapped
+        return [*nodes, onnx.helper.make_node("MatMul", operands, node.output[:1], node.name)]
+    conv = onnx.NodeProto()
+    conv.CopyFrom(node)
+    conv.domain, conv.op_type = "", "Conv"
+    del conv.input[3:]
+    kept = [a for a in node.attribute if not a.name.startswith("activation")]
+    del conv.attribute[:]
+    conv.attribute.extend(kept)
+    return [conv]
 
 
 def _is_external(tensor: onnx.TensorProto) -> bool:

@@ -21,7 +21,7 @@ def _weight_shape(ctx: Context, weight: int = 1) -> tuple[int, ...] | None:
     if (
         weight_shape is None
         or (x is not None and x.axis != 1)
-        or len(ctx.tracked()) > (x is not None)
+        or any(index in (1, 2) for index, _ in ctx.tracked())
     ):
         ctx.block("weights computed at runtime" if weight_shape is None else "channels off axis 1")
         return None
@@ -33,18 +33,19 @@ def conv(ctx: Context) -> None:
     conv_channels(ctx)
 
 
-def conv_channels(ctx: Context, weight: int = 1, bias: int | None = 2) -> None:
+def conv_channels(ctx: Context, weight: int = 1, bias: int | None = 2) -> np.ndarray | None:
     """Input channels are absorbed by weight axis 1; output channels are new.
 
     Depthwise (one input channel per group): output channel m is computed from input
     channel m // multiplier alone, so it *is* that channel: the atoms pass through and
     `group` shrinks with them. Other grouped convs keep their group count; each group must
     lose the same number of input channels and of output channels. `weight` and `bias`
-    are their input indices (QLinearConv has its own; ConvInteger has no bias)."""
+    are their input indices (QLinearConv has its own; ConvInteger has no bias). Returns the
+    output channels, None when the node stopped them."""
     x = ctx.layout(0)
     weight_shape = _weight_shape(ctx, weight)
     if weight_shape is None:
-        return
+        return None
     groups = int(ctx.attr("group", 1))
     out_channels, per_group = weight_shape[0], weight_shape[1]
     if groups == 1:
@@ -57,7 +58,7 @@ def conv_channels(ctx: Context, weight: int = 1, bias: int | None = 2) -> None:
     elif out_channels // groups == 1:
         if x is not None:
             ctx.block("grouped conv with one output channel per group")
-        return
+        return None
     else:
         if x is not None:
             blocks = x.atoms.reshape(groups, per_group)
@@ -70,9 +71,32 @@ def conv_channels(ctx: Context, weight: int = 1, bias: int | None = 2) -> None:
         if ctx.constant_shape(bias) is None:
             ctx.block("bias computed at runtime")
             ctx.freeze_own_atoms("bias computed at runtime")
-            return
+            return None
         ctx.slice(bias, 0, out, role="bias")
     ctx.emit(0, Layout(1, out))
+    return out
+
+
+@rule("FusedConv", domain="com.microsoft")
+def fused_conv(ctx: Context) -> None:
+    """com.microsoft.FusedConv: Conv (same inputs and attributes), plus Z (input 3, Y's
+    shape) added to its output, then an elementwise `activation` (Relu, Sigmoid, Tanh,
+    LeakyRelu, Clip, HardSigmoid; activation_params are scalars). Z position by position
+    is the output's channels: a tracked Z is coupled with them, a constant one sliced."""
+    if ctx.view.input(ctx.node, 3) is None:
+        conv_channels(ctx)
+        return
+    z, z_shape = ctx.layout(3), ctx.input_shape(3)
+    if (z is not None and z.axis != 1) or (z is None and ctx.constant(3) is None):
+        ctx.block("the residual input Z is computed from untracked channels")
+        return
+    out = conv_channels(ctx)
+    if out is None:
+        return
+    if z is not None:
+        ctx.couple(out, z.atoms)
+    elif z_shape is not None and len(z_shape) > 1 and z_shape[1] != 1:
+        ctx.slice(3, 1, out)
 
 
 @rule("ConvTranspose")

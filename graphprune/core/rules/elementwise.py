@@ -7,6 +7,8 @@ is the same alignment from the right).
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..channels import Layout
 from .context import Context
 from .registry import rule
@@ -36,8 +38,10 @@ def unary(ctx: Context) -> None:
             ctx.emit(output, layout)
 
 
-# onnxruntime's contrib ops that are elementwise with an optional per-channel bias input.
-CONTRIB_ELEMENTWISE = ("BiasGelu", "FastGelu", "Gelu", "QuickGelu")
+# onnxruntime's contrib ops that are elementwise with an optional per-channel bias input
+# (BiasGelu, FastGelu: gelu(X + bias); QuickGelu: X * sigmoid(alpha * X); BiasAdd:
+# X + bias + skip, skip of X's shape).
+CONTRIB_ELEMENTWISE = ("BiasAdd", "BiasGelu", "FastGelu", "Gelu", "QuickGelu")
 
 
 @rule(*CONTRIB_ELEMENTWISE, domain="com.microsoft")
@@ -81,3 +85,20 @@ def broadcast(ctx: Context) -> None:
             return
         ctx.slice(index, operand_axis, first.atoms)
     ctx.emit(0, Layout(axis, first.atoms, first.tiled))
+
+
+@rule("BiasSplitGelu", domain="com.microsoft")
+def bias_split_gelu(ctx: Context) -> None:
+    """com.microsoft.BiasSplitGelu: X [N, S, D] plus bias [D], split in halves on the last
+    axis; output [N, S, D/2] is left * gelu(right), so position d of the output is made of
+    positions d and D/2 + d: they are coupled, and the output carries the left half."""
+    x = ctx.data_layout()
+    if x is None:
+        return
+    if x.axis != len(ctx.input_shape(0)) - 1 or x.size % 2 or ctx.constant(1) is None:
+        ctx.block("channels off the last axis, or a bias computed at runtime")
+        return
+    left, right = np.split(x.atoms, 2)
+    ctx.couple(left, right)
+    ctx.slice(1, 0, x.atoms)
+    ctx.emit(0, Layout(x.axis, left))

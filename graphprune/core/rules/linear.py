@@ -86,14 +86,15 @@ def matmul_channels(ctx: Context, weight: int = 1) -> np.ndarray | None:
     return out
 
 
-def activation_matmul(ctx: Context) -> None:
+def activation_matmul(ctx: Context, transposed: tuple[bool, bool] = (False, False)) -> None:
     """A (..., M, K) @ B (..., K, N), both computed (attention scores Q.K^T and P.V).
 
     Batch axes broadcast like elementwise ops: channels on the same batch axis of both
     operands (heads) are coupled and stay on the output's. Channels on M (A's rows) or N
     (B's columns) pass to the output's rows or columns. Channels on K in both operands are
     coupled and summed away: removing index k from both drops exactly the k-th term, which
-    the masking oracle reproduces by zeroing A's k-th column."""
+    the masking oracle reproduces by zeroing A's k-th column. `transposed[i]`: operand i
+    enters with its last two axes swapped (FusedMatMul's transA, transB)."""
     tracked = dict(ctx.tracked())
     shapes = [ctx.input_shape(0), ctx.input_shape(1)]
     out_shape = ctx.output_shape()
@@ -106,10 +107,13 @@ def activation_matmul(ctx: Context) -> None:
     role = {}  # input index -> (kind, output axis or None)
     for index, layout in tracked.items():
         in_rank = len(shapes[index])
-        if layout.axis < in_rank - 2:
-            role[index] = ("batch", layout.axis + rank - in_rank)
-        elif (index, layout.axis - in_rank) in ((0, -2), (1, -1)):
-            role[index] = ("rows" if index == 0 else "columns", rank + layout.axis - in_rank)
+        axis = layout.axis
+        if transposed[index] and axis >= in_rank - 2:
+            axis = 2 * in_rank - 3 - axis  # the last two axes swap
+        if axis < in_rank - 2:
+            role[index] = ("batch", axis + rank - in_rank)
+        elif (index, axis - in_rank) in ((0, -2), (1, -1)):
+            role[index] = ("rows" if index == 0 else "columns", rank + axis - in_rank)
         else:
             role[index] = ("contracted", None)
     kinds = {kind for kind, _ in role.values()}
@@ -132,6 +136,40 @@ def activation_matmul(ctx: Context) -> None:
             ctx.block("the other operand carries these positions untracked")
             return
     if kinds == {"contracted"}:
-        ctx.mask_input(0, len(shapes[0]) - 1, tracked[0].atoms)
+        ctx.mask_input(0, len(shapes[0]) - 1 - transposed[0], tracked[0].atoms)
         return
     ctx.emit(0, Layout(out_axis, first.atoms, first.tiled))
+
+
+@rule("FusedMatMul", domain="com.microsoft", tiled=True)
+def fused_matmul(ctx: Context) -> None:
+    """com.microsoft.FusedMatMul: alpha * A' @ B' like numpy.matmul, A' = A or A with its
+    last two axes swapped (transA), likewise B' (transB); transBatchA/B also move batch
+    axes. alpha scales every output alike. A constant 2-D B is a linear layer (B' = B^T
+    when transB: K on axis 1); two computed operands are mapped as MatMul's, with the
+    swapped axes of a transposed one (onnxruntime fuses Q @ K^T into transB=1)."""
+    if ctx.attr("transBatchA", 0) or ctx.attr("transBatchB", 0):
+        ctx.block("batch axes transposed (transBatchA/B)")
+        return
+    weight_shape = ctx.constant_shape(1)
+    trans_a, trans_b = bool(ctx.attr("transA", 0)), bool(ctx.attr("transB", 0))
+    if weight_shape is None and ctx.constant_shape(0) is None:
+        activation_matmul(ctx, (trans_a, trans_b))
+        return
+    a, a_rank = ctx.layout(0), len(ctx.input_shape(0) or ())
+    if a is not None and a.tiled:
+        ctx.block("channels share an axis with a symbolic dim (e.g. batch*heads)")
+        return
+    if weight_shape is None or len(weight_shape) != 2 or a_rank < 2:
+        ctx.block("multiplies by a constant that is not a 2-D weight")
+        return
+    contracted = a_rank - (2 if trans_a else 1)
+    if any(i != 0 for i, _ in ctx.tracked()) or (a is not None and a.axis != contracted):
+        ctx.block("channels are not on the contracted axis")
+        return
+    k_axis, n_axis = (1, 0) if trans_b else (0, 1)
+    if a is not None:
+        ctx.slice(1, k_axis, a.atoms, role="weight", absorbs=True)
+    out = ctx.new_atoms(weight_shape[n_axis])
+    ctx.slice(1, n_axis, out, role="weight")
+    ctx.emit(0, Layout(a_rank - 1, out))

@@ -162,7 +162,8 @@ def skip_layer_norm(ctx: Context) -> None:
     x = tracked.get(0) or tracked.get(1)
     if x is None:
         return
-    rank = len(ctx.output_shape() or ())
+    # The output has the input's shape (its own may be left unknown by inference).
+    rank = len(ctx.input_shape(0 if 0 in tracked else 1))
     if x.axis == rank - 1 and not ctx.approximate_norms:
         ctx.block("normalizes over the channel axis: removing channels changes the others")
         return
@@ -187,3 +188,34 @@ def skip_layer_norm(ctx: Context) -> None:
         ctx.approximate(x.atoms, "normalizes over the channel axis (statistics change)")
     for output in (0, 3):
         ctx.emit(output, x)
+
+
+@rule("EmbedLayerNormalization", domain="com.microsoft")
+def embed_layer_norm(ctx: Context) -> None:
+    """onnxruntime's BERT embeddings: word, position and segment tables (inputs 2, 3, 4,
+    [rows, hidden]) looked up by ids, added, and normalized over the hidden size with
+    gamma and beta (5, 6); output 0 is normalized, output 2 the sum before it (output 1,
+    the mask index, is per sequence). The hidden size is new channels here (kind
+    "hidden"): every table loses columns and gamma and beta entries. The normalization
+    runs over them, so they stay unless approximate norms were asked for (as
+    LayerNormalization)."""
+    if ctx.tracked():
+        ctx.block("channels reach the ids, mask or tables")
+        return
+    tables = [index for index in (2, 3, 4) if ctx.view.input(ctx.node, index) is not None]
+    shapes = [ctx.constant_shape(index) for index in (*tables, 5, 6)]
+    if any(shape is None for shape in shapes) or len({shape[-1] for shape in shapes}) != 1:
+        return  # tables computed at runtime: the hidden size is no group here
+    out = ctx.new_atoms(shapes[0][-1])
+    for index in tables:
+        ctx.slice(index, 1, out, role="weight" if index == 2 else "param")
+    ctx.slice(5, 0, out, role="weight")
+    ctx.slice(6, 0, out)
+    ctx.mark_embedding(out)
+    if ctx.approximate_norms:
+        ctx.approximate(out, "normalizes over the hidden size (statistics change)")
+    else:
+        ctx.freeze_own_atoms("normalizes over the hidden size: removing some changes the rest")
+    rank = len(ctx.output_shape() or (0, 0, 0))
+    ctx.emit(0, Layout(rank - 1, out))
+    ctx.emit(2, Layout(rank - 1, out))

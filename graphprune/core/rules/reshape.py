@@ -261,6 +261,8 @@ def _choose_axis(ctx: Context, varying: list[int], axes: list[int]) -> tuple[int
 
 # Layers with weights end the search.
 _ENDS_ATTENTION_SEARCH = {"MatMul", "Gemm", "Conv", "ConvTranspose"}
+# onnxruntime's attention ops that take heads on their own axis (packed QKV or KV).
+_FUSED_ATTENTION = {"MultiHeadAttention", "PackedMultiHeadAttention"}
 
 
 def _selected_axes(view, tensor: str) -> set[int]:
@@ -334,8 +336,8 @@ def _is_weight(view, tensor: str) -> bool:
 
 
 def _feeds_attention(view, tensor: str, depth: int = 8) -> bool:
-    """Whether `tensor` reaches a MatMul of two computed operands within `depth` ops,
-    without passing through a layer with weights or a selector."""
+    """Whether `tensor` reaches a MatMul of two computed operands (or onnxruntime's fused
+    attention) within `depth` ops, without passing through a layer with weights."""
     frontier, seen = [tensor], set()
     for _ in range(depth):
         following = []
@@ -346,6 +348,8 @@ def _feeds_attention(view, tensor: str, depth: int = 8) -> bool:
                 seen.add(consumer.name)
                 constant_operand = any(_is_weight(view, i) for i in consumer.input[:2] if i)
                 if consumer.op_type == "MatMul" and not constant_operand:
+                    return True
+                if consumer.domain == "com.microsoft" and consumer.op_type in _FUSED_ATTENTION:
                     return True
                 if consumer.op_type in _REQUANTIZE:  # moves no data: costs no depth
                     frontier.append(consumer.output[0])
