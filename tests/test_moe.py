@@ -258,3 +258,23 @@ def test_onnxruntime_quantized_moe_op_loses_experts():
     shifted = gp.plan_from_json(analysis, _shifted(plan.to_json(analysis), "router"))
     with pytest.raises(AssertionError):
         assert_same_outputs(expected, outputs(gp.prune(analysis, shifted), inputs))
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_fused_moe_ops_are_scored_by_their_routing(tmp_path, quantized):
+    """Calibrated expert scores of onnxruntime's MoE and QMoE ops: each expert's summed
+    softmax gate over the top-k picks, so the scores add up to the mass the picks carry."""
+    from models.moe_zoo import ort_qmoe
+
+    model = gp.load(ort_qmoe() if quantized else ort_moe())
+    analysis = gp.analyze(model)
+    dtype = np.float16 if quantized else np.float32
+    x = np.random.default_rng(4).standard_normal((16, HIDDEN)).astype(dtype)
+    np.savez(tmp_path / "calib.npz", x=x)
+    stats = gp.calibrate(analysis, gp.CalibrationData(path=str(tmp_path / "calib.npz")))
+    (scores,) = stats.routing.values()
+    assert scores.shape == (8,) and (scores >= 0).all()
+    assert 0 < scores.sum() <= 16 + 1e-3
+    options = gp.PlanOptions(ratio=0.25, criterion="activation", only=("experts",))
+    removed = sorted(i for c in gp.plan(analysis, options, stats=stats).choices for i in c.removed)
+    assert removed == sorted(np.argsort(scores, kind="stable")[:2].tolist())

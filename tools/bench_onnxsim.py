@@ -238,9 +238,9 @@ def variant(model: onnx.ModelProto, kind: str, family: str | None, heads: int, f
 def run(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
     import onnxruntime as ort
 
-    ort.set_default_logger_severity(3)
+    ort.set_default_logger_severity(4)
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4
     session = ort.InferenceSession(model.SerializeToString(), options,
                                    providers=["CPUExecutionProvider"])  # fmt: skip
     return session.run(None, feeds)
@@ -264,9 +264,30 @@ def weight_bytes(model: onnx.ModelProto) -> int:
     )
 
 
+def strip_unused(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model without initializers no node reads (onnxsim's block removal leaves the
+    dropped block's weights behind), so weight bytes count what the model needs."""
+    used = {o.name for o in model.graph.output}
+    stack = [model.graph]
+    while stack:
+        graph = stack.pop()
+        for node in graph.node:
+            used.update(node.input)
+            stack.extend(a.g for a in node.attribute if a.HasField("g"))
+            stack.extend(g for a in node.attribute for g in a.graphs)
+    kept = [t for t in model.graph.initializer if t.name in used]
+    if len(kept) == len(model.graph.initializer):
+        return model
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    return model
+
+
 def judge(tool: Tool, dense: onnx.ModelProto, pruned: onnx.ModelProto | None, feeds, reference):
     if pruned is None:
         return
+    pruned = strip_unused(pruned)
     before, after = weight_bytes(dense), weight_bytes(pruned)
     if after >= before:
         tool.removed = "nothing"

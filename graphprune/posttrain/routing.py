@@ -55,7 +55,7 @@ def find_routing(analysis: Analysis, groups: set[int]) -> list[RoutingTap]:
         if not group_ids & groups:
             continue
         node = view.nodes[router]
-        if node.op_type == "MoE":
+        if node.op_type in ("MoE", "QMoE"):  # router_probs is input 1 of both
             k = int(view.attribute(node, "k", 1))
             taps.append(RoutingTap(router, atoms, node.input[1], None, None, fused_k=k))
             continue
