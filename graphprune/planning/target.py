@@ -57,7 +57,7 @@ def plan_to_latency(
         chosen = make_plan(analysis, dataclasses.replace(options, budget=budget), stats=stats)
         pruned = build(chosen)
         timing = bench(original, pruned, feeds, repeats, table.provider, table.threads)
-        measured = timing["latency_ms_after"] / timing["latency_ms_before"]
+        measured = timing["paired_fraction"]
         attempt = {
             "goal": round(goal, 6),
             "predicted_ms": round(chosen.budget["predicted_ms"], 5),

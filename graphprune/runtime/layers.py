@@ -135,7 +135,10 @@ class LayerSpec:
         return "|".join(parts)
 
     def channels(self, role: str) -> int:
-        return self.shrunk(role, None)[1][_weight_axis(self.node, role)]
+        """The full width of axis `role` (a grouped conv's input: all of its channels)."""
+        if role == "in" and self.node.op_type in ("Conv", "ConvTranspose"):
+            return self.x_shape[1]
+        return self.w_shape[_weight_axis(self.node, role)]
 
     def shrunk(self, role: str, width: int | None) -> tuple[list[int], list[int], int]:
         """Input shape, weight shape and group count with axis `role` at `width`."""
