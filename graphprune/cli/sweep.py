@@ -225,10 +225,9 @@ def _on_ray(address: str, model: bytes, configs: list[Config], shared: Shared) -
         import ray
     except ImportError:
         raise GraphpruneError("--ray needs Ray: pip install 'graphprune[ray]'") from None
-    import graphprune
-
+    package = str(Path(__file__).resolve().parents[1])  # this graphprune, shipped to workers
     try:
-        ray.init(address=address, runtime_env={"py_modules": [graphprune]},
+        ray.init(address=address, runtime_env={"py_modules": [package]},
                  log_to_driver=False, logging_level="ERROR")  # fmt: skip
     except Exception as error:  # any failure to connect is the user's address or cluster
         raise GraphpruneError(f"cannot connect to Ray at {address}: {first_line(error)}") from None
