@@ -246,7 +246,8 @@ def _print_summary(report: PruneReport) -> None:
     if "latency" in report:
         lat = report["latency"]
         print(
-            f"latency target {lat['target_fraction']:.1%}: predicted {lat['predicted_ms']:.3f} ms, "
+            f"latency target {lat['target_ms']:.3f} ms ({lat['target_fraction']:.1%}): "
+            f"predicted {lat['predicted_ms']:.3f} ms, "
             f"measured {lat['measured_ms']:.3f} ms of {lat['original_ms']:.3f} ms "
             f"({lat['measured_fraction']:.1%}, {len(lat['attempts'])} rounds"
             + ("" if lat["within_tolerance"] else f", outside ±{lat['tolerance']:.0%}")

@@ -225,13 +225,17 @@ def profile(
     view = analysis.view
     provider, threads = options.provider, options.resolved_threads
     concrete = infer_shapes(view.model, shapes)
-    measured_ms = _median_ms([session(view.model, provider, threads)], [feeds], options)[0]
+    measured_ms = statistics.median(_times_ms([session(view.model, provider, threads)], [feeds],
+                                              options)[0])  # fmt: skip
     specs: dict[str, tuple[LayerSpec, list[str]]] = {}  # one per signature
     layers: dict[str, tuple[str, list[str], int]] = {}
     for name, roles in sorted(layer_axes(analysis).items()):
         spec = LayerSpec.of(view, view.nodes[name], concrete)
         if spec is not None:
-            specs.setdefault(spec.signature, (spec, sorted(roles)))
+            timed_roles = specs.setdefault(spec.signature, (spec, []))[1]
+            # Layers alike may shrink different axes (a query projection its output, the
+            # attention output its input): the one timing covers all of them.
+            timed_roles[:] = sorted({*timed_roles, *roles})
             layers[name] = (spec.signature, sorted(roles), spec.output_elements)
     started = time.perf_counter()
     timed = dict(
@@ -294,8 +298,11 @@ def _time_layers(
         built = [specs[i][0].model(role, w, rng) for i, role, w, _, _ in chunk]
         built.append(_empty_model())
         sessions = [session(m, provider, threads) for m, _ in built]
-        times = _median_ms(sessions, [{"x": x} for _, x in built], options)
-        overhead = times.pop()
+        rounds = _times_ms(sessions, [{"x": x} for _, x in built], options)
+        # The fastest empty run is the cost of a call itself; its median would include
+        # the load of a busy machine, which the layers' medians share only in part.
+        overhead = min(rounds.pop())
+        times = [statistics.median(t) for t in rounds]
         for (i, role, w, _, _), ms in zip(chunk, times, strict=True):
             measured[(i, role, w)] = max(ms - overhead, 0.05 * ms)
     results = []
@@ -311,7 +318,7 @@ def _time_layers(
                 if not is_aligned:
                     alignment = next(a for a in ALIGNMENTS if width % a == 0)
                     ratio = measured[(index, role, width)] / curve.aligned(width)
-                    worst = max(curve.penalty.get(alignment, 0.0), ratio)
+                    worst = max(curve.penalty.get(alignment, 1.0), ratio)  # never a bonus
                     curve.penalty[alignment] = round(worst, 4)
             curves[role] = curve
             full_times.append(measured[(index, role, channels)])
@@ -345,8 +352,8 @@ def _nondecreasing(values: list[float]) -> list[float]:
     return [mean for mean, count in blocks for _ in range(int(count))]
 
 
-def _median_ms(sessions: list, feeds: list[dict], options: ProfileOptions) -> list[float]:
-    """Median ms of each session, timed in alternated rounds after warm-up."""
+def _times_ms(sessions: list, feeds: list[dict], options: ProfileOptions) -> list[list[float]]:
+    """The ms of every run of each session, timed in alternated rounds after warm-up."""
     for sess, feed in zip(sessions, feeds, strict=True):
         for _ in range(options.warmup):
             run(sess, feed)
@@ -357,7 +364,7 @@ def _median_ms(sessions: list, feeds: list[dict], options: ProfileOptions) -> li
             started = time.perf_counter()
             run(sessions[which], feeds[which])
             times[which].append((time.perf_counter() - started) * 1000)
-    return [statistics.median(t) for t in times]
+    return times
 
 
 def write_table(table: LatencyTable) -> str:
