@@ -21,6 +21,7 @@ Command (re-run it on a quiet machine; timings on a shared one are noisy)::
 
     python tools/bench_latency_aware.py          # zoo subset, ResNet-50, digits, MiniLM
     python tools/bench_latency_aware.py --models resnet50 minilm --threads 2 --repeats 30
+    python tools/bench_latency_aware.py --provider cuda          # on a GPU machine
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from graphprune.planning.latency import LatencyCostModel  # noqa: E402
 from graphprune.planning.target import plan_to_latency  # noqa: E402
 from graphprune.runtime.inputs import input_shapes, random_inputs  # noqa: E402
 from graphprune.runtime.latency import bench  # noqa: E402
-from graphprune.runtime.profile import ProfileOptions, profile  # noqa: E402
+from graphprune.runtime.profile import ProfileOptions, check_provider, profile  # noqa: E402
 from graphprune.runtime.sessions import run, session  # noqa: E402
 
 ZOO_MODELS = ["resnet18", "resnet_bottleneck", "mobilenetv2", "regnet", "vgg"]
@@ -161,7 +162,9 @@ def uniform_at(analysis, subject, fraction, options, criterion) -> tuple:
 
 
 def evaluate(subject: Subject, args) -> dict:
-    options = ProfileOptions(threads=args.threads, repeats=args.repeats)
+    options = ProfileOptions(
+        provider=check_provider(args.provider), threads=args.threads, repeats=args.repeats
+    )
     analysis = gp.analyze(subject.model)
     shapes = {k: tuple(v.shape) for k, v in subject.feeds.items()}
     started = time.perf_counter()
@@ -209,12 +212,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=[*ZOO_MODELS, *EXTRA])
     parser.add_argument("--target", type=float, default=0.5, help="--target-latency")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--provider", default="cpu", help="cpu, cuda or tensorrt")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--criterion", default="l2")
     args = parser.parse_args(argv)
     print("command: python tools/bench_latency_aware.py " + " ".join(sys.argv[1:]))
-    print(f"CPU, {args.threads} threads, target {args.target}, criterion {args.criterion}, "
-          f"medians of {args.repeats} alternated runs")  # fmt: skip
+    print(f"{args.provider}, {args.threads} threads, target {args.target}, "
+          f"criterion {args.criterion}, medians of {args.repeats} alternated runs")  # fmt: skip
     started = time.perf_counter()
     summary = []
     with tempfile.TemporaryDirectory() as tmp:
