@@ -22,7 +22,9 @@ from .core.analysis import Analysis
 from .core.metrics import count_macs, count_params
 from .errors import GraphpruneError
 from .inspect.report import GroupRow, groups_json, params_removed_by_kind
+from .planning.budget import Budget
 from .planning.plan import Plan, PlanOptions, plan_from_json
+from .planning.target import LatencyTarget, plan_to_latency
 from .posttrain.compensation import METHODS
 from .posttrain.criteria import CALIBRATED
 from .posttrain.data import CalibrationData, describe
@@ -75,6 +77,7 @@ class PruneOptions:
     bench: bool = False
     output: str | None = None
     progress: bool = False
+    latency: LatencyTarget | None = None  # plan to a measured latency instead
 
     def __post_init__(self) -> None:
         if self.compensate not in METHODS:
@@ -120,6 +123,7 @@ class PruneReport(TypedDict, total=False):
     compensation: dict
     budget: dict
     blocks: list[dict]  # with --drop-blocks: every residual unit, its score, dropped or not
+    latency: dict
     bench: Latency
     timings: dict[str, float]
 
@@ -186,21 +190,37 @@ def prune_model(options: PruneOptions) -> PruneResult:
     with timings.stage("calibrate"):
         stats = _statistics(options, analysis, shapes)
 
-    with timings.stage("plan"):
-        if options.plan_record is not None:
-            chosen = plan_from_json(analysis, options.plan_record)
-        else:
-            chosen = plan(analysis, plan_options, stats=stats)
-
     compensation_notes: list[str] = []
-    with timings.stage("rewrite"):
+
+    def build(chosen: Plan) -> onnx.ModelProto:
         if stats is not None and options.compensate != "none":
-            pruned = compensate(
+            return compensate(
                 analysis, chosen, stats, method=options.compensate, damp=options.damp,
                 notes=compensation_notes,
             )  # fmt: skip
-        else:
-            pruned = prune(analysis, chosen)
+        return prune(analysis, chosen)
+
+    latency = None
+    if options.latency is not None and options.plan_record is None:
+        with timings.stage("latency"):
+            table = options.latency.resolve_table(analysis, shapes, feeds)
+            fraction = options.latency.fraction_of(table)
+            budget = Budget("latency", fraction, shapes=shapes, table=table)
+            latency = plan_to_latency(
+                analysis, dataclasses.replace(plan_options, budget=budget), build, feeds,
+                table=table, target=fraction, tolerance=options.latency.tolerance,
+                iterations=options.latency.iterations, repeats=options.latency.repeats,
+                stats=stats,
+            )  # fmt: skip
+            chosen, pruned = latency.plan, latency.model
+    else:
+        with timings.stage("plan"):
+            if options.plan_record is not None:
+                chosen = plan_from_json(analysis, options.plan_record)
+            else:
+                chosen = plan(analysis, plan_options, stats=stats)
+        with timings.stage("rewrite"):
+            pruned = build(chosen)
 
     with timings.stage("validate"):
         validation = compare(
@@ -232,6 +252,8 @@ def prune_model(options: PruneOptions) -> PruneResult:
         report["budget"] = chosen.budget
     if chosen.blocks is not None:
         report["blocks"] = chosen.blocks
+    if latency is not None:
+        report["latency"] = latency.summary
     if options.bench:
         report["bench"] = bench(model, pruned, feeds)
     report["timings"] = {k: round(v, 4) for k, v in timings.items()}
@@ -289,5 +311,3 @@ def _before_after(before: int, after: int) -> BeforeAfter:
         "after": after,
         "removed_fraction": round(1 - after / before, 6) if before else 0.0,
     }
-
-

@@ -29,6 +29,7 @@ from .common import (
     read_json,
     write_all,
 )
+from .profile import add_latency_options, latency_from
 
 
 def add_parser(commands) -> None:
@@ -124,19 +125,25 @@ def add_parser(commands) -> None:
     calib.add_argument(
         "--target-params", type=float, metavar="F", help="fraction of parameters to keep"
     )
+    add_latency_options(p)
     p.set_defaults(run=run)
 
 
 def options_from(args: argparse.Namespace) -> PruneOptions:
     """The pipeline's options from the command line, checked before anything runs."""
     budget = _budget(args)
-    if args.ratio is None and args.plan is None and budget is None and not args.drop_blocks:
+    latency = latency_from(args)
+    if latency is not None and (args.ratio is not None or budget is not None or args.plan):
+        raise GraphpruneError("give a latency target or --ratio/--target-macs/--plan, not both")
+    targets = (args.ratio, args.plan, budget, latency)
+    if all(target is None for target in targets) and not args.drop_blocks:
         raise GraphpruneError(
-            "give --ratio R, --target-macs F, --target-params F, --drop-blocks N or --plan"
+            "give --ratio R, --target-macs F, --target-params F, --target-latency F, "
+            "--drop-blocks N or --plan"
         )
     check_outputs(
         {"-o": args.output, "--report": args.report, "--html": args.html},
-        [args.model], [args.plan, args.calib, args.inputs],
+        [args.model], [args.plan, args.calib, args.inputs, args.latency_table],
     )  # fmt: skip
     _check_numbers(args)
     return PruneOptions(
@@ -152,7 +159,7 @@ def options_from(args: argparse.Namespace) -> PruneOptions:
             reduction=args.reduction,
             normalization=args.normalization,
             seed=args.seed,
-            budget=budget,
+            budget=budget or (latency and Budget("latency", 1.0)),
             only=tuple(args.only),
             kind_ratios={
                 kind: value
@@ -178,6 +185,7 @@ def options_from(args: argparse.Namespace) -> PruneOptions:
         output=args.output,
         # Bars redraw a line with carriage returns: only a terminal shows that cleanly.
         progress=not args.quiet and sys.stderr.isatty(),
+        latency=latency,
     )
 
 
@@ -267,6 +275,16 @@ def _print_summary(report: PruneReport) -> None:
     notes = [*report.get("input_notes", []), report.get("calibration", {}).get("batch_note")]
     for note in filter(None, notes):  # choices the user did not make: said, not silent
         print(f"note: {note}")
+    if "latency" in report:
+        lat = report["latency"]
+        print(
+            f"latency target {lat['target_ms']:.3f} ms ({lat['target_fraction']:.1%}): "
+            f"predicted {lat['predicted_ms']:.3f} ms, "
+            f"measured {lat['measured_ms']:.3f} ms of {lat['original_ms']:.3f} ms "
+            f"({lat['measured_fraction']:.1%}, {len(lat['attempts'])} rounds"
+            + ("" if lat["within_tolerance"] else f", outside ±{lat['tolerance']:.0%}")
+            + ")"
+        )
     if "bench" in report:
         b = report["bench"]
         print(

@@ -32,10 +32,14 @@ def _template() -> str:
 
 def render(data: dict) -> str:
     """The report page for `data` (a diff result with "mode": "diff", or analysis data)."""
+    return _template().replace(_PLACEHOLDER, embed_json(data), 1)
+
+
+def embed_json(data: dict) -> str:
+    """`data` as JSON that is safe inside a <script> element, keys sorted."""
     payload = json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
     # Inside <script> only "<" can end the element early; the escapes keep it valid JSON.
-    payload = payload.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    return _template().replace(_PLACEHOLDER, payload, 1)
+    return payload.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def diff_html(result: dict) -> str:

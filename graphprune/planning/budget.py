@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -29,18 +29,21 @@ from ..core.metrics import WEIGHT_INPUT, count_params, is_parameter, node_macs
 from ..errors import GraphpruneError
 from ..io.shapes import infer_shapes
 from ..runtime.inputs import input_shapes
+from ..runtime.profile import LatencyTable
 
-METRICS = ("macs", "params")
+METRICS = ("macs", "params", "latency")
 
 
 @dataclass(frozen=True)
 class Budget:
     """Keep `keep` (0 < keep <= 1) of the model's `metric`; `shapes` fix symbolic input
-    dims for counting MACs (default: those `graphprune prune` validates with)."""
+    dims for counting MACs (default: those `graphprune prune` validates with); a latency
+    budget predicts from `table` (`graphprune.planning.latency`)."""
 
     metric: str
     keep: float
     shapes: dict[str, tuple[int, ...]] | None = None
+    table: LatencyTable | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -167,21 +170,28 @@ def budget_counts(
     kept_positions: Callable[[Group, int], list[int]],
     *,
     base_removed: np.ndarray | None = None,
+    model=None,
+    weights: dict[int, float] | None = None,
 ) -> tuple[dict[int, int], list[str], dict]:
     """Channels to keep per candidate group so that the estimated cost meets the budget.
 
     `kept_positions(group, keep)` is the planner's own rounding and selection, so the
     counts returned here survive its rounding unchanged; `base_removed` are classes that
-    go in any case (dropped residual units). Returns the counts, notes and a summary for
-    the report."""
-    model = CostModel(analysis, budget.metric, budget.shapes)
+    go in any case (dropped residual units). `model` replaces the MACs/params cost model (a
+    latency model); `weights` divide each group's scores (the cost of its channels:
+    importance per unit of cost ranks). Returns the counts, notes and a summary for the
+    report."""
+    model = model or CostModel(analysis, budget.metric, budget.shapes)
     target = budget.keep * model.total
     limit = {
         g.id: min(g.channels - min_keep, math.floor(g.channels * max_group_ratio))
         for g in candidates
     }
+    weight = weights or {}
     entries = sorted(
-        (float(scores[c]), g.id, i) for g in candidates for i, c in enumerate(g.classes)
+        (float(scores[c]) / weight.get(g.id, 1.0), g.id, i)
+        for g in candidates
+        for i, c in enumerate(g.classes)
     )
     accepted: list[int] = []
     taken = dict.fromkeys(limit, 0)
@@ -233,6 +243,8 @@ def budget_counts(
         "estimated_keep": round(best_cost / model.total, 6) if model.total else 1.0,
         "groups": {groups[g].name: [best_counts[g], groups[g].channels] for g in best_counts},
     }
+    if budget.metric == "latency":
+        summary["predicted_ms"] = round(best_cost, 5)
     estimated = summary["estimated_keep"]
     notes.append(f"budget: keep {budget.keep:.1%} of {budget.metric}, estimated {estimated:.1%}")
     return best_counts, notes, summary

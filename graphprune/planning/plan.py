@@ -17,6 +17,7 @@ from ..posttrain.statistics import CalibrationStats
 from .budget import Budget, budget_counts
 from .depth import BLOCK_CRITERIA, block_units, choose_units
 from .importance import class_scores
+from .latency import LatencyCostModel, cost_weights, snap_steps
 
 
 @dataclass
@@ -172,16 +173,25 @@ def make_plan(
         f"group '{analysis.groups[g].name}' kept: {why}" for g, why in partition_problems.items()
     ]
     summary = None
+    steps: dict[int, int] = {}  # per group: the multiple it keeps, when not round_to
     if budget is not None:
+        cost_model = weights = None
+        if budget.metric == "latency":
+            if budget.table is None:
+                raise GraphpruneError("a latency budget needs a latency table")
+            cost_model = LatencyCostModel(analysis, budget.table)
+            steps = snap_steps(analysis, cost_model, round_to)
+            weights = cost_weights(analysis, cost_model, [g.id for g in candidates])
 
         def kept_positions(group: Group, keep: int) -> list[int]:
             partition = partitions.get(group.id)
-            keep = _round_keep(keep, group.channels, round_to, min_keep, partition)
+            step = steps.get(group.id, round_to)
+            keep = _round_keep(keep, group.channels, step, min_keep, partition)
             return _select(group, scores, keep, partition)
 
         counts, budget_notes, summary = budget_counts(
             analysis, candidates, scores, budget, min_keep, options.max_group_ratio,
-            kept_positions, base_removed=dropped,
+            kept_positions, base_removed=dropped, model=cost_model, weights=weights,
         )  # fmt: skip
         notes += budget_notes
     else:
@@ -193,9 +203,9 @@ def make_plan(
                 counts[group.id] = group.channels - math.floor(group.channels * share)
     choices = []
     for group in candidates:
-        keep = _round_keep(
-            counts[group.id], group.channels, round_to, min_keep, partitions.get(group.id)
-        )
+        step = steps.get(group.id, round_to)
+        partition = partitions.get(group.id)
+        keep = _round_keep(counts[group.id], group.channels, step, min_keep, partition)
         kept = _select(group, scores, keep, partitions.get(group.id))
         removed = sorted(set(range(group.channels)) - set(kept))
         if removed:

@@ -18,6 +18,7 @@ class Latency(TypedDict):
     latency_ms_before: float
     latency_ms_after: float
     speedup: float | None
+    paired_fraction: float | None  # median over repeats of after/before timed side by side
 
 
 def bench(
@@ -30,7 +31,8 @@ def bench(
     warmup: int = 3,
 ) -> Latency:
     """Median latency (ms) of both models, timed alternately in one process (the order
-    swapped every repeat) so that both see the same machine state."""
+    swapped every repeat) so that both see the same machine state, and the median ratio
+    of the two times of each repeat."""
     provider = provider or execution_provider()
     sessions = [session(original, provider, threads), session(pruned, provider, threads)]
     for s in sessions:
@@ -43,6 +45,9 @@ def bench(
             run(sessions[which], feeds)
             times[which].append((time.perf_counter() - start) * 1000)
     before, after = statistics.median(times[0]), statistics.median(times[1])
+    # Each repeat times both back to back: the median of their ratios cancels load that
+    # comes and goes better than the ratio of the medians does.
+    paired = statistics.median(b / a for a, b in zip(*times, strict=True) if a > 0)
     return {
         "execution_provider": provider,
         "repeats": repeats,
@@ -50,6 +55,5 @@ def bench(
         "latency_ms_before": round(before, 4),
         "latency_ms_after": round(after, 4),
         "speedup": round(before / after, 4) if after > 0 else None,
+        "paired_fraction": round(paired, 4),
     }
-
-
