@@ -19,9 +19,9 @@ stored; or the error / "nothing" when the tool declines), ``runs`` = the pruned 
 in onnxruntime with the original's output shapes, ``dead`` = the exactness check below.
 
 Exactness, the same check for both tools (each claims its removal is exact for the kept
-channels). Before the variant is made, every Conv/Gemm/MatMul weight of the float model gets
-the same pattern of *dead* positions on its output and input axes (with biases and
-BatchNorm shifts): position c is dead when (c // block) is even, with block 1 for
+channels). Before the variant is made, every Conv/ConvTranspose/Gemm/MatMul weight of the
+float model gets the same pattern of *dead* positions on its output and input axes (with
+biases and BatchNorm shifts): position c is dead when (c // block) is even, with block 1 for
 convolutions and, in transformers, a head's width times the ratio of the layer's width to
 the key/value width (so whole heads, whole GQA groups and half of every MLP die together).
 Dead channels then have zero weight everywhere and contribute exactly nothing, and every
@@ -160,6 +160,11 @@ def kill_half(model: onnx.ModelProto, head: int, kv_width: int | None) -> onnx.M
         if op == "Conv" and len(node.input) > 1:
             zero(node.input[1], 0)
             zero(node.input[1], 1, skip_single=True)
+            if len(node.input) > 2:
+                zero(node.input[2], 0)
+        elif op == "ConvTranspose" and len(node.input) > 1:  # weight [in, out / group, ...]
+            zero(node.input[1], 1, skip_single=True)
+            zero(node.input[1], 0)
             if len(node.input) > 2:
                 zero(node.input[2], 0)
         elif op == "Gemm" and len(node.input) > 1:
