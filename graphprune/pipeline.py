@@ -30,7 +30,7 @@ from .posttrain.statistics import CalibrationStats
 from .runtime.inputs import check_given_shapes, load_inputs
 from .runtime.latency import Latency, bench
 from .runtime.probe import ProbedInputs, check_inputs, choose_inputs
-from .runtime.validation import Validation, compare
+from .runtime.validation import Validation, compare, skipped
 from .version import __version__
 
 
@@ -190,10 +190,13 @@ def prune_model(options: PruneOptions) -> PruneResult:
             pruned = prune(analysis, chosen)
 
     with timings.stage("validate"):
-        validation = compare(
-            model, pruned, feeds, shapes_may_change=analysis.prune_outputs,
-            expected=probed.expected,
-        )  # fmt: skip
+        if probed.unrun is not None:  # checked by the ONNX checker and shape inference only
+            validation = skipped(probed.provider, probed.unrun)
+        else:
+            validation = compare(
+                model, pruned, feeds, shapes_may_change=analysis.prune_outputs,
+                expected=probed.expected,
+            )  # fmt: skip
 
     report: PruneReport = {
         "graphprune": __version__,
@@ -217,7 +220,7 @@ def prune_model(options: PruneOptions) -> PruneResult:
         }  # fmt: skip
     if chosen.budget is not None:
         report["budget"] = chosen.budget
-    if options.bench:
+    if options.bench and probed.unrun is None:
         report["bench"] = bench(model, pruned, feeds)
     report["timings"] = {k: round(v, 4) for k, v in timings.items()}
     return PruneResult(pruned, model, analysis, chosen, report, shapes)

@@ -19,6 +19,7 @@ from graphprune.cli import main
 from graphprune.errors import GraphpruneError
 from graphprune.io import protos
 from graphprune.io.checks import check_model
+from graphprune.io.external import is_external, to_array
 from graphprune.io.large import too_large, write_inline
 
 TINY = PRESETS["tiny"]  # hidden 64, 2 layers, 8 query / 4 KV heads, MLP 128, vocab 100
@@ -32,13 +33,28 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture
 def large_limit(monkeypatch, tmp_path):
-    """Every model past 100 kB counts as past 2 GB; temporary files go to a folder the
-    test checks is left empty."""
+    """Every model past 100 kB counts as past 2 GB, and every weight as large enough to be
+    sliced from disk to disk; temporary files go to a folder the test checks is left empty."""
+    from graphprune.core import rewrite
+
     monkeypatch.setattr(protos, "PROTOBUF_LIMIT", LIMIT)
+    monkeypatch.setattr(rewrite, "DEFERRED_ELEMENTS", 1)
     temp = tmp_path / "tmp"
     temp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(temp))
     return temp
+
+
+def leftovers(folder) -> list[str]:
+    """Temporary files left, but the process's spilled weights (removed when it exits)."""
+    return [p.name for p in folder.iterdir() if not p.name.startswith("graphprune-weights-")]
+
+
+def saved(model: onnx.ModelProto, folder) -> list[bytes]:
+    """The bytes `gp.save` writes (the model, then its external data when it has any)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    gp.save(model, folder / "m.onnx")
+    return [p.read_bytes() for p in sorted(folder.iterdir())]
 
 
 def feeds(batch: int = 2, sequence: int = 7) -> dict[str, np.ndarray]:
@@ -89,15 +105,16 @@ def test_past_the_protobuf_limit_end_to_end(tiny, tmp_path, large_limit):
     gp.save(pruned, out)
     data = out.with_name("pruned.onnx.data")
     assert data.stat().st_size > out.stat().st_size
-    # Saving and sessions left the in-memory model whole, and saving is deterministic.
-    assert all(t.data_location != onnx.TensorProto.EXTERNAL for t in pruned.graph.initializer)
+    # The pruned weights stayed on disk (a private file) through sessions and saving, and
+    # saving is deterministic.
+    assert all(is_external(t) for t in pruned.graph.initializer if t.name.endswith(".weight.T"))
     first = (out.read_bytes(), data.read_bytes())
     gp.save(pruned, out)
     assert (out.read_bytes(), data.read_bytes()) == first
     reloaded = gp.load(out)
     inputs = feeds()
     assert_same_outputs(outputs(gp.mask(analysis, plan), inputs), outputs(reloaded, inputs))
-    assert not list(large_limit.iterdir())  # temporary copies removed
+    assert not leftovers(large_limit)  # temporary copies removed
     assert sorted(p.name for p in out.parent.iterdir()) == ["pruned.onnx", "pruned.onnx.data"]
 
 
@@ -106,7 +123,7 @@ def test_checker_still_rejects_a_broken_large_model(tiny, large_limit):
     broken = onnx.ModelProto()
     broken.CopyFrom(model)
     weight = next(t for t in broken.graph.initializer if t.name.endswith("o_proj.weight.T"))
-    values = onnx.numpy_helper.to_array(weight)[:, :-1]
+    values = to_array(weight)[:, :-1]
     weight.CopyFrom(onnx.numpy_helper.from_array(np.ascontiguousarray(values), weight.name))
     with pytest.raises(GraphpruneError, match="fails the ONNX checker"):
         check_model(broken)
@@ -122,19 +139,22 @@ def test_cli_prunes_past_the_protobuf_limit(tiny, tmp_path, large_limit, extra, 
     assert out.with_name("pruned.onnx.data").is_file()
     reloaded = gp.load(out)
     assert outputs(reloaded, feeds())[0].shape == (2, 7, TINY.vocab)
-    assert not list(large_limit.iterdir())
+    assert not leftovers(large_limit)
 
 
 def test_models_under_the_limit_are_written_as_protobuf_writes_them(tiny, tmp_path):
-    model = gp.load(tiny)
-    model.metadata_props.add(key="k", value="v")
-    model.graph.doc_string = "after the initializers"
+    lazy, whole = gp.load(tiny), gp.load(onnx.load(tiny))  # weights on disk / in the proto
+    assert all(is_external(t) for t in lazy.graph.initializer if t.name.endswith(".weight.T"))
+    for model in (lazy, whole):
+        model.metadata_props.add(key="k", value="v")
+        model.graph.doc_string = "after the initializers"
     empty = onnx.ModelProto()
-    empty.CopyFrom(model)
+    empty.CopyFrom(whole)
     del empty.graph.initializer[:]
-    for case in (model, empty, onnx.ModelProto()):
+    for case, expected in ((lazy, whole), (whole, whole), (empty, empty),
+                           (onnx.ModelProto(), onnx.ModelProto())):  # fmt: skip
         write_inline(case, tmp_path / "m.onnx")
-        assert (tmp_path / "m.onnx").read_bytes() == case.SerializeToString(deterministic=True)
+        assert (tmp_path / "m.onnx").read_bytes() == expected.SerializeToString(deterministic=True)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
@@ -148,7 +168,7 @@ def test_weights_sliced_after_the_export_give_the_same_bytes(tmp_path, monkeypat
     for limit in (rewrite.DEFERRED_ELEMENTS, 1):  # none of the tiny weights, then all
         monkeypatch.setattr(rewrite, "DEFERRED_ELEMENTS", limit)
         results.append([
-            gp.prune(analysis, plan).SerializeToString(deterministic=True),
-            gp.mask(analysis, plan).SerializeToString(deterministic=True),
+            saved(gp.prune(analysis, plan), tmp_path / f"{limit}p"),
+            saved(gp.mask(analysis, plan), tmp_path / f"{limit}m"),
         ])  # fmt: skip
     assert results[0] == results[1]

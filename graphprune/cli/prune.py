@@ -228,10 +228,15 @@ def _print_summary(report: PruneReport) -> None:
     changed = [f"{o['name']} {o['shape_before']} -> {o['shape']}" for o in outputs
                if "shape_before" in o]  # fmt: skip
     shapes = f"pruned outputs {', '.join(changed)}" if changed else "output shapes unchanged"
-    print(
-        f"validated on {report['validation']['execution_provider']}: {shapes}, "
-        f"max relative deviation {worst:.3g}"
-    )
+    validation = report["validation"]
+    if "skipped" in validation:
+        print(f"note: not run in onnxruntime: {validation['skipped']}; the pruned model "
+              "passed the ONNX checker and shape inference only")  # fmt: skip
+    else:
+        print(
+            f"validated on {validation['execution_provider']}: {shapes}, "
+            f"max relative deviation {worst:.3g}"
+        )
     notes = [*report.get("input_notes", []), report.get("calibration", {}).get("batch_note")]
     for note in filter(None, notes):  # choices the user did not make: said, not silent
         print(f"note: {note}")

@@ -64,18 +64,23 @@ def attach(model: onnx.ModelProto, folder: Path) -> None:
     location resolved against `folder`, already checked to lie inside it), and load the
     external data of every other tensor (Constant attributes, subgraph initializers:
     rare and small) into the proto as onnx would."""
-    lazy = {id(tensor) for tensor in model.graph.initializer}
-    for tensor in all_tensors(model.graph):
-        if not is_external(tensor):
-            continue
-        if id(tensor) not in lazy:
-            onnx.external_data_helper.load_external_data_for_tensor(tensor, str(folder))
-            tensor.data_location = onnx.TensorProto.DEFAULT
-            del tensor.external_data[:]
-            continue
-        for entry in tensor.external_data:
-            if entry.key == "location":
-                entry.value = str((folder / entry.value).resolve())
+    for tensor in model.graph.initializer:
+        if is_external(tensor):
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = str((folder / entry.value).resolve())
+    for node in model.graph.node:  # Constant attributes, subgraphs' initializers
+        for attribute in node.attribute:
+            nested = [attribute.t] if attribute.HasField("t") else []
+            nested.extend(attribute.tensors)
+            graphs = [attribute.g] if attribute.HasField("g") else []
+            for graph in [*graphs, *attribute.graphs]:
+                nested.extend(all_tensors(graph))
+            for tensor in nested:
+                if is_external(tensor):
+                    onnx.external_data_helper.load_external_data_for_tensor(tensor, str(folder))
+                    tensor.data_location = onnx.TensorProto.DEFAULT
+                    del tensor.external_data[:]
 
 
 def _dtype(tensor: onnx.TensorProto) -> np.dtype | None:
