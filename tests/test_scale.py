@@ -172,3 +172,64 @@ def test_weights_sliced_after_the_export_give_the_same_bytes(tmp_path, monkeypat
             saved(gp.mask(analysis, plan), tmp_path / f"{limit}m"),
         ])  # fmt: skip
     assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("past_limit", [False, True])
+def test_weights_on_disk_give_the_bytes_of_weights_in_memory(tmp_path, monkeypatch, dtype,
+                                                             past_limit):  # fmt: skip
+    """Loaded by path, the weights stay on disk (mapped, sliced from file to file); loaded
+    as a ModelProto they are in memory: the pruned and masked models have the same bytes,
+    inline under the protobuf limit and with external data past it."""
+    from graphprune.core import rewrite
+
+    path = build(TINY, tmp_path / "model", dtype=dtype)
+    monkeypatch.setattr(rewrite, "DEFERRED_ELEMENTS", 1)  # every weight sliced after export
+    if past_limit:
+        monkeypatch.setattr(protos, "PROTOBUF_LIMIT", LIMIT)
+    results = []
+    for source in (path, onnx.load(path)):
+        model = gp.load(source)
+        on_disk = [is_external(t) for t in model.graph.initializer if t.name.endswith(".T")]
+        assert all(on_disk) if source is path else not any(on_disk)
+        analysis = gp.analyze(model)
+        plan = gp.plan(analysis, gp.PlanOptions(ratio=0.4, criterion="l2"))
+        pruned = gp.prune(analysis, plan)
+        folder = tmp_path / str(len(results))
+        results.append([saved(pruned, folder / "p"), saved(gp.mask(analysis, plan), folder / "m")])
+        assert len(results[-1][0]) == (2 if past_limit else 1)  # external data past the limit
+    assert results[0] == results[1]
+    reloaded = gp.load(tmp_path / "0" / "p" / "m.onnx")
+    oracle = gp.load(tmp_path / "0" / "m" / "m.onnx")
+    rtol = 1e-2 if dtype == "float16" else 1e-4
+    assert_same_outputs(outputs(oracle, feeds()), outputs(reloaded, feeds()), rtol=rtol)
+
+
+def test_models_too_large_to_run_here_are_pruned_without_sessions(tiny, tmp_path, monkeypatch,
+                                                                 capsys):  # fmt: skip
+    """A model whose onnxruntime session would not fit in the memory available is pruned
+    without one (checked by the ONNX checker and shape inference), says so in one note and
+    in the report, and gives the model a run with sessions gives; what needs a session
+    (calibration) is refused in one line."""
+    import json
+
+    from graphprune.runtime import sessions
+
+    args = ["prune", str(tiny), "--ratio", "0.3", "--only", "heads", "--only", "mlp"]
+    assert main([*args, "-o", str(tmp_path / "run.onnx")]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(sessions, "available_bytes", lambda: 2**20)
+    out, report = tmp_path / "unrun.onnx", tmp_path / "report.json"
+    assert main([*args, "-o", str(out), "--report", str(report)]) == 0
+    printed = capsys.readouterr().out
+    assert "note: not run in onnxruntime: an onnxruntime session of the model needs" in printed
+    validation = json.loads(report.read_text())["validation"]
+    assert validation["outputs"] == []
+    assert validation["skipped"].endswith("and 0.0 GB of memory are available")
+    assert out.read_bytes() == (tmp_path / "run.onnx").read_bytes()
+    calibrated = [*args, "-o", str(tmp_path / "c.onnx"), "--criterion", "wanda",
+                  "--calib-random", "4"]  # fmt: skip
+    assert main(calibrated) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("graphprune: error: cannot run the model in onnxruntime: ")
+    assert "\n" not in error and not (tmp_path / "c.onnx").exists()
