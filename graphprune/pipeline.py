@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +23,8 @@ from .core.analysis import Analysis
 from .core.metrics import count_macs, count_params
 from .errors import GraphpruneError
 from .inspect.report import GroupRow, groups_json, params_removed_by_kind
+from .io.external import data_length, is_external
+from .io.large import weight_bytes
 from .planning.plan import Plan, PlanOptions, plan_from_json
 from .posttrain.compensation import METHODS
 from .posttrain.criteria import CALIBRATED
@@ -134,24 +137,41 @@ class PruneResult:
 
 
 class _Timings(dict):
+    """Seconds per stage; with `progress`, one line per stage on stderr as it ends."""
+
+    def __init__(self, progress: bool = False) -> None:
+        super().__init__()
+        self.progress = progress
+        self.details: dict[str, str] = {}  # said after the stage's time
+
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         started = time.perf_counter()
         try:
             yield
         finally:
-            self[f"{name}_s"] = time.perf_counter() - started
+            seconds = self[f"{name}_s"] = time.perf_counter() - started
+            detail = self.details.pop(name, "")
+            if seconds >= 0.05 or detail:  # stages that did something
+                self.say(f"{name}: {seconds:.1f} s{detail and ', ' + detail}")
+
+    def say(self, line: str) -> None:
+        if self.progress:
+            print(line, file=sys.stderr, flush=True)
 
 
 def prune_model(options: PruneOptions) -> PruneResult:
     """Run the whole prune; raises GraphpruneError for bad input or a model that cannot be
     pruned safely (nothing is written here: saving is the caller's)."""
-    timings = _Timings()
+    timings = _Timings(options.progress)
     with timings.stage("load"):
         model = load(options.model)
+        timings.details["load"] = _weights_text(model)
     with timings.stage("inputs"):
         check_given_shapes(model, options.input_shapes)
         probed = _inputs(model, options)
+        if probed.unrun is not None:
+            timings.details["inputs"] = f"not run in onnxruntime: {probed.unrun}"
         shapes, feeds = probed.shapes, probed.feeds
 
     recorded = (options.plan_record or {}).get("options", {})
@@ -188,6 +208,7 @@ def prune_model(options: PruneOptions) -> PruneResult:
             )  # fmt: skip
         else:
             pruned = prune(analysis, chosen)
+        timings.details["rewrite"] = _weights_text(pruned)
 
     with timings.stage("validate"):
         if probed.unrun is not None:  # checked by the ONNX checker and shape inference only
@@ -260,6 +281,14 @@ def _calibration_data(options: PruneOptions, shapes) -> CalibrationData:
         shapes={name: tuple(shape[1:]) for name, shape in shapes.items()},
         seed=options.seed,
     )
+
+
+def _weights_text(model: onnx.ModelProto) -> str:
+    """How many weights, how large, and how many of those bytes wait on disk."""
+    tensors = model.graph.initializer
+    on_disk = sum(data_length(t) for t in tensors if is_external(t))
+    text = f"{len(tensors)} weights, {weight_bytes(model) / 1e9:.2f} GB"
+    return text + (f" ({on_disk / 1e9:.2f} GB on disk, read when needed)" if on_disk else "")
 
 
 def _label(source: str | os.PathLike | onnx.ModelProto) -> str:

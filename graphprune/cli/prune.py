@@ -195,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
     report = json.dumps(result.report, indent=2) + "\n"
     html = _html(args, result) if args.html else ""
     writes = [
-        (args.output, lambda: save_model(result.model, args.output)),
+        (args.output, lambda: save_model(result.model, args.output, progress=options.progress)),
         (args.report, lambda: write_text_atomically(args.report, report)),
         (args.html, lambda: write_text_atomically(args.html, html)),
     ]

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import onnx
 from google.protobuf.message import EncodeError
+from tqdm import tqdm
 
 from . import protos
 from .external import copy_to, data_length, is_external, materialized
@@ -127,15 +128,17 @@ def hollow(model: onnx.ModelProto) -> onnx.ModelProto:
     return copy
 
 
-def write_external(model: onnx.ModelProto, path: str | Path, data_name: str) -> None:
+def write_external(
+    model: onnx.ModelProto, path: str | Path, data_name: str, *, progress: bool = False
+) -> None:
     """Write `model` to `path` with every initializer of `EXTERNAL_THRESHOLD` bytes or more
     in `data_name` (next to it), one tensor at a time, in initializer order (the same
-    model gives the same bytes). `model` is not changed."""
+    model gives the same bytes). `model` is not changed; `progress` shows a bar of bytes."""
     path = Path(path)
     skeleton = shell(model)
     offset = 0
-    with open(path.parent / data_name, "wb") as data:
-        for tensor in model.graph.initializer:
+    with open(path.parent / data_name, "wb") as data, _bar(model, progress) as bar:
+        for tensor in _counted(model.graph.initializer, bar):
             if is_external(tensor) and data_length(tensor) < EXTERNAL_THRESHOLD:
                 tensor = materialized(tensor)  # as small as when loaded whole
             if not _is_large(tensor) and not is_external(tensor):
@@ -165,7 +168,7 @@ def write_external(model: onnx.ModelProto, path: str | Path, data_name: str) -> 
     path.write_bytes(skeleton.SerializeToString(deterministic=True))
 
 
-def write_inline(model: onnx.ModelProto, path: str | Path) -> None:
+def write_inline(model: onnx.ModelProto, path: str | Path, *, progress: bool = False) -> None:
     """Write the bytes of `model.SerializeToString(deterministic=True)` to `path` one
     initializer at a time, never holding the whole serialization: protobuf writes fields in
     field-number order, and a message is the concatenation of its fields, so the model is
@@ -180,17 +183,29 @@ def write_inline(model: onnx.ModelProto, path: str | Path) -> None:
     tag = _varint(initializer_number << 3 | 2)
     graph_size = len(graph_before) + len(graph_after)
     graph_size += sum(len(tag) + len(_varint(size)) + size for size in sizes)
-    with open(path, "wb") as out:
+    with open(path, "wb") as out, _bar(model, progress) as bar:
         out.write(before)
         if model.HasField("graph"):
             out.write(_varint(graph_number << 3 | 2) + _varint(graph_size) + graph_before)
-            for tensor, size in zip(graph.initializer, sizes, strict=True):
+            for tensor, size in zip(_counted(graph.initializer, bar), sizes, strict=True):
                 out.write(tag + _varint(size))
                 if is_external(tensor):  # read from disk only now, one tensor at a time
                     tensor = materialized(tensor)
                 out.write(tensor.SerializeToString(deterministic=True))
             out.write(graph_after)
         out.write(after)
+
+
+def _bar(model: onnx.ModelProto, progress: bool) -> tqdm:
+    total = sum(data_length(tensor) for tensor in model.graph.initializer)
+    return tqdm(total=total, desc="save", unit="B", unit_scale=True, disable=not progress,
+                leave=False)  # fmt: skip
+
+
+def _counted(tensors, bar: tqdm) -> Iterator[onnx.TensorProto]:
+    for tensor in tensors:
+        yield tensor
+        bar.update(data_length(tensor))
 
 
 def _inline_size(tensor: onnx.TensorProto) -> int:
