@@ -262,3 +262,56 @@ def test_float16_compensation_is_solved_in_float64_and_written_in_float16(tmp_pa
             gp.load(path)).count(onnx.TensorProto.FLOAT)  # fmt: skip
         errors[method] = float(np.abs(out.astype(np.float64) - reference).mean())
     assert errors["lsq"] < 0.95 * errors["none"], errors
+
+
+@pytest.mark.parametrize("dtype", [onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16])
+def test_half_precision_weights_on_disk_are_sliced_in_their_type(tmp_path, monkeypatch, dtype):
+    """A two-layer MLP with float16 or bfloat16 weights in external data (onnxruntime's
+    CPU provider runs no bfloat16 MatMul, so the oracle is the float32 twin, run and
+    checked against its masked original): the same channels go, and every pruned weight
+    is the float32 twin's pruned weight in the model's type, read from disk and sliced
+    from file to file (bytes identical to slicing in memory)."""
+    from graphprune.core import rewrite
+
+    monkeypatch.setattr(rewrite, "DEFERRED_ELEMENTS", 1)
+    rng = np.random.default_rng(0)
+    half = onnx.helper.tensor_dtype_to_np_dtype(dtype)
+    weights = [rng.standard_normal(s).astype(half).astype(np.float32) for s in ((16, 32), (32, 8))]
+    pruned = {}
+    for name, data_type, np_type in (("twin", onnx.TensorProto.FLOAT, np.float32),
+                                     ("half", dtype, half)):  # fmt: skip
+        nodes = [onnx.helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+                 onnx.helper.make_node("Relu", ["h"], ["r"], name="relu"),
+                 onnx.helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2")]  # fmt: skip
+        graph = onnx.helper.make_graph(
+            nodes, "mlp", [onnx.helper.make_tensor_value_info("x", data_type, ["n", 16])],
+            [onnx.helper.make_tensor_value_info("y", data_type, ["n", 8])],
+            [onnx.numpy_helper.from_array(w.astype(np_type), f"w{i + 1}")
+             for i, w in enumerate(weights)],
+        )  # fmt: skip
+        model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+        model.ir_version = 8  # any onnxruntime reads it
+        path = tmp_path / name / "m.onnx"
+        path.parent.mkdir()
+        onnx.save(model, path, save_as_external_data=True, location="m.onnx.data",
+                  size_threshold=0)  # fmt: skip
+        lazy = gp.load(path)
+        assert all(is_external(t) for t in lazy.graph.initializer)
+        analysis = gp.analyze(lazy)
+        plan = gp.plan(analysis, gp.PlanOptions(ratio=0.5, criterion="l2"))
+        pruned[name] = gp.prune(analysis, plan)
+        in_memory = gp.analyze(gp.load(onnx.load(path)))
+        expected = saved(gp.prune(in_memory, plan), tmp_path / name / "b")
+        assert saved(pruned[name], tmp_path / name / "a") == expected
+        with monkeypatch.context() as patch:  # sliced by graphsurgeon, before the export
+            patch.setattr(rewrite, "DEFERRED_ELEMENTS", 2**62)
+            assert saved(gp.prune(in_memory, plan), tmp_path / name / "c") == expected
+        if name == "twin":
+            x = {"x": rng.standard_normal((5, 16)).astype(np.float32)}
+            assert_same_outputs(outputs(gp.mask(analysis, plan), x), outputs(pruned[name], x))
+    twin = {t.name: to_array(t) for t in pruned["twin"].graph.initializer}
+    for tensor in pruned["half"].graph.initializer:
+        value = to_array(tensor)
+        assert tensor.data_type == dtype and value.shape == twin[tensor.name].shape == (
+            (16, 16) if tensor.name == "w1" else (16, 8))  # fmt: skip
+        np.testing.assert_array_equal(value.astype(np.float32), twin[tensor.name])

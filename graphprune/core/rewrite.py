@@ -31,7 +31,8 @@ from .channels import Edit, MaskInput, SetCount, SliceConstant, SliceGroupedInpu
 PLAN_METADATA_KEY = "graphprune.plan"
 # Float weights of this many elements or more are sliced after the export (see above).
 DEFERRED_ELEMENTS = 2**18
-_DEFERRABLE = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
+_DEFERRABLE = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
+               onnx.TensorProto.DOUBLE)  # fmt: skip
 
 
 def rewrite(
