@@ -32,7 +32,8 @@ from .posttrain.data import CalibrationData, describe
 from .posttrain.statistics import CalibrationStats
 from .runtime.inputs import check_given_shapes, load_inputs
 from .runtime.latency import Latency, bench
-from .runtime.probe import ProbedInputs, check_inputs, choose_inputs
+from .runtime.probe import ProbedInputs, check_inputs, choose_inputs, unrun_inputs
+from .runtime.sessions import execution_provider
 from .runtime.validation import Validation, compare, skipped
 from .version import __version__
 
@@ -74,6 +75,7 @@ class PruneOptions:
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     seed: int = 0
     bench: bool = False
+    validate: bool = True  # False: onnxruntime runs neither model (checks without it only)
     output: str | None = None
     progress: bool = False
 
@@ -250,6 +252,13 @@ def prune_model(options: PruneOptions) -> PruneResult:
 def _inputs(model: onnx.ModelProto, options: PruneOptions) -> ProbedInputs:
     """Inputs the original model runs on, checked before anything is pruned: the user's
     NPZ, or seeded random ones of the first candidate shapes that run."""
+    if not options.validate:
+        why = "not asked for (--no-validate)"
+        if options.inputs:
+            feeds = load_inputs(options.inputs)
+            shapes = {name: tuple(value.shape) for name, value in feeds.items()}
+            return ProbedInputs(feeds, shapes, None, execution_provider(), [], why)
+        return unrun_inputs(model, options.input_shapes, options.seed, why)
     if options.inputs:
         return check_inputs(model, load_inputs(options.inputs), str(options.inputs))
     return choose_inputs(model, options.input_shapes, options.seed)

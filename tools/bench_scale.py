@@ -7,6 +7,8 @@ peak resident set size):
 
 - `analyze`: `graphprune analyze MODEL`
 - `prune`: `graphprune prune MODEL -o OUT --ratio 0.3 --only heads --only mlp`
+- `unvalidated`: the same with `--no-validate` (no onnxruntime session: the streamed
+  prune alone, as models too large to run here are pruned)
 - `calibrated`: the same with `--criterion wanda --calib-random 8`
 - after each prune, `check`: the pruned model loads in onnxruntime and runs on a batch of
   token ids (also measured), unless its session would not fit in the memory available
@@ -33,7 +35,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ("analyze", "prune", "calibrated")
+STAGES = ("analyze", "prune", "unvalidated", "calibrated")
 _CHECK = """
 import sys, numpy as np, onnxruntime as ort
 session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
@@ -96,6 +98,8 @@ def bench_size(size: str, dtype: str, cache: Path, stages: list[str]) -> list[di
                            "--only", "heads", "--only", "mlp"]  # fmt: skip
                 if stage == "calibrated":
                     command += ["--criterion", "wanda", "--calib-random", "8"]
+                if stage == "unvalidated":  # the streamed prune alone, no onnxruntime
+                    command += ["--no-validate"]
             log = work / f"{stage}.log"
             row = {**base, "stage": stage, **measure(command, log)}
             row["tail"] = log.read_text(errors="replace").strip().splitlines()[-3:]

@@ -81,6 +81,8 @@ def add_parser(commands) -> None:
     p.add_argument("--report", help="write a JSON report here")
     p.add_argument("--html", metavar="REPORT.html", help="write an HTML diff of the pruned pair")
     p.add_argument("--bench", action="store_true", help="time both models in onnxruntime")
+    p.add_argument("--no-validate", dest="validate", action="store_false",
+                   help="run neither model in onnxruntime (ONNX checker and shape inference only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--run-timeout", type=float, default=DEFAULT_RUN_TIMEOUT_S, help=RUN_TIMEOUT_HELP
@@ -148,6 +150,7 @@ def options_from(args: argparse.Namespace) -> PruneOptions:
         input_shapes=parse_shapes(args.input_shape),
         seed=args.seed,
         bench=args.bench,
+        validate=args.validate,
         output=args.output,
         # Bars redraw a line with carriage returns: only a terminal shows that cleanly.
         progress=not args.quiet and sys.stderr.isatty(),

@@ -84,10 +84,13 @@ def execution_provider() -> str:
 
 
 # onnxruntime's CPU provider runs float16 and bfloat16 MatMuls through float32 casts of
-# their weights, which it keeps next to the originals: a session peaks at about twice a
-# half-precision model (measured: 9.0 GB for a 4.4 GB float16 LLaMA). Other weights are
-# held once; the graph, arena and outputs take the rest.
+# their weights, which it keeps next to the originals: a session peaks at twice a
+# half-precision model or more (measured: 9.0 GB for a 4.4 GB float16 LLaMA; past 18.5 GB
+# and growing for a 9.5 GB one). Other weights are held about once (3.3 GB for a 3.3 GB
+# float32 LLaMA). The factors leave a margin: a session that does not fit takes the
+# machine's memory from everything else on it before it is killed.
 _HALF_TYPES = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+_HALF_FACTOR, _OTHER_FACTOR = 2.5, 1.25
 _SESSION_OVERHEAD = 2**29
 
 
@@ -97,7 +100,7 @@ def session_bytes(model: onnx.ModelProto, provider: str) -> int:
     for tensor in model.graph.initializer:
         size = data_length(tensor)
         half = tensor.data_type in _HALF_TYPES and provider == "CPUExecutionProvider"
-        total += size * 2 if half else size
+        total += int(size * (_HALF_FACTOR if half else _OTHER_FACTOR))
     return total
 
 
