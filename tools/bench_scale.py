@@ -125,12 +125,14 @@ def bench_size(size: str, dtype: str, cache: Path, stages: list[str]) -> list[di
 
 
 def _too_big_to_run(path: Path) -> str | None:
-    """Why an onnxruntime session of the model at `path` would not fit in memory here."""
-    sys.path.insert(0, str(REPO))
-    import graphprune
-    from graphprune.runtime.sessions import too_big_to_run
-
-    return too_big_to_run(graphprune.load(path), "CPUExecutionProvider")  # weights stay on disk
+    """Why an onnxruntime session of the model at `path` would not fit in memory here,
+    asked in a child process: a child's peak RSS starts at its parent's RSS when it forks,
+    so this process must never load graphprune or a model itself."""
+    code = ("import sys, graphprune; from graphprune.runtime.sessions import too_big_to_run; "
+            "print(too_big_to_run(graphprune.load(sys.argv[1]), 'CPUExecutionProvider') or '')")
+    answer = subprocess.run([sys.executable, "-c", code, str(path)], cwd=REPO, check=True,
+                            capture_output=True, text=True)  # fmt: skip
+    return answer.stdout.strip() or None
 
 
 def _line(row: dict) -> str:
