@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +23,8 @@ from .core.analysis import Analysis
 from .core.metrics import count_macs, count_params
 from .errors import GraphpruneError
 from .inspect.report import GroupRow, groups_json, params_removed_by_kind
+from .io.external import data_length, is_external
+from .io.large import weight_bytes
 from .planning.budget import Budget
 from .planning.plan import Plan, PlanOptions, plan_from_json
 from .planning.target import LatencyTarget, plan_to_latency
@@ -31,8 +34,9 @@ from .posttrain.data import CalibrationData, describe
 from .posttrain.statistics import CalibrationStats, collect
 from .runtime.inputs import check_given_shapes, load_inputs
 from .runtime.latency import Latency, bench
-from .runtime.probe import ProbedInputs, check_inputs, choose_inputs
-from .runtime.validation import Validation, compare
+from .runtime.probe import ProbedInputs, check_inputs, choose_inputs, unrun_inputs
+from .runtime.sessions import execution_provider
+from .runtime.validation import Validation, compare, skipped
 from .version import __version__
 
 
@@ -75,6 +79,7 @@ class PruneOptions:
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     seed: int = 0
     bench: bool = False
+    validate: bool = True  # False: onnxruntime runs neither model (checks without it only)
     output: str | None = None
     progress: bool = False
     latency: LatencyTarget | None = None  # plan to a measured latency instead
@@ -149,24 +154,41 @@ class PruneResult:
 
 
 class _Timings(dict):
+    """Seconds per stage; with `progress`, one line per stage on stderr as it ends."""
+
+    def __init__(self, progress: bool = False) -> None:
+        super().__init__()
+        self.progress = progress
+        self.details: dict[str, str] = {}  # said after the stage's time
+
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         started = time.perf_counter()
         try:
             yield
         finally:
-            self[f"{name}_s"] = time.perf_counter() - started
+            seconds = self[f"{name}_s"] = time.perf_counter() - started
+            detail = self.details.pop(name, "")
+            if seconds >= 0.05 or detail:  # stages that did something
+                self.say(f"{name}: {seconds:.1f} s{detail and ', ' + detail}")
+
+    def say(self, line: str) -> None:
+        if self.progress:
+            print(line, file=sys.stderr, flush=True)
 
 
 def prune_model(options: PruneOptions) -> PruneResult:
     """Run the whole prune; raises GraphpruneError for bad input or a model that cannot be
     pruned safely (nothing is written here: saving is the caller's)."""
-    timings = _Timings()
+    timings = _Timings(options.progress)
     with timings.stage("load"):
         model = load(options.model)
+        timings.details["load"] = _weights_text(model)
     with timings.stage("inputs"):
         check_given_shapes(model, options.input_shapes)
         probed = _inputs(model, options)
+        if probed.unrun is not None:
+            timings.details["inputs"] = f"not run in onnxruntime: {probed.unrun}"
         shapes, feeds = probed.shapes, probed.feeds
 
     recorded = (options.plan_record or {}).get("options", {})
@@ -202,6 +224,8 @@ def prune_model(options: PruneOptions) -> PruneResult:
 
     latency = None
     if options.latency is not None and options.plan_record is None:
+        if probed.unrun is not None:
+            raise GraphpruneError(f"a latency target needs the model run: {probed.unrun}")
         with timings.stage("latency"):
             table = options.latency.resolve_table(analysis, shapes, feeds)
             fraction = options.latency.fraction_of(table)
@@ -221,12 +245,16 @@ def prune_model(options: PruneOptions) -> PruneResult:
                 chosen = plan(analysis, plan_options, stats=stats)
         with timings.stage("rewrite"):
             pruned = build(chosen)
+            timings.details["rewrite"] = _weights_text(pruned)
 
     with timings.stage("validate"):
-        validation = compare(
-            model, pruned, feeds, shapes_may_change=analysis.prune_outputs,
-            expected=probed.expected,
-        )  # fmt: skip
+        if probed.unrun is not None:  # checked by the ONNX checker and shape inference only
+            validation = skipped(probed.provider, probed.unrun)
+        else:
+            validation = compare(
+                model, pruned, feeds, shapes_may_change=analysis.prune_outputs,
+                expected=probed.expected,
+            )  # fmt: skip
 
     report: PruneReport = {
         "graphprune": __version__,
@@ -254,7 +282,7 @@ def prune_model(options: PruneOptions) -> PruneResult:
         report["blocks"] = chosen.blocks
     if latency is not None:
         report["latency"] = latency.summary
-    if options.bench:
+    if options.bench and probed.unrun is None:
         report["bench"] = bench(model, pruned, feeds)
     report["timings"] = {k: round(v, 4) for k, v in timings.items()}
     return PruneResult(pruned, model, analysis, chosen, report, shapes)
@@ -263,6 +291,13 @@ def prune_model(options: PruneOptions) -> PruneResult:
 def _inputs(model: onnx.ModelProto, options: PruneOptions) -> ProbedInputs:
     """Inputs the original model runs on, checked before anything is pruned: the user's
     NPZ, or seeded random ones of the first candidate shapes that run."""
+    if not options.validate:
+        why = "not asked for (--no-validate)"
+        if options.inputs:
+            feeds = load_inputs(options.inputs)
+            shapes = {name: tuple(value.shape) for name, value in feeds.items()}
+            return ProbedInputs(feeds, shapes, None, execution_provider(), [], why)
+        return unrun_inputs(model, options.input_shapes, options.seed, why)
     if options.inputs:
         return check_inputs(model, load_inputs(options.inputs), str(options.inputs))
     return choose_inputs(model, options.input_shapes, options.seed)
@@ -299,6 +334,14 @@ def _calibration_data(options: PruneOptions, shapes) -> CalibrationData:
         shapes={name: tuple(shape[1:]) for name, shape in shapes.items()},
         seed=options.seed,
     )
+
+
+def _weights_text(model: onnx.ModelProto) -> str:
+    """How many weights, how large, and how many of those bytes wait on disk."""
+    tensors = model.graph.initializer
+    on_disk = sum(data_length(t) for t in tensors if is_external(t))
+    text = f"{len(tensors)} weights, {weight_bytes(model) / 1e9:.2f} GB"
+    return text + (f" ({on_disk / 1e9:.2f} GB on disk, read when needed)" if on_disk else "")
 
 
 def _label(source: str | os.PathLike | onnx.ModelProto) -> str:

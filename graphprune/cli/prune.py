@@ -100,6 +100,8 @@ def add_parser(commands) -> None:
     p.add_argument("--report", help="write a JSON report here")
     p.add_argument("--html", metavar="REPORT.html", help="write an HTML diff of the pruned pair")
     p.add_argument("--bench", action="store_true", help="time both models in onnxruntime")
+    p.add_argument("--no-validate", dest="validate", action="store_false",
+                   help="run neither model in onnxruntime (ONNX checker and shape inference only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--run-timeout", type=float, default=DEFAULT_RUN_TIMEOUT_S, help=RUN_TIMEOUT_HELP
@@ -182,6 +184,7 @@ def options_from(args: argparse.Namespace) -> PruneOptions:
         input_shapes=parse_shapes(args.input_shape),
         seed=args.seed,
         bench=args.bench,
+        validate=args.validate,
         output=args.output,
         # Bars redraw a line with carriage returns: only a terminal shows that cleanly.
         progress=not args.quiet and sys.stderr.isatty(),
@@ -231,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
     report = json.dumps(result.report, indent=2) + "\n"
     html = _html(args, result) if args.html else ""
     writes = [
-        (args.output, lambda: save_model(result.model, args.output)),
+        (args.output, lambda: save_model(result.model, args.output, progress=options.progress)),
         (args.report, lambda: write_text_atomically(args.report, report)),
         (args.html, lambda: write_text_atomically(args.html, html)),
     ]
@@ -268,10 +271,15 @@ def _print_summary(report: PruneReport) -> None:
     changed = [f"{o['name']} {o['shape_before']} -> {o['shape']}" for o in outputs
                if "shape_before" in o]  # fmt: skip
     shapes = f"pruned outputs {', '.join(changed)}" if changed else "output shapes unchanged"
-    print(
-        f"validated on {report['validation']['execution_provider']}: {shapes}, "
-        f"max relative deviation {worst:.3g}"
-    )
+    validation = report["validation"]
+    if "skipped" in validation:
+        print(f"note: not run in onnxruntime: {validation['skipped']}; the pruned model "
+              "passed the ONNX checker and shape inference only")  # fmt: skip
+    else:
+        print(
+            f"validated on {validation['execution_provider']}: {shapes}, "
+            f"max relative deviation {worst:.3g}"
+        )
     notes = [*report.get("input_notes", []), report.get("calibration", {}).get("batch_note")]
     for note in filter(None, notes):  # choices the user did not make: said, not silent
         print(f"note: {note}")

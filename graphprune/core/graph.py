@@ -21,9 +21,9 @@ from functools import cached_property
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from ..errors import GraphpruneError
+from ..io.external import to_array
 from ..io.protos import (
     all_graphs,
     constant_value,
@@ -176,7 +176,7 @@ class GraphView:
         if name in self._small:
             return self._small[name]
         if name in self.initializers:
-            value = numpy_helper.to_array(self.initializers[name])
+            value = to_array(self.initializers[name])  # weights on disk: mapped
         else:
             node = self.producer(name)
             assert node is not None

@@ -5,7 +5,9 @@ inputs, sets counted integers (attributes, shape and split entries), then cleans
 A constant shared with other uses gets its own copy, so no other node sees the change.
 Large float weights are sliced only after the export, straight into the new model's
 tensor (graphsurgeon holds a data-free placeholder until then), so the rewrite never holds
-a second copy of the pruned weights next to the new model.
+a second copy of the pruned weights next to the new model; a weight that was on disk
+(`graphprune.io.external`) is read from its map and its slice written to disk, one at a
+time, so the new model holds none of them.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from ..errors import InternalError
+from ..io.external import spill
 from ..io.large import hollow
 from ..io.protos import all_graphs, element_count
 from ..io.shapes import infer_shapes
@@ -30,7 +33,8 @@ from .graph import SUBGRAPH_READ
 PLAN_METADATA_KEY = "graphprune.plan"
 # Float weights of this many elements or more are sliced after the export (see above).
 DEFERRED_ELEMENTS = 2**18
-_DEFERRABLE = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
+_DEFERRABLE = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
+               onnx.TensorProto.DOUBLE)  # fmt: skip
 
 
 def rewrite(
@@ -206,9 +210,14 @@ def _fill_deferred(model: onnx.ModelProto, view, deferred, keep_atom, apply) -> 
         value = np.ascontiguousarray(value.astype(_dtype_of(view, source)))
         if list(value.shape) != list(tensor.dims):
             raise InternalError(f"weight '{name}' came out {value.shape}, not {tensor.dims}")
-        tensor.raw_data = value.tobytes()
-        if location is not None:
-            tensor.data_location = location
+        if location == onnx.TensorProto.EXTERNAL:
+            # A weight on disk stays there: the slice goes to a private file, and writers
+            # copy it from there (as they would have written it from memory).
+            spill(tensor, value)
+        else:
+            tensor.raw_data = value.tobytes()
+            if location is not None:
+                tensor.data_location = location
         del value
 
 
@@ -373,6 +382,8 @@ def _replace_input(graph: gs.Graph, node: gs.Node, index: int, value, view, uses
         and old not in graph.outputs
     ):
         old.values = value
+        if old.data_location == onnx.TensorProto.EXTERNAL and not isinstance(value, LazyValues):
+            old.data_location = onnx.TensorProto.DEFAULT  # as loading it whole set it
         return old.name
     base = storage or f"{node.name}_input{index}"
     if not isinstance(value, LazyValues):

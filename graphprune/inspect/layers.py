@@ -15,10 +15,10 @@ from functools import cache
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from ..core.graph import GraphView
 from ..core.metrics import count_params, node_macs
+from ..io.external import to_array
 from ..io.protos import graph_inputs, node_attribute, opset_version
 from ..io.protos import is_float as is_float_type
 from ..io.shapes import Shape, infer_shapes
@@ -269,5 +269,5 @@ def _attribute_value(attribute: onnx.AttributeProto):
 
 def _tensor_summary(tensor: onnx.TensorProto) -> str:
     dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).name
-    small = _stored("", tensor.dims, tensor.data_type, lambda: numpy_helper.to_array(tensor))[3]
+    small = _stored("", tensor.dims, tensor.data_type, lambda: to_array(tensor))[3]
     return f"{dtype}{list(tensor.dims)}" + ("" if small is None else f"={small}")

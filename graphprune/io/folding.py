@@ -14,6 +14,7 @@ import onnx
 from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
+from .external import to_array
 from .protos import (
     constant_value,
     element_count,
@@ -54,7 +55,7 @@ def fold_constants(model: onnx.ModelProto) -> int:
 def _fold_pass(model: onnx.ModelProto) -> int:
     graph = model.graph
     known: dict[str, np.ndarray] = {
-        t.name: numpy_helper.to_array(t)
+        t.name: to_array(t)
         for t in graph.initializer
         if element_count(t.dims) <= _SMALL
     }

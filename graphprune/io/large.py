@@ -22,8 +22,10 @@ from pathlib import Path
 
 import onnx
 from google.protobuf.message import EncodeError
+from tqdm import tqdm
 
 from . import protos
+from .external import copy_to, data_length, is_external, materialized
 
 # Tensors of at least this many bytes go to external data (onnx's default threshold);
 # their offsets are aligned so that onnxruntime can map them.
@@ -42,16 +44,26 @@ def too_large(model: onnx.ModelProto) -> bool:
 
 def heavy(model: onnx.ModelProto) -> bool:
     """Whether `model` is checked without its weights and run from a temporary path: past
-    the protobuf limit, or with `HEAVY_BYTES` of weights or more."""
+    the protobuf limit, with `HEAVY_BYTES` of weights or more, or with weights on disk
+    (`graphprune.io.external`: only graphprune's writers can read those)."""
+    if any(is_external(tensor) for tensor in model.graph.initializer):
+        return True
     return _past(model, min(HEAVY_BYTES, protos.PROTOBUF_LIMIT))
+
+
+def weight_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of the main graph's initializers, in the proto or on disk."""
+    return sum(data_length(tensor) for tensor in model.graph.initializer)
 
 
 def _past(model: onnx.ModelProto, limit: int) -> bool:
     data = 0
     for tensor in model.graph.initializer:
-        data += tensor.ByteSize()
+        data += data_length(tensor)
         if data >= limit:
             return True
+    if any(is_external(tensor) for tensor in model.graph.initializer):
+        return False  # the proto without that data is small
     try:
         return model.ByteSize() >= limit
     except (EncodeError, ValueError):  # upb refuses to size a message past 2 GB
@@ -116,23 +128,32 @@ def hollow(model: onnx.ModelProto) -> onnx.ModelProto:
     return copy
 
 
-def write_external(model: onnx.ModelProto, path: str | Path, data_name: str) -> None:
+def write_external(
+    model: onnx.ModelProto, path: str | Path, data_name: str, *, progress: bool = False
+) -> None:
     """Write `model` to `path` with every initializer of `EXTERNAL_THRESHOLD` bytes or more
     in `data_name` (next to it), one tensor at a time, in initializer order (the same
-    model gives the same bytes). `model` is not changed."""
+    model gives the same bytes). `model` is not changed; `progress` shows a bar of bytes."""
     path = Path(path)
     skeleton = shell(model)
     offset = 0
-    with open(path.parent / data_name, "wb") as data:
-        for tensor in model.graph.initializer:
-            if not _is_large(tensor):
+    with open(path.parent / data_name, "wb") as data, _bar(model, progress) as bar:
+        for tensor in _counted(model.graph.initializer, bar):
+            if is_external(tensor) and data_length(tensor) < EXTERNAL_THRESHOLD:
+                tensor = materialized(tensor)  # as small as when loaded whole
+            if not _is_large(tensor) and not is_external(tensor):
                 skeleton.graph.initializer.append(tensor)
                 continue
             padding = -offset % _ALIGN
             data.write(b"\0" * padding)
             offset += padding
-            raw = tensor.raw_data  # one tensor's bytes at a time
-            data.write(raw)
+            if is_external(tensor):  # streamed from its file, a chunk at a time
+                length = copy_to(tensor, data)
+            else:
+                raw = tensor.raw_data  # one tensor's bytes at a time
+                data.write(raw)
+                length = len(raw)
+                del raw
             reference = skeleton.graph.initializer.add()
             reference.name = tensor.name
             reference.dims.extend(tensor.dims)
@@ -141,14 +162,13 @@ def write_external(model: onnx.ModelProto, path: str | Path, data_name: str) -> 
                 reference.doc_string = tensor.doc_string
             reference.data_location = onnx.TensorProto.EXTERNAL
             for key, value in (("location", data_name), ("offset", str(offset)),
-                               ("length", str(len(raw)))):  # fmt: skip
+                               ("length", str(length))):  # fmt: skip
                 reference.external_data.add(key=key, value=value)
-            offset += len(raw)
-            del raw
+            offset += length
     path.write_bytes(skeleton.SerializeToString(deterministic=True))
 
 
-def write_inline(model: onnx.ModelProto, path: str | Path) -> None:
+def write_inline(model: onnx.ModelProto, path: str | Path, *, progress: bool = False) -> None:
     """Write the bytes of `model.SerializeToString(deterministic=True)` to `path` one
     initializer at a time, never holding the whole serialization: protobuf writes fields in
     field-number order, and a message is the concatenation of its fields, so the model is
@@ -159,19 +179,46 @@ def write_inline(model: onnx.ModelProto, path: str | Path) -> None:
     initializer_number = graph.DESCRIPTOR.fields_by_name["initializer"].number
     before, after = _split(model, graph_number, "graph")
     graph_before, graph_after = _split(graph, initializer_number, "initializer")
-    sizes = [tensor.ByteSize() for tensor in graph.initializer]
+    sizes = [_inline_size(tensor) for tensor in graph.initializer]
     tag = _varint(initializer_number << 3 | 2)
     graph_size = len(graph_before) + len(graph_after)
     graph_size += sum(len(tag) + len(_varint(size)) + size for size in sizes)
-    with open(path, "wb") as out:
+    with open(path, "wb") as out, _bar(model, progress) as bar:
         out.write(before)
         if model.HasField("graph"):
             out.write(_varint(graph_number << 3 | 2) + _varint(graph_size) + graph_before)
-            for tensor, size in zip(graph.initializer, sizes, strict=True):
+            for tensor, size in zip(_counted(graph.initializer, bar), sizes, strict=True):
                 out.write(tag + _varint(size))
+                if is_external(tensor):  # read from disk only now, one tensor at a time
+                    tensor = materialized(tensor)
                 out.write(tensor.SerializeToString(deterministic=True))
             out.write(graph_after)
         out.write(after)
+
+
+def _bar(model: onnx.ModelProto, progress: bool) -> tqdm:
+    total = sum(data_length(tensor) for tensor in model.graph.initializer)
+    return tqdm(total=total, desc="save", unit="B", unit_scale=True, disable=not progress,
+                leave=False)  # fmt: skip
+
+
+def _counted(tensors, bar: tqdm) -> Iterator[onnx.TensorProto]:
+    for tensor in tensors:
+        yield tensor
+        bar.update(data_length(tensor))
+
+
+def _inline_size(tensor: onnx.TensorProto) -> int:
+    """The serialized size of the tensor with its data in the proto, without reading it."""
+    if not is_external(tensor):
+        return tensor.ByteSize()
+    shell = onnx.TensorProto()
+    shell.CopyFrom(tensor)
+    del shell.external_data[:]
+    shell.data_location = onnx.TensorProto.DEFAULT
+    length = data_length(tensor)
+    raw_number = tensor.DESCRIPTOR.fields_by_name["raw_data"].number
+    return shell.ByteSize() + len(_varint(raw_number << 3 | 2)) + len(_varint(length)) + length
 
 
 def _split(message, number: int, skip: str) -> tuple[bytes, bytes]:

@@ -12,6 +12,7 @@ from google.protobuf import json_format, text_format
 from google.protobuf.message import DecodeError
 
 from ..errors import GraphpruneError, first_line
+from .external import attach
 from .folding import fold_constants
 from .protos import all_graphs, all_tensors, byte_size, element_count, unique_name
 from .wellformed import check_input_model, check_reads
@@ -22,7 +23,8 @@ _PARSE_ERRORS = (
 
 
 def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
-    """Load a model from a path (external data included) or copy a ModelProto.
+    """Load a model from a path or copy a ModelProto. External data stays on disk
+    (`graphprune.io.external`): the main graph's initializers refer to it by absolute path.
 
     The returned proto is ours to change: unnamed or duplicate node names are made unique
     so that every node can be referred to in groups, plans and reports.
@@ -52,8 +54,8 @@ def _read(path: Path) -> onnx.ModelProto:
         raise GraphpruneError(f"{path} is not a valid ONNX model (empty graph)")
     check_reads(model.graph)
     _external_files(model, path.parent)
-    try:
-        onnx.load_external_data_for_model(model, str(path.parent))
+    try:  # the weights stay on disk, read tensor by tensor when a stage needs them
+        attach(model, path.parent)
     except (OSError, ValueError, onnx.checker.ValidationError) as error:
         raise GraphpruneError(f"cannot read external data of {path}: {first_line(error)}") from None
     return model

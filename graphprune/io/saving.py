@@ -12,9 +12,12 @@ import onnx
 from .large import too_large, write_external, write_inline
 
 
-def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
+def save_model(
+    model: onnx.ModelProto, path: str | os.PathLike, *, progress: bool = False
+) -> Path:
     """Save `model` to `path`; models over 2 GB keep their weights in `<name>.data`.
-    Either way the weights are written tensor by tensor (`graphprune.io.large`)."""
+    Either way the weights are written tensor by tensor (`graphprune.io.large`), weights
+    on disk copied a chunk at a time; `progress` shows a bar of bytes written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     external = too_large(model)
@@ -22,10 +25,10 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
         staged = Path(folder) / path.name
         data_name = f"{path.name}.data"
         if external:
-            write_external(model, staged, data_name)
+            write_external(model, staged, data_name, progress=progress)
             os.replace(Path(folder) / data_name, path.parent / data_name)
         else:
-            write_inline(model, staged)  # the same bytes, one tensor at a time
+            write_inline(model, staged, progress=progress)  # the same bytes, one at a time
         os.replace(staged, path)
     return path
 

@@ -39,6 +39,7 @@ from onnx import numpy_helper
 from ..core.analysis import Analysis
 from ..core.graph import GraphView
 from ..errors import GraphpruneError, first_line
+from ..io.external import to_array
 from ..io.protos import node_attribute, unique_name
 from .statistics import CalibrationStats, Consumer
 
@@ -200,7 +201,7 @@ class _Writer:
 
     def _value(self, name: str) -> np.ndarray | None:
         if name in self.initializers:
-            return numpy_helper.to_array(self.initializers[name])
+            return to_array(self.initializers[name])
         return self.view.constant(name)
 
     def _fold_into_add(self, node: onnx.NodeProto, shift, dtype) -> bool:

@@ -11,9 +11,9 @@ from collections import defaultdict
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from ..errors import GraphpruneError, first_line
+from ..io.external import to_array
 from ..io.protos import graph_inputs, input_dtype, node_attribute
 
 DEFAULT_DIM = 224  # for symbolic non-batch input dims when the user gives no shape
@@ -131,7 +131,7 @@ def _makes_positions(node: onnx.NodeProto, stored: dict[str, onnx.TensorProto]) 
         return True
     if node.op_type != "Slice" or node.input[0] not in stored:
         return False
-    values = numpy_helper.to_array(stored[node.input[0]]).ravel()
+    values = to_array(stored[node.input[0]]).ravel()
     return values.size > 1 and bool(np.all(np.diff(values) > 0))
 
 

@@ -16,7 +16,7 @@ import onnx
 
 from ..errors import GraphpruneError
 from .inputs import candidate_shapes, random_inputs, shapes_text
-from .sessions import execution_provider, session, try_run
+from .sessions import execution_provider, session, too_big_to_run, try_run
 
 _ADVICE = "choose shapes with --input-shape NAME=D,D,..."
 
@@ -28,9 +28,20 @@ class ProbedInputs:
 
     feeds: dict[str, np.ndarray]
     shapes: dict[str, tuple[int, ...]]
-    expected: list[np.ndarray]
+    expected: list[np.ndarray] | None  # None: the model was not run (`unrun`)
     provider: str
     notes: list[str] = field(default_factory=list)
+    unrun: str | None = None  # why onnxruntime cannot run the model here
+
+
+def unrun_inputs(
+    model: onnx.ModelProto, given: dict[str, tuple[int, ...]] | None, seed: int, why: str
+) -> ProbedInputs:
+    """Seeded random inputs of the default shapes, for a model too large to run here
+    (`why`): nothing is tried, so shapes and validation rest on the checks without it."""
+    shapes = next(iter(candidate_shapes(model, given)))
+    feeds = random_inputs(model, shapes, seed)
+    return ProbedInputs(feeds, shapes, None, execution_provider(), [], why)
 
 
 def choose_inputs(
@@ -39,6 +50,9 @@ def choose_inputs(
     """Seeded random inputs of the first candidate shapes the original model runs on
     (`given` shapes are kept as they are); raise a one-line error when none runs."""
     provider = execution_provider()
+    why = too_big_to_run(model, provider)
+    if why is not None:
+        return unrun_inputs(model, given, seed, why)
     sess = session(model, provider)
     tried: list[dict[str, tuple[int, ...]]] = []
     errors: list[str] = []
@@ -67,6 +81,9 @@ def check_inputs(
     """The user's inputs, once the original model has run on them."""
     provider = execution_provider()
     shapes = {name: tuple(value.shape) for name, value in feeds.items()}
+    why = too_big_to_run(model, provider)
+    if why is not None:
+        return ProbedInputs(feeds, shapes, None, provider, [], why)
     outputs, error = try_run(session(model, provider), feeds)
     if error is not None:
         raise GraphpruneError(

@@ -25,9 +25,18 @@ class OutputDeviation(_Output, total=False):
     shape_before: list[int]  # only where the user let outputs lose channels
 
 
-class Validation(TypedDict):
+class _Validation(TypedDict):
     execution_provider: str
     outputs: list[OutputDeviation]
+
+
+class Validation(_Validation, total=False):
+    skipped: str  # why the models were not run (too large for the memory available)
+
+
+def skipped(provider: str, why: str) -> Validation:
+    """The validation of models too large to run here: none, and why."""
+    return {"execution_provider": provider, "outputs": [], "skipped": why}
 
 
 def compare(
