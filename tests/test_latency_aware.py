@@ -36,6 +36,7 @@ from graphprune.runtime.profile import (
     profile,
 )  # fmt: skip
 from graphprune.runtime.sessions import run, session
+from models import transformers_zoo
 from models.export import cached
 
 EXAMPLE = Path(__file__).parent.parent / "models" / "example" / "resnet_tiny.onnx"
@@ -169,12 +170,13 @@ def test_loop_corrects_the_goal_until_the_measurement_is_on_target(tiny, monkeyp
 
 @pytest.mark.parametrize(("name", "exporter"), [
     ("resnet_tiny", "dynamo"), ("mobilenetv2", "classic"), ("resnext", "classic"),
-    ("tx-minilm", "classic"),
+    ("minilm", "classic"),
 ])  # fmt: skip
 def test_every_layer_rebuilds_at_other_widths(name, exporter):
     """Each profiled layer (grouped, depthwise, Gemm, MatMul on 3-D activations) runs as a
     one-layer model at its full width, with its output shape, and at a narrower one."""
-    model = gp.load(cached(name, exporter))
+    source = transformers_zoo if name in transformers_zoo.TRANSFORMERS else None
+    model = gp.load(source.cached(name, exporter) if source else cached(name, exporter))
     analysis = gp.analyze(model)
     concrete = infer_shapes(model, input_shapes(model))
     axes = layer_axes(analysis)
@@ -217,7 +219,7 @@ def test_profile_of_a_real_model_and_its_json(tiny):
 def test_profile_of_a_transformer_covers_every_axis():
     """Layers alike in shape may shrink different axes (query projections their heads, the
     attention output its input): each gets a curve for every axis it has."""
-    model = gp.load(cached("tx-minilm", "classic"))
+    model = gp.load(transformers_zoo.cached("minilm", "classic"))
     analysis = gp.analyze(model)
     shapes = input_shapes(model)
     table = profile(analysis, shapes, random_inputs(model, shapes), FAST)
