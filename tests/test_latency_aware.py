@@ -20,6 +20,7 @@ from graphprune.cli import main
 from graphprune.core.metrics import count_macs
 from graphprune.errors import GraphpruneError
 from graphprune.io.shapes import infer_shapes
+from graphprune.planning.budget import block_owners
 from graphprune.planning.importance import class_scores
 from graphprune.planning.latency import LatencyCostModel, snap_steps
 from graphprune.planning.target import plan_to_latency
@@ -275,3 +276,21 @@ def test_cli_refuses_a_table_of_another_run(tmp_path, capsys):
     assert main([*args, "--threads", "1", "--ratio", "0.5"]) == 1
     assert "not both" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_dropped_blocks_take_their_layers_out_of_the_prediction():
+    """Depth and width together: a dropped residual unit's profiled layers cost nothing
+    (each costs 1 ms in the synthetic table), and only its own."""
+    model = gp.load(EXAMPLE)
+    analysis = gp.analyze(model, blocks="layer")
+    cost = LatencyCostModel(analysis, synthetic_table(analysis))
+    keep = np.ones(analysis.class_of.shape[0], dtype=bool)
+    unit = next(g for g in analysis.groups if g.kind == "blocks" and g.prunable)
+    atoms = {int(a) for source in unit.sources for a in analysis.source_atoms[source]}
+    owners = block_owners(analysis)
+    owned = [n for n in layer_axes(analysis) if any(int(a[0]) in atoms for a in owners[n])]
+    assert owned
+    dropped = keep & ~np.isin(analysis.class_of, unit.classes)
+    saved = cost.cost(keep) - cost.cost(dropped)
+    profiled = sum(t.full_ms for t in synthetic_table(analysis).layers.values())
+    assert cost.scale * len(owned) <= saved < cost.scale * profiled

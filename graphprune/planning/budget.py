@@ -64,7 +64,7 @@ class CostModel:
         for edit in analysis.edits:
             if isinstance(edit, SliceConstant | SliceGroupedInput):
                 by_input[(edit.node, edit.input_index)].append(edit)
-        owners = _block_owners(analysis)
+        owners = block_owners(analysis)
         if metric == "params":
             self.total = float(count_params(view.model))
             seen: dict[str, int] = {}
@@ -111,7 +111,7 @@ class CostModel:
         return total
 
 
-def _block_owners(analysis: Analysis) -> dict[str, list[np.ndarray]]:
+def block_owners(analysis: Analysis) -> dict[str, list[np.ndarray]]:
     """Node -> the atoms of the residual blocks whose removal takes it along (a node in
     nested branches has several: it goes when any of them goes)."""
     owners: dict[str, list[np.ndarray]] = defaultdict(list)

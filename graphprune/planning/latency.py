@@ -12,8 +12,9 @@ scaled so that the full model costs exactly its measured latency.
 As in HALP (Shen et al., NeurIPS 2022), channels are ranked by importance per unit of
 latency: each group's normalised scores are divided by the latency its channels cost
 (relative to the other groups), and widths are snapped to the alignment where the
-table shows a cliff (`snap_steps`). A depth group (kind "blocks") plugs in through its
-edits like any other: whatever its removal slices, the same layer curves price it.
+table shows a cliff (`snap_steps`). A dropped residual unit (kind "blocks") takes its
+branch's layers along: they cost nothing, and their output volume leaves the rest's share,
+so `--drop-blocks` and a latency target plan depth and width together.
 The prediction is a model; the target is a measurement: `planning.target` closes the loop.
 """
 
@@ -26,6 +27,7 @@ import numpy as np
 from ..core.analysis import Analysis
 from ..runtime.layers import layer_axes
 from ..runtime.profile import ALIGNMENTS, AxisCurve, LatencyTable
+from .budget import block_owners
 
 # A width off a multiple of `a` that costs more than this over the aligned curve is a cliff.
 CLIFF = 1.05
@@ -39,6 +41,9 @@ class LatencyCostModel:
     def __init__(self, analysis: Analysis, table: LatencyTable) -> None:
         self.layers: list[tuple[float, list[tuple[np.ndarray, AxisCurve]]]] = []
         self.volume: list[tuple[int, np.ndarray | None]] = []
+        # Per layer, the atoms of the residual units whose removal takes it along.
+        owners = block_owners(analysis)
+        self.owners: list[list[np.ndarray]] = []
         for name, roles in sorted(layer_axes(analysis).items()):
             timing = table.layers.get(name)
             if timing is None:
@@ -46,14 +51,18 @@ class LatencyCostModel:
             axes = [(roles[r], curve) for r, curve in sorted(timing.axes.items()) if r in roles]
             self.layers.append((timing.full_ms, axes))
             self.volume.append((timing.output_elements, roles.get("out")))
+            self.owners.append(owners.get(name, []))
         profiled = sum(full for full, _ in self.layers)
         self.rest = max(table.measured_ms - profiled, 0.0)
         self.scale = table.measured_ms / (profiled + self.rest) if profiled + self.rest else 1.0
         self.total = table.measured_ms
 
     def cost(self, keep_atom: np.ndarray) -> float:
+        present = [all(keep_atom[atoms].all() for atoms in owned) for owned in self.owners]
         layers = 0.0
-        for full, axes in self.layers:
+        for (full, axes), kept_layer in zip(self.layers, present, strict=True):
+            if not kept_layer:
+                continue
             factor = 1.0
             for atoms, curve in axes:
                 kept = int(keep_atom[atoms].sum())
@@ -62,7 +71,8 @@ class LatencyCostModel:
         elements = sum(size for size, _ in self.volume)
         kept_volume = sum(
             size * (float(keep_atom[atoms].mean()) if atoms is not None else 1.0)
-            for size, atoms in self.volume
+            for (size, atoms), kept_layer in zip(self.volume, present, strict=True)
+            if kept_layer
         )
         fraction = kept_volume / elements if elements else 1.0
         return self.scale * (layers + self.rest * fraction)
