@@ -113,13 +113,16 @@ def normalize(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def export(name: str, exporter: str, path: Path) -> Path:
-    """Export ``name`` with ``exporter`` to the single self-contained file ``path``.
+    """Export ``name`` with ``exporter`` to the single self-contained file ``path``."""
+    return save_atomically(to_proto(name, exporter), path)
 
-    The file is written to a temporary sibling and renamed into place, so concurrent
-    writers of the same path (parallel test workers) never expose a partial file.
-    """
+
+def save_atomically(proto: onnx.ModelProto, path: Path) -> Path:
+    """Write ``proto`` (deterministic bytes) to ``path`` through a temporary sibling renamed
+    into place, so concurrent writers of the same path (parallel test workers) never expose
+    a partial file."""
     path = Path(path)
-    data = to_proto(name, exporter).SerializeToString(deterministic=True)
+    data = proto.SerializeToString(deterministic=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     # A unique sibling opened with "xb" (not mkstemp, whose 0600 mode would stick).
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
@@ -130,6 +133,15 @@ def export(name: str, exporter: str, path: Path) -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    return path
+
+
+def cached_build(stem: str, build, fingerprint: str | None = None) -> Path:
+    """``<cache>/<stem>.<fingerprint>.onnx`` (default: the zoo sources' fingerprint), built
+    by ``build()`` and saved atomically when missing."""
+    path = cache_dir() / f"{stem}.{fingerprint or source_fingerprint()}.onnx"
+    if not path.is_file():
+        save_atomically(build(), path)
     return path
 
 
@@ -156,10 +168,7 @@ def cached(name: str, exporter: str) -> Path:
     The file name carries a fingerprint of the model sources, so a stale export is never
     reused after any ``models/*.py`` source changes (the torch version is in the directory).
     """
-    path = cache_dir() / f"{name}.{exporter}.{source_fingerprint()}.onnx"
-    if not path.is_file():
-        export(name, exporter, path)
-    return path
+    return cached_build(f"{name}.{exporter}", lambda: to_proto(name, exporter))
 
 
 def main(argv: list[str] | None = None) -> int:

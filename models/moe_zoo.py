@@ -19,7 +19,6 @@ import argparse
 import importlib
 import io
 import logging
-import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from models.export import OPSET, cache_dir, normalize, source_fingerprint
+from models.export import OPSET, cached_build, normalize
 from models.torchvision_cpu import import_torchvision
 
 import_torchvision()  # transformers imports torchvision whenever it is installed
@@ -156,13 +155,7 @@ def to_proto(name: str, exporter: str) -> onnx.ModelProto:
 
 def cached(name: str, exporter: str) -> Path:
     """Path of the cached export, exporting it if missing (atomically)."""
-    path = cache_dir() / f"moe-{name}.{exporter}.{source_fingerprint()}.onnx"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        staging.write_bytes(to_proto(name, exporter).SerializeToString(deterministic=True))
-        os.replace(staging, path)
-    return path
+    return cached_build(f"moe-{name}.{exporter}", lambda: to_proto(name, exporter))
 
 
 def ort_moe(
@@ -199,16 +192,7 @@ def ort_moe(
         helper.make_node("MoE", inputs, ["moe"], name="moe", domain="com.microsoft", **attributes),
         helper.make_node("Add", ["moe", "x"], ["y"], name="residual"),
     ]
-    graph = helper.make_graph(
-        nodes, "moe",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["tokens", HIDDEN])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["tokens", HIDDEN])],
-        initializers,
-    )  # fmt: skip
-    opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)]
-    model = helper.make_model(graph, opset_imports=opsets)
-    model.ir_version = 8
-    return model
+    return _token_model("moe", nodes, initializers, TensorProto.FLOAT)
 
 
 def ort_qmoe(*, k: int = TOP_K, seed: int = 0) -> onnx.ModelProto:
@@ -240,10 +224,15 @@ def ort_qmoe(*, k: int = TOP_K, seed: int = 0) -> onnx.ModelProto:
             **attributes,
         ),
     ]
+    return _token_model("qmoe", nodes, initializers, TensorProto.FLOAT16)
+
+
+def _token_model(name: str, nodes, initializers, dtype: int) -> onnx.ModelProto:
+    """x [tokens, HIDDEN] -> nodes -> y of the same shape and type, with the contrib opset."""
     graph = helper.make_graph(
-        nodes, "qmoe",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["tokens", HIDDEN])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["tokens", HIDDEN])],
+        nodes, name,
+        [helper.make_tensor_value_info("x", dtype, ["tokens", HIDDEN])],
+        [helper.make_tensor_value_info("y", dtype, ["tokens", HIDDEN])],
         initializers,
     )  # fmt: skip
     opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)]

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from models.attention import TinyEncoder, TorchEncoder
-from models.export import OPSET, cache_dir, normalize, source_fingerprint
+from models.export import OPSET, cached_build, normalize
 from models.torchvision_cpu import import_torchvision
 
 import_torchvision()  # transformers imports torchvision whenever it is installed
@@ -215,13 +215,7 @@ def to_proto(name: str, exporter: str) -> onnx.ModelProto:
 
 def cached(name: str, exporter: str) -> Path:
     """Path of the cached export, exporting it if missing (atomically)."""
-    path = cache_dir() / f"tx-{name}.{exporter}.{source_fingerprint()}.onnx"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        staging.write_bytes(to_proto(name, exporter).SerializeToString(deterministic=True))
-        os.replace(staging, path)
-    return path
+    return cached_build(f"tx-{name}.{exporter}", lambda: to_proto(name, exporter))
 
 
 def main(argv: list[str] | None = None) -> int:

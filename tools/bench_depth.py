@@ -24,7 +24,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_posttrain_minilm import calibration_dir, embed, export, neighbours, sentences
+from bench_posttrain_minilm import (
+    batched_feeds,
+    calibration_dir,
+    embed,
+    export,
+    neighbours,
+    sentences,
+)
 
 import graphprune as gp
 from graphprune.planning.depth import block_units
@@ -55,10 +62,7 @@ def main() -> int:
         calibration_dir(tokenizer, folder / "calib", 200 if args.quick else 600)
         held_out = set(sentences(1, 600))
         texts = [t for t in sentences(2, 800) if t not in held_out][: 200 if args.quick else 400]
-        feeds_list = []
-        for start in range(0, len(texts), 50):
-            enc = tokenizer(texts[start : start + 50], padding=True, return_tensors="np")
-            feeds_list.append({k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask")})
+        feeds_list = batched_feeds(tokenizer, texts)
         dense = embed(model, feeds_list)
         dense_nn = neighbours(dense)
 

@@ -127,10 +127,7 @@ def minilm_subject(folder: Path) -> Subject:
     tokenizer = minilm.export(folder / "minilm.onnx")
     model = gp.load(folder / "minilm.onnx")
     texts = minilm.sentences(2, 400)
-    feeds_list = []
-    for start in range(0, len(texts), 50):
-        enc = tokenizer(texts[start : start + 50], padding=True, return_tensors="np")
-        feeds_list.append({k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask")})
+    feeds_list = minilm.batched_feeds(tokenizer, texts)
     dense = minilm.embed(model, feeds_list)
     one = tokenizer([texts[0]], padding="max_length", max_length=128, return_tensors="np")
     feeds = {k: one[k].astype(np.int64) for k in ("input_ids", "attention_mask")}

@@ -114,6 +114,15 @@ def calibration_dir(tokenizer, folder: Path, count: int) -> None:
         np.savez(folder / f"len{length:03d}.npz", input_ids=ids, attention_mask=np.ones_like(ids))
 
 
+def batched_feeds(tokenizer, texts: list[str], size: int = 50) -> list[dict[str, np.ndarray]]:
+    """The texts tokenized in padded batches of `size`: the model's feeds."""
+    feeds = []
+    for start in range(0, len(texts), size):
+        enc = tokenizer(texts[start : start + size], padding=True, return_tensors="np")
+        feeds.append({k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask")})
+    return feeds
+
+
 def embed(model, feeds_list) -> np.ndarray:
     sess = session(model, "CPUExecutionProvider")
     out = []
@@ -147,10 +156,7 @@ def main() -> int:
         calibration_dir(tokenizer, folder / "calib", 200 if args.quick else 600)
         texts = sentences(2, 400)
         texts = [t for t in texts if t not in set(sentences(1, 600))][:400]
-        feeds_list = []
-        for start in range(0, len(texts), 50):
-            enc = tokenizer(texts[start : start + 50], padding=True, return_tensors="np")
-            feeds_list.append({k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask")})
+        feeds_list = batched_feeds(tokenizer, texts)
         dense = embed(model, feeds_list)
         dense_nn = neighbours(dense)
 

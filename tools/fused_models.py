@@ -33,7 +33,6 @@ import argparse
 import hashlib
 import io
 import logging
-import os
 import sys
 import tempfile
 import warnings
@@ -47,7 +46,7 @@ if str(REPO) not in sys.path:
 import onnx  # noqa: E402
 import torch  # noqa: E402
 
-from models.export import OPSET, cache_dir, normalize, source_fingerprint  # noqa: E402
+from models.export import OPSET, cached_build, normalize, source_fingerprint  # noqa: E402
 from models.transformers_zoo import (  # noqa: E402
     TRANSFORMERS,
     VOCAB,
@@ -293,13 +292,7 @@ def cached_export(base: str) -> Path:
 
 
 def _cached(stem: str, build) -> Path:
-    path = cache_dir() / f"{stem}.{_fingerprint()}.onnx"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        staging.write_bytes(build().SerializeToString(deterministic=True))
-        os.replace(staging, path)
-    return path
+    return cached_build(stem, build, _fingerprint())
 
 
 def main(argv: list[str] | None = None) -> int:
