@@ -185,7 +185,9 @@ def test_expert_indices_used_otherwise_are_a_barrier(use, reason):
     assert reason in str(analysis.groups[0].reasons[0])
 
 
-def test_cli_only_experts(tmp_path):
+@pytest.mark.parametrize("ratio", [["--ratio", "0.5"], []], ids=["with-ratio", "alone"])
+def test_cli_only_experts(tmp_path, ratio):
+    """`--expert-ratio` is a target by itself (README: `--only experts --expert-ratio R`)."""
     import json
 
     from graphprune.cli import main
@@ -193,7 +195,7 @@ def test_cli_only_experts(tmp_path):
     report = tmp_path / "report.json"
     code = main([
         "prune", str(cached("qwen3_moe", "dynamo")), "-o", str(tmp_path / "out.onnx"),
-        "--ratio", "0.5", "--expert-ratio", "0.25", "--only", "experts", "--report", str(report),
+        *ratio, "--expert-ratio", "0.25", "--only", "experts", "--report", str(report),
     ])  # fmt: skip
     assert code == 0
     data = json.loads(report.read_text())

@@ -137,11 +137,12 @@ def options_from(args: argparse.Namespace) -> PruneOptions:
     latency = latency_from(args)
     if latency is not None and (args.ratio is not None or budget is not None or args.plan):
         raise GraphpruneError("give a latency target or --ratio/--target-macs/--plan, not both")
-    targets = (args.ratio, args.plan, budget, latency)
+    # A kind's own ratio is a target by itself: `--only experts --expert-ratio 0.5`.
+    targets = (args.ratio, args.plan, budget, latency, args.head_ratio, args.expert_ratio)
     if all(target is None for target in targets) and not args.drop_blocks:
         raise GraphpruneError(
-            "give --ratio R, --target-macs F, --target-params F, --target-latency F, "
-            "--drop-blocks N or --plan"
+            "give --ratio R, --head-ratio R, --expert-ratio R, --target-macs F, "
+            "--target-params F, --target-latency F, --drop-blocks N or --plan"
         )
     check_outputs(
         {"-o": args.output, "--report": args.report, "--html": args.html},
