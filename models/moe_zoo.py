@@ -160,11 +160,12 @@ def cached(name: str, exporter: str) -> Path:
 
 def ort_moe(
     *, activation: str = "silu", fusion: int = 0, biases: bool = True, k: int = TOP_K,
-    normalize_routing: int = 1, seed: int = 0,
+    normalize_routing: int = 1, projected: bool = False, seed: int = 0,
 ) -> onnx.ModelProto:  # fmt: skip
     """x [T, H] -> router Gemm -> com.microsoft.MoE (per onnxruntime's ContribOperators.md:
     fc1 [E, fusion * inter, H], fc2 [E, H, inter], biases [E, ...]) -> Add x, with a
-    dynamic token count. `fusion` 1 is SwiGLU with gate and linear rows interleaved."""
+    dynamic token count. `fusion` 1 is SwiGLU with gate and linear rows interleaved.
+    `projected`: x is first a MatMul's output, whose columns reach the MoE directly."""
     rng = np.random.default_rng(seed)
     rows = (2 if fusion else 1) * INTER
 
@@ -187,10 +188,18 @@ def ort_moe(
     }
     if fusion:
         attributes["swiglu_fusion"] = fusion
-    nodes = [
-        helper.make_node("Gemm", ["x", "router"], ["router_probs"], name="router", transB=1),
-        helper.make_node("MoE", inputs, ["moe"], name="moe", domain="com.microsoft", **attributes),
-        helper.make_node("Add", ["moe", "x"], ["y"], name="residual"),
+    h = "x"
+    nodes = []
+    if projected:
+        h = "h"
+        initializers.append(weight("projection", HIDDEN, HIDDEN))
+        nodes.append(helper.make_node("MatMul", ["x", "projection"], [h], name="project"))
+    nodes += [
+        helper.make_node("Gemm", [h, "router"], ["router_probs"], name="router", transB=1),
+        helper.make_node(
+            "MoE", [h, *inputs[1:]], ["moe"], name="moe", domain="com.microsoft", **attributes
+        ),
+        helper.make_node("Add", ["moe", h], ["y"], name="residual"),
     ]
     return _token_model("moe", nodes, initializers, TensorProto.FLOAT)
 

@@ -134,6 +134,26 @@ def test_onnxruntime_moe_op_experts_and_widths(options):
         assert_same_outputs(expected, outputs(gp.prune(analysis, shifted), inputs))
 
 
+def test_onnxruntime_moe_op_fed_by_a_matmul_keeps_its_experts():
+    """The MoE's input straight from a MatMul: its columns (the hidden size) stop at the
+    MoE, the experts and expert width prune exactly all the same (FINDINGS, third round)."""
+    model = gp.load(ort_moe(projected=True))
+    analysis = gp.analyze(model)
+    kinds = sorted((g.kind, g.channels, g.prunable) for g in analysis.groups)
+    assert ("experts", 8, True) in kinds and ("mlp", 16, True) in kinds
+    hidden = [g for g in analysis.groups if not g.prunable]
+    assert len(hidden) == 1 and "hidden size not mapped" in str(hidden[0].reasons[0])
+    plan = gp.plan(analysis, 0.5)
+    pruned = gp.prune(analysis, plan)
+    assert {t.name: list(t.dims) for t in pruned.graph.initializer}["fc2"] == [4, HIDDEN, 8]
+    inputs = {"x": np.random.default_rng(3).standard_normal((12, HIDDEN)).astype(np.float32)}
+    expected = outputs(gp.mask(analysis, plan), inputs)
+    assert_same_outputs(expected, outputs(pruned, inputs))
+    shifted = gp.plan_from_json(analysis, _shifted(plan.to_json(analysis), "moe"))
+    with pytest.raises(AssertionError):
+        assert_same_outputs(expected, outputs(gp.prune(analysis, shifted), inputs))
+
+
 def _shifted(plan: dict, group: str) -> dict:
     """The plan with one group's removed channels moved by one (a wrong slice)."""
     for entry in plan["groups"]:

@@ -180,10 +180,7 @@ def fused_moe(ctx: Context) -> None:
     `inter` is shared by all experts (one tensor holds them): unit j is row j of fc1
     (rows 2j, 2j+1 with interleaved SwiGLU, `swiglu_fusion`=1; j and inter + j
     concatenated, =2), row j of fc3 and column j of fc2, removed from every expert."""
-    tracked = dict(ctx.tracked())
-    if any(index != 1 for index in tracked):
-        ctx.block("channels reach the input or the expert weights (hidden size not mapped)")
-        return
+    _stop_hidden(ctx)
     present = [i for i in range(_FC1, _FC3_BIAS + 1) if ctx.view.input(ctx.node, i)]
     shapes = {i: ctx.constant_shape(i) for i in present}
     fc1, fc2 = shapes.get(_FC1), shapes.get(_FC2)
@@ -215,6 +212,16 @@ def fused_moe(ctx: Context) -> None:
         ctx.slice(_FC3_BIAS, 1, width, role="bias")
 
 
+def _stop_hidden(ctx: Context) -> None:
+    """Channels reaching a fused MoE anywhere but router_probs (the hidden size of its input,
+    or computed expert weights) stop here. The experts do not depend on them: a MatMul's
+    columns feeding the MoE directly leave its experts and expert width prunable."""
+    for index, layout in ctx.tracked():
+        if index != 1:
+            ctx.stop(layout.atoms, "channels reach the input or the expert weights "
+                     "(hidden size not mapped)")  # fmt: skip
+
+
 def _route(ctx: Context, experts: int, per_expert: dict[int, str]) -> bool:
     """A fused MoE's experts: router_probs' (input 1) last axis and axis 0 of the inputs
     `per_expert` (index -> role). Returns False when that is not so (a barrier)."""
@@ -242,9 +249,7 @@ def quantized_moe(ctx: Context) -> None:
     biases, zero points, global scales) has one entry per expert on axis 0, whatever the
     packing. Its expert width is packed into bytes and blocks: not mapped. A separate
     router_weights input (input 14, [T, E]) is not mapped either."""
-    if any(index != 1 for index, _ in ctx.tracked()):
-        ctx.block("channels reach the input or the expert weights (hidden size not mapped)")
-        return
+    _stop_hidden(ctx)
     if ctx.view.input(ctx.node, _QMOE_ROUTER_WEIGHTS) or ctx.attr("use_sparse_mixer", 0):
         ctx.block("router_weights or sparse-mixer routing is not mapped")
         return
