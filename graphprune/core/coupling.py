@@ -4,14 +4,16 @@ A node owns channels: a node of the model that makes them (a Conv's, Gemm's or
 embedding's outputs; a residual Add when blocks are analyzed), keyed by its name, or one
 untracked position that nothing may remove (a Concat input no rule follows), keyed by its
 atom (an int). An edge is one coupling statement between two owners (a self-loop when it
-couples positions of one owner): `rule` ("elementwise.broadcast"), `op` and `node` say
-which rule said so, at which node, and `positions` how many position pairs it joined.
+couples distinct positions of one owner: attention heads): `rule`
+("elementwise.broadcast"), `op` and `node` say which rule said so, at which node, and
+`positions` how many position pairs it joined (a position coupled with itself is none).
 
 The groups of `analyze` are this graph's connected components that own channels of some
 node: `components` orders them as group ids are numbered (by the graph position of each
 component's first owner). Channels themselves (classes) are the connected components of
-the coupled positions (`analysis._components`, scipy on a sparse matrix): a graph with a
-node per position would have hundreds of thousands of nodes for a transformer.
+the coupled positions (`analysis._components`, scipy on a sparse matrix): a networkx
+graph with a node per position took 2.5x the whole analysis of MiniLM (21888 positions)
+where scipy takes about a millisecond.
 """
 
 from __future__ import annotations
@@ -42,9 +44,14 @@ def coupling_graph(view: GraphView, recorder: Recorder, atom_owner: np.ndarray) 
     sources = len(recorder.sources)
     # Owner ids: source index, or sources + atom for an untracked position.
     owner = np.where(atom_owner >= 0, atom_owner, sources + np.arange(atom_owner.size))
-    first = owner[np.concatenate([c.first for c in couplings])]
-    second = owner[np.concatenate([c.second for c in couplings])]
+    first = np.concatenate([c.first for c in couplings])
+    second = np.concatenate([c.second for c in couplings])
     statement = np.repeat(np.arange(len(couplings)), [c.first.size for c in couplings])
+    # A position coupled with itself (x * f(x)) says nothing: no edge.
+    other = first != second
+    first, second, statement = owner[first[other]], owner[second[other]], statement[other]
+    if not statement.size:
+        return graph
     # One edge per (statement, pair of owners): sort, keep where either changes.
     low, high = np.minimum(first, second), np.maximum(first, second)
     pair = low * (sources + owner.size) + high
