@@ -5,8 +5,11 @@ connected components are the groups and whose edges say which rule coupled what.
 from __future__ import annotations
 
 import json
+import re
+import xml.etree.ElementTree as ET
 
 import networkx as nx
+import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
@@ -16,6 +19,8 @@ import graphprune as gp
 from graphprune.cli import main
 from graphprune.core.graph import SUBGRAPH_READ, GraphView, value_node
 from graphprune.core.rules.registry import COUNT_RULES, INDEX_RULES, RULES
+from graphprune.inspect.coupling import coupling_svgs
+from graphprune.inspect.html import analysis_html
 from models.export import cached as zoo_model
 from models.transformers_zoo import cached as transformer_model
 
@@ -211,3 +216,41 @@ def test_subgraph_reads_are_edges():
     assert view.graph.has_edge("make", "branch", key=("t", SUBGRAPH_READ))
     # Body nodes are walked by the node that holds them, not ordered with the main graph.
     assert [n.name for n in view.order] == ["make", "branch"]
+
+
+def test_a_shuffled_file_gives_a_topological_order_and_the_same_groups():
+    model = gp.load(transformer_model("bert", "classic"))
+    shuffled = onnx.ModelProto()
+    shuffled.CopyFrom(model)
+    nodes = list(shuffled.graph.node)
+    np.random.default_rng(0).shuffle(nodes)
+    del shuffled.graph.node[:]
+    shuffled.graph.node.extend(nodes)
+    view = GraphView(shuffled)
+    made = set(view.graph_inputs) | set(view.initializers)
+    for node in view.order:
+        assert all(name in made for name in node.input if name), node.name
+        made.update(node.output)
+    assert len(view.order) == len(nodes)
+    before, after = gp.analyze(model), gp.analyze(shuffled)
+    assert [sorted(g.sources) for g in after.groups] == [sorted(g.sources) for g in before.groups]
+
+
+def test_the_html_group_view_draws_each_coupled_group():
+    analysis = gp.analyze(gp.load(transformer_model("bert", "classic")), approximate_norms=True)
+    svgs = coupling_svgs(analysis)
+    coupled = [g for g in analysis.groups if analysis.coupling_graph(g.id).number_of_edges()]
+    assert sorted(svgs) == sorted(str(g.id) for g in coupled) and coupled
+    for group in coupled:
+        part = analysis.coupling_graph(group.id)
+        drawing = ET.fromstring(svgs[str(group.id)])
+        tag = "{http://www.w3.org/2000/svg}"
+        assert len(drawing.findall(f"{tag}circle")) == part.number_of_nodes()
+        pairs = {frozenset((u, v)) for u, v in part.edges() if u != v}
+        assert len(drawing.findall(f"{tag}path")) == len(pairs)
+        tips = " ".join(t.text for t in drawing.iter(f"{tag}title"))
+        assert all(data["node"] in tips for u, v, data in part.edges(data=True) if u != v)
+    page = analysis_html(analysis, "bert.onnx")
+    assert page.count("why coupled") == 1  # the template's toggle, once
+    embedded = re.search(r'<script id="report-data" type="application/json">(.*?)</script>', page)
+    assert json.loads(embedded.group(1))["coupling"] == svgs

@@ -95,7 +95,7 @@ def components(graph: nx.MultiGraph, sources: list[str], position: dict[str, int
 
 
 def graph_format(path: str) -> str:
-    """"graphml" or "json", by the suffix of `path` (any other is a one-line error)."""
+    """The format of `path` by its suffix: "graphml" or "json" (another is an error)."""
     suffix = PurePath(path).suffix.lower()
     if suffix not in GRAPH_FORMATS:
         raise GraphpruneError(f"--graph {path}: give a .graphml or .json path")

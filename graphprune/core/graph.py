@@ -85,6 +85,7 @@ class GraphView:
     def _build_graph(self) -> nx.MultiDiGraph:
         graph = nx.MultiDiGraph()
         graph.add_nodes_from(self.nodes)
+        graph.add_nodes_from(value_node(name) for name in [*self.graph_inputs, *self.initializers])
         producer, edges = self._producer, []
         for reader, node in self.nodes.items():
             reads = [(name, index) for index, name in enumerate(node.input) if name]
