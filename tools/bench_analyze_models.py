@@ -8,10 +8,13 @@ dynamic graph imports sympy for onnxruntime's symbolic shape inference), then ti
 the best of `--repeats` analyses. `--baseline DIR` times another checkout of graphprune
 (a `git worktree` of the old commit) side by side: the two trees run in alternating
 subprocesses, `--rounds` times each, and each model's best time over all rounds is
-reported, so load on a shared machine falls on both alike.
+reported, so load on a shared machine falls on both alike. `--clock cpu` times the
+process's CPU seconds instead of wall seconds (the analysis is single-threaded): on a
+machine shared by many jobs, wall times vary several-fold from run to run.
 
     python tools/bench_analyze_models.py                                # this tree
     python tools/bench_analyze_models.py --baseline /tmp/base --rounds 3 --repeats 3
+    python tools/bench_analyze_models.py --baseline /tmp/base --clock cpu
 """
 
 from __future__ import annotations
@@ -59,11 +62,12 @@ def model_paths() -> dict[str, Path]:
     return {name: path for name, path in found.items() if path.is_file()}
 
 
-def worker(tree: Path, paths: dict[str, str], repeats: int) -> dict[str, list]:
+def worker(tree: Path, paths: dict[str, str], repeats: int, clock: str) -> dict[str, list]:
     """In a subprocess importing graphprune from `tree`: {model: [nodes, best seconds]}."""
     sys.path.insert(0, str(tree))
     import graphprune as gp
 
+    now = time.process_time if clock == "cpu" else time.perf_counter
     assert Path(gp.__file__).resolve().is_relative_to(tree.resolve()), gp.__file__
     times = {}
     for name, path in paths.items():
@@ -71,17 +75,17 @@ def worker(tree: Path, paths: dict[str, str], repeats: int) -> dict[str, list]:
         gp.analyze(model)
         best = float("inf")
         for _ in range(repeats):
-            start = time.perf_counter()
+            start = now()
             gp.analyze(model)
-            best = min(best, time.perf_counter() - start)
+            best = min(best, now() - start)
         times[name] = [len(model.graph.node), best]
     return times
 
 
-def run_worker(tree: Path, paths: dict[str, Path], repeats: int) -> dict[str, list]:
+def run_worker(tree: Path, paths: dict[str, Path], repeats: int, clock: str) -> dict[str, list]:
     request = json.dumps({"tree": str(tree), "paths": {k: str(v) for k, v in paths.items()}})
     done = subprocess.run(
-        [sys.executable, __file__, "--worker", "--repeats", str(repeats)],
+        [sys.executable, __file__, "--worker", "--repeats", str(repeats), "--clock", clock],
         input=request, capture_output=True, text=True, check=True, cwd=tree,
     )  # fmt: skip
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -93,11 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1, help="alternating runs per tree")
     parser.add_argument("--repeats", type=int, default=3, help="analyses per model per run")
     parser.add_argument("--only", nargs="+", default=[], help="model names (prefix match)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         request = json.loads(sys.stdin.read())
-        print(json.dumps(worker(Path(request["tree"]), request["paths"], args.repeats)))
+        found = worker(Path(request["tree"]), request["paths"], args.repeats, args.clock)
+        print(json.dumps(found))
         return 0
     paths = model_paths()
     if args.only:
@@ -107,11 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     nodes: dict[str, int] = {}
     for _ in range(args.rounds):
         for label, tree in trees.items():
-            for name, (count, seconds) in run_worker(tree, paths, args.repeats).items():
+            for name, (count, seconds) in run_worker(tree, paths, args.repeats, args.clock).items():
                 nodes[name] = count
                 best[label][name] = min(best[label].get(name, float("inf")), seconds)
     print("command: python " + " ".join([os.path.relpath(__file__, REPO), *sys.argv[1:]]))
-    print(f"{len(paths)} models; best of {args.rounds} round(s) x {args.repeats} analyses\n")
+    print(
+        f"{len(paths)} models; {args.clock} seconds of gp.analyze, best of {args.rounds} "
+        f"round(s) x {args.repeats} analyses\n"
+    )
     labels = list(trees)
     print("| model | nodes | " + " | ".join(f"{label} s" for label in labels) + " |")
     print("|---|---:|" + "---:|" * len(labels))

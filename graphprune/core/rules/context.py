@@ -23,6 +23,7 @@ state channel flow with its verbs:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -44,10 +45,10 @@ from ..dequantize import dequantize, dequantize_linear
 from ..graph import GraphView
 
 
-@dataclass(frozen=True)
-class Coupling:
+class Coupling(NamedTuple):
     """Position i of `first` and of `second` go together, and why: the `rule` (its module
-    and function) that said so at `node`, an op of type `op`."""
+    and function) that said so at `node`, an op of type `op`. (A tuple: rules state
+    thousands of these per model.)"""
 
     first: np.ndarray
     second: np.ndarray
