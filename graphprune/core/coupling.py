@@ -18,6 +18,7 @@ where scipy takes about a millisecond.
 
 from __future__ import annotations
 
+import bisect
 import json
 from pathlib import PurePath
 
@@ -61,14 +62,18 @@ def coupling_graph(view: GraphView, recorder: Recorder, atom_owner: np.ndarray) 
     starts = np.flatnonzero(np.r_[True, changed])
     counts = np.diff(np.r_[starts, statement.size])
     names = recorder.sources
+    # Untracked atoms are made in runs (`opaque_atoms`), in increasing order: the run that
+    # holds an atom is the last one starting at or before it.
+    runs = [(int(a[0]), node) for a, node in recorder.untracked if a.size]
+    run_starts = [start for start, _ in runs]
 
     def key(owner_id: int):
         if owner_id < sources:
             return names[owner_id]
         atom = owner_id - sources
         if atom not in graph:
-            # Untracked atoms are made in runs (`opaque_atoms`): find the run's node.
-            node = next((n for a, n in recorder.untracked if a.size and a[0] <= atom <= a[-1]), "")
+            found = bisect.bisect_right(run_starts, atom) - 1
+            node = runs[found][1] if found >= 0 else ""
             op = view.nodes[node].op_type if node else ""
             graph.add_node(atom, op=op, channels=1, node=node, untracked=True)
         return atom
