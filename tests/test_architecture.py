@@ -3,11 +3,15 @@
 The package is laid out as a pipeline (load, analyse, run, calibrate, plan, inspect, then the
 entry points), and these tests keep it that way as it grows. Every module under ``graphprune/``
 is parsed with ``ast``; graphprune itself is never imported, so a module that fails to import
-cannot hide a problem. Three rules are checked:
+cannot hide a problem. Four rules are checked:
 
 * ``test_no_import_cycles``: no two graphprune modules import each other, directly or through
   others, and no module imports itself. Imports inside functions and ``if TYPE_CHECKING:``
   blocks count too: a cycle that is only broken by deferring an import is still a cycle.
+  ``from PKG import NAME`` reads PKG's ``__init__`` (the package's face) even when NAME is a
+  submodule, so it imports PKG too; so does ``import PKG.MOD``, which binds PKG.
+* ``test_faces_are_not_imported_from_inside``: a package's ``__init__`` re-exports for users;
+  no module inside the package imports it (``__main__``, the face's script, excepted).
 * ``test_layers``: each module imports only from its own layer or lower ones (see ``LAYERS``).
 * ``test_module_size``: no module is longer than ``MAX_LINES`` lines unless ``EXCEPTIONS`` says
   why it may be.
@@ -23,6 +27,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import networkx as nx
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "graphprune"
@@ -91,11 +96,17 @@ def absolute_base(node: ast.ImportFrom, module: Module) -> str | None:
 def import_targets(node: ast.AST, module: Module, modules: Mapping[str, Module]) -> list[str]:
     """The package's modules that the import statement ``node`` imports.
 
-    ``from PKG import NAME`` imports the module PKG.NAME when there is one, otherwise PKG (its
-    ``__init__`` if PKG is a package). Names outside the package are left out.
+    ``from PKG import NAME`` imports the module PKG.NAME when there is one, and PKG itself (its
+    ``__init__`` when PKG is a package: Python looks NAME up there first), except in PKG's own
+    ``__init__``. ``import A.B`` imports A.B and, binding the name A, the package A too;
+    ``import A.B as C`` only A.B. Names outside the package are left out.
     """
     if isinstance(node, ast.Import):
-        return [alias.name for alias in node.names if alias.name in modules]
+        targets = []
+        for alias in node.names:
+            bound = alias.name if alias.asname else alias.name.split(".")[0]
+            targets += [name for name in {alias.name, bound} if name in modules]
+        return sorted(targets)
     if not isinstance(node, ast.ImportFrom):
         return []
     base = absolute_base(node, module)
@@ -104,8 +115,9 @@ def import_targets(node: ast.AST, module: Module, modules: Mapping[str, Module])
         submodule = f"{base}.{alias.name}"
         if submodule in modules:
             targets.append(submodule)
-        elif base in modules:
-            targets.append(base)
+    own_face = module.is_package and base == module.name  # an __init__ importing its modules
+    if base in modules and not own_face and (modules[base].is_package or not targets):
+        targets.append(base)
     return targets
 
 
@@ -123,48 +135,20 @@ def import_graph(modules: Mapping[str, Module]) -> Graph:
     return {name: imports_of(module, modules) for name, module in modules.items()}
 
 
-def strongly_connected_components(graph: Graph) -> list[list[str]]:
-    """Tarjan's algorithm; each component comes back sorted."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    components: list[list[str]] = []
-
-    def visit(node: str) -> None:
-        index[node] = low[node] = len(index)
-        stack.append(node)
-        on_stack.add(node)
-        for successor in graph[node]:
-            if successor not in index:
-                visit(successor)
-                low[node] = min(low[node], low[successor])
-            elif successor in on_stack:
-                low[node] = min(low[node], index[successor])
-        if low[node] == index[node]:
-            component = []
-            while True:
-                member = stack.pop()
-                on_stack.discard(member)
-                component.append(member)
-                if member == node:
-                    break
-            components.append(sorted(component))
-
-    for node in sorted(graph):
-        if node not in index:
-            visit(node)
-    return components
-
-
 def import_cycles(root: Path) -> list[list[str]]:
     """Sets of modules of the package in ``root`` that import each other, or a module itself."""
-    graph = import_graph(find_modules(root))
-    return [
-        component
-        for component in strongly_connected_components(graph)
-        if len(component) > 1 or component[0] in graph[component[0]]
+    imports = import_graph(find_modules(root))
+    graph = nx.DiGraph()
+    graph.add_nodes_from(imports)
+    graph.add_edges_from(
+        (source, target) for source, targets in imports.items() for target in targets
+    )
+    cycles = [
+        sorted(component)
+        for component in nx.strongly_connected_components(graph)
+        if len(component) > 1 or graph.has_edge(*component, *component)
     ]
+    return sorted(cycles)
 
 
 def describe_cycle(cycle: list[str], root: Path) -> str:
@@ -178,6 +162,21 @@ def describe_cycle(cycle: list[str], root: Path) -> str:
             if target in cycle:
                 lines.append(f"    {path}:{line}: {source} imports {target}")
     return "\n".join(lines)
+
+
+def faces_imported_from_inside(root: Path) -> list[str]:
+    """``path:line: MODULE imports its package's face PKG`` for each import of a package's
+    ``__init__`` by a module inside that package (its ``__main__`` excepted)."""
+    modules = find_modules(root)
+    found = []
+    for source, targets in sorted(import_graph(modules).items()):
+        if source.rsplit(".", 1)[-1] == "__main__":
+            continue
+        path = modules[source].path.relative_to(root.parent).as_posix()
+        for target, line in sorted(targets.items()):
+            if modules[target].is_package and source.startswith(target + "."):
+                found.append(f"{path}:{line}: {source} imports its package's face {target}")
+    return found
 
 
 def layer_of(module_name: str) -> str:
@@ -221,6 +220,13 @@ def test_no_import_cycles() -> None:
     cycles = import_cycles(PACKAGE)
     assert not cycles, "import cycles in graphprune:\n" + "\n".join(
         describe_cycle(cycle, PACKAGE) for cycle in cycles
+    )
+
+
+def test_faces_are_not_imported_from_inside() -> None:
+    found = faces_imported_from_inside(PACKAGE)
+    assert not found, (
+        "import the module that defines the name, not the package's __init__:\n" + "\n".join(found)
     )
 
 
@@ -293,6 +299,26 @@ def write_package(tmp_path: Path, files: Mapping[str, str]) -> Path:
             id="across-subpackages",
         ),
         pytest.param({"a.py": "import fake.a\n"}, [["fake.a"]], id="module-imports-itself"),
+        pytest.param(
+            {"__init__.py": "from .a import f\n", "a.py": "from . import b\n", "b.py": ""},
+            [["fake", "fake.a"]],
+            id="from-dot-import-submodule-reads-the-init",
+        ),
+        pytest.param(
+            {
+                "__init__.py": "from .sub.x import f\n",
+                "sub/__init__.py": "",
+                "sub/x.py": "def f():\n    from .. import y\n",
+                "y.py": "",
+            },
+            [["fake", "fake.sub.x"]],
+            id="lazy-import-of-the-top-package",
+        ),
+        pytest.param(
+            {"__init__.py": "from .a import f\n", "a.py": "import fake.b\n", "b.py": ""},
+            [["fake", "fake.a"]],
+            id="import-dotted-binds-the-package",
+        ),
     ],
 )
 def test_cycle_detection_finds_a_cycle(
@@ -309,14 +335,33 @@ def test_cycle_detection_accepts_an_init_importing_its_submodules(tmp_path: Path
         tmp_path,
         {
             "__init__.py": "from . import a, b\nfrom .a import f\n",
-            "a.py": "from .b import g\nfrom . import b\n",
+            "a.py": "from .b import g\nimport fake.b as b\n",
             "b.py": "import os\n",
             "sub/__init__.py": "from .x import h\n",
-            "sub/x.py": "from ..a import f\nfrom . import y\n",
+            "sub/x.py": "from ..a import f\nfrom .y import z\n",
             "sub/y.py": "",
+            "sub/__main__.py": "from . import h\n",
         },
     )
     assert import_cycles(root) == []
+    assert faces_imported_from_inside(root) == []
+
+
+def test_face_check_finds_a_package_imported_from_inside(tmp_path: Path) -> None:
+    root = write_package(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "a.py": "def f():\n    from . import b\n",
+            "b.py": "",
+            "sub/__init__.py": "",
+            "sub/x.py": "from .. import b\n",
+        },
+    )
+    assert faces_imported_from_inside(root) == [
+        "fake/a.py:2: fake.a imports its package's face fake",
+        "fake/sub/x.py:1: fake.sub.x imports its package's face fake",
+    ]
 
 
 def test_layer_check_finds_upward_imports_and_unplaced_modules(tmp_path: Path) -> None:

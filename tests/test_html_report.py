@@ -96,6 +96,10 @@ def test_analysis_report_renders(tmp_path):
     assert len(re.findall(r'<tr class="layer-row', dom)) == len(layers)
     assert len(re.findall(r'<rect class="bar-after"', dom)) > 0
     assert "prunable" in dom
+    # Each group with a coupling has its drawing (hidden until "why coupled" is clicked).
+    coupled = [g for g in analysis.groups if analysis.coupling_graph(g.id).number_of_edges()]
+    assert len(re.findall(r'<tr class="coupling-row"', dom)) == len(coupled) > 0
+    assert len(re.findall(r'<svg[^>]*class="coupling"', dom)) == len(coupled)
 
 
 def test_script_errors_leave_a_marker(tmp_path):

@@ -5,7 +5,8 @@ Each op's rule (see `graphprune.rules`) reads the layouts of its inputs through 
 `Context` and states what the op does with channels: emit layouts on outputs, create new
 channels, couple channels, record the edits removal implies, or stop channels it cannot
 map exactly (a barrier). After the walk, coupled atoms become classes (connected
-components) and producers whose classes touch become one `Group`.
+components of the coupled positions) and the connected components of the coupling graph
+(`core.coupling`: who owns channels, and which rule coupled them) become `Group`s.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+import networkx as nx
 import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
@@ -21,6 +23,7 @@ from tqdm import tqdm
 from ..errors import GraphpruneError
 from .blocks import UNITS, Block, find_blocks, units
 from .channels import Bypass, Edit, Kind, MaskInput, Reason
+from .coupling import components, coupling_graph
 from .graph import GraphView
 from .rules import Context, Recorder, apply_rule
 
@@ -86,6 +89,7 @@ class Analysis:
     minimums: list[tuple[np.ndarray, int]] = field(default_factory=list)  # keep >= n of atoms
     experts: list[tuple[str, np.ndarray]] = field(default_factory=list)  # (router, atoms)
     blocks: dict[str, Block] = field(default_factory=dict)  # residual Add -> its block
+    coupling: nx.MultiGraph = field(default_factory=nx.MultiGraph)  # see core.coupling
 
     @property
     def approximate_norms(self) -> bool:
@@ -101,6 +105,16 @@ class Analysis:
 
     def group(self, group_id: int) -> Group:
         return self.groups[group_id]
+
+    def coupling_graph(self, group: int | None = None) -> nx.MultiGraph:
+        """Why channels go together (`graphprune.core.coupling`): nodes own channels (a
+        node's outputs, or an untracked position), each with its `group`; edges are the
+        coupling statements (`rule`, `op`, `node`, `positions`). Its connected components
+        that own channels are the groups. `group`: that group's part alone (a copy)."""
+        if group is None:
+            return self.coupling
+        nodes = [n for n, g in self.coupling.nodes(data="group") if g == group]
+        return self.coupling.subgraph(nodes).copy()
 
 
 def analyze_view(
@@ -130,7 +144,7 @@ def _record_blocks(view: GraphView, recorder: Recorder, unit: str) -> list[Block
     for members in units(view, found, unit):
         atoms = [recorder.new_atoms(1, block.add) for block in members]
         for block, atom in zip(members, atoms, strict=True):
-            recorder.unions.append((atoms[0], atom))
+            recorder.couple(atoms[0], atom, "blocks.units", "Add", block.add)
             recorder.edits.append(Bypass(block.add, block.residual, atom))
             recorder.edits.append(MaskInput(block.add, block.branch, 0, atom, block.rank))
             if block.reason is not None:
@@ -153,23 +167,21 @@ def _kind(
 
 
 def _group(view: GraphView, recorder: Recorder, options: AnalysisOptions, blocks) -> Analysis:
-    n = recorder.atom_count
-    class_of = _components(n, recorder.unions)
+    couplings = recorder.couplings
+    class_of = _components(recorder.atom_count, [(c.first, c.second) for c in couplings])
     sources = (
         np.concatenate(recorder.atom_source) if recorder.atom_source else np.zeros(0, np.int64)
     )
-
-    # Producers sharing a class form one group.
+    graph = coupling_graph(view, recorder, sources)
+    # Group ids follow graph order, so reports and plans are stable.
+    members = components(graph, recorder.sources, view.position)
+    group_of_source = np.full(len(recorder.sources), -1, dtype=np.int64)
+    for group_id, indices in enumerate(members):
+        group_of_source[indices] = group_id
+    # A class's group: that of any source owning one of its atoms (they all agree).
     owned = sources >= 0
-    first_source = np.full(class_of.max(initial=-1) + 1, -1, dtype=np.int64)
-    order = np.nonzero(owned)[0][::-1]  # reversed so that the lowest atom writes last
-    first_source[class_of[order]] = sources[order]
-    source_group = _components(
-        len(recorder.sources), [(sources[owned], first_source[class_of[owned]])]
-    )
-    group_of_class = np.full(first_source.shape[0], -1, dtype=np.int64)
-    valid = first_source >= 0
-    group_of_class[valid] = source_group[first_source[valid]]
+    group_of_class = np.full(class_of.max(initial=-1) + 1, -1, dtype=np.int64)
+    group_of_class[class_of[owned]] = group_of_source[sources[owned]]
 
     reasons = _reasons_by_group(recorder.frozen, group_of_class, class_of)
     approximations = _reasons_by_group(recorder.approximations, group_of_class, class_of)
@@ -177,31 +189,24 @@ def _group(view: GraphView, recorder: Recorder, options: AnalysisOptions, blocks
     hidden_groups = _groups_touched(recorder.embeddings, group_of_class, class_of)
     expert_groups = _groups_touched([a for _, a in recorder.experts], group_of_class, class_of)
 
-    members: dict[int, list[str]] = defaultdict(list)
-    for index, source in enumerate(recorder.sources):
-        members[int(source_group[index])].append(source)
-    # Group ids follow graph order, so reports and plans are stable.
-    position = view.position
-    ordered = sorted(members, key=lambda gid: position[members[gid][0]])
-    renumber = np.full(len(ordered), -1, dtype=np.int64)
     groups = []
-    for new_id, old_id in enumerate(ordered):
-        renumber[old_id] = new_id
-        atoms = np.concatenate([recorder.source_atoms[s] for s in members[old_id]])
+    for group_id, indices in enumerate(members):
+        names = [recorder.sources[i] for i in indices]
+        atoms = np.concatenate([recorder.source_atoms[s] for s in names])
         classes = _unique_in_order(class_of[atoms])
-        marked = (old_id in head_groups, old_id in hidden_groups, old_id in expert_groups)
+        marked = (group_id in head_groups, group_id in hidden_groups, group_id in expert_groups)
         group = Group(
-            new_id,
-            members[old_id],
+            group_id,
+            names,
             classes,
-            reasons.get(old_id, []),
-            approximations.get(old_id, []),
-            _kind(view, members[old_id], *marked, blocks),
+            reasons.get(group_id, []),
+            approximations.get(group_id, []),
+            _kind(view, names, *marked, blocks),
         )
         if group.channels < 2 and group.prunable and group.kind != "blocks":
             group.reasons.append(Reason("has a single channel"))
         groups.append(group)
-    group_of_class = np.where(group_of_class >= 0, renumber[group_of_class], -1)
+    _label_nodes(graph, recorder.sources, group_of_source, class_of, group_of_class, groups)
     return Analysis(
         view=view,
         groups=groups,
@@ -215,7 +220,21 @@ def _group(view: GraphView, recorder: Recorder, options: AnalysisOptions, blocks
         ops_without_rule=dict(sorted(recorder.without_rule.items())),
         minimums=recorder.minimums,
         experts=recorder.experts,
+        coupling=graph,
     )
+
+
+def _label_nodes(graph, sources, group_of_source, class_of, group_of_class, groups) -> None:
+    """Each coupling-graph node's group and kind (-1 and "" for untracked positions
+    coupled with no node's channels)."""
+    index = {name: i for i, name in enumerate(sources)}
+    for node, data in graph.nodes(data=True):
+        if isinstance(node, str):
+            group_id = int(group_of_source[index[node]])
+        else:
+            group_id = int(group_of_class[class_of[node]])
+        data["group"] = group_id
+        data["kind"] = groups[group_id].kind if group_id >= 0 else ""
 
 
 def _groups_touched(atom_lists, group_of_class, class_of) -> set[int]:

@@ -28,6 +28,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
+import networkx as nx
+
 from .channels import Reason
 from .graph import SUBGRAPH_READ, GraphView
 
@@ -123,29 +125,18 @@ def _block(view: GraphView, add) -> Block | None:
 
 
 def _between(view: GraphView, x: str, source, limit: int) -> set[str] | None:
-    """Nodes on a path from x to `source` (included), or None when x does not reach it."""
-    position = view.position
-    reached: set[str] = set()
-    frontier = [x]
-    while frontier:
-        tensor = frontier.pop()
-        for consumer, _ in view.consumers(tensor):
-            if consumer.name in reached or position[consumer.name] >= limit:
-                continue
-            reached.add(consumer.name)
-            frontier.extend(name for name in consumer.output if name)
+    """Nodes on a path from x to `source` (included), or None when x does not reach it:
+    what x reaches before the Add (at `limit`), and of that, what reaches `source`."""
+    position, start = view.position, view.source(x)
+    ahead = nx.subgraph_view(
+        view.graph,
+        filter_node=lambda n: n == start or position.get(n, limit) < limit,
+        filter_edge=lambda u, v, key: u != start or key[0] == x,  # x, not its siblings
+    )
+    reached = nx.descendants(ahead, start)
     if source.name not in reached:
         return None
-    nodes = {source.name}
-    stack = [source]
-    while stack:
-        node = stack.pop()
-        for name in node.input:
-            producer = view.producer(name) if name else None
-            if producer is not None and producer.name in reached and producer.name not in nodes:
-                nodes.add(producer.name)
-                stack.append(producer)
-    return nodes
+    return {source.name} | nx.ancestors(view.graph.subgraph(reached), source.name)
 
 
 def _owned(view: GraphView, add, nodes: tuple[str, ...]) -> tuple[tuple[str, ...], Reason | None]:

@@ -1,6 +1,13 @@
 """The one read model of an ONNX graph that every stage uses: nodes by name, producers and
 consumers of every tensor, a deterministic topological order, shapes, and constants.
 
+The structure is a `networkx.MultiDiGraph` (`GraphView.graph`): its nodes are the ONNX
+nodes (by name, subgraphs' too) and the values no node produces (graph inputs,
+initializers, subgraph inputs: `value_node(name)`); each edge is one read of a tensor,
+from the node that makes it to the node that reads it, keyed `(tensor, input index)`
+with the producer's output index as `output`. Order, cycles and reachability are
+networkx's (`lexicographical_topological_sort`, `find_cycle`, `descendants`).
+
 Constants are tensors whose value is known without running the model: initializers,
 `Constant` node outputs, and `Identity` of a constant (Paddle and tf2onnx route weights
 through those); `storage` names where such a value lives. Subgraphs (If branches, Loop
@@ -15,10 +22,9 @@ graph with onnx-graphsurgeon from the edits, compensation writes new weights.
 
 from __future__ import annotations
 
-import heapq
-from collections import defaultdict
 from functools import cached_property
 
+import networkx as nx
 import numpy as np
 import onnx
 
@@ -28,6 +34,7 @@ from ..io.protos import (
     all_graphs,
     constant_value,
     graph_inputs,
+    has_subgraphs,
     node_attribute,
     opset_version,
     outer_scope_reads,
@@ -38,6 +45,14 @@ from ..io.shapes import Shape, infer_shapes
 SUBGRAPH_READ = -1  # the input index of a tensor a node's subgraph reads by name
 _MAX_IDENTITY_CHAIN = 64
 _CACHED_ELEMENTS = 4096
+
+ValueNode = tuple[str, str]
+
+
+def value_node(tensor: str) -> ValueNode:
+    """The graph node of a value no node produces (a graph input, an initializer, a
+    subgraph input); a tuple, so it never meets an ONNX node's name."""
+    return ("value", tensor)
 
 
 class GraphView:
@@ -56,48 +71,60 @@ class GraphView:
         self.graph_inputs = [info.name for info in graph_inputs(model)]
         self.graph_outputs = [o.name for o in graph.output]
         self.shapes: dict[str, Shape] = infer_shapes(model) if shapes else {}
-        self._producer: dict[str, tuple[onnx.NodeProto, int]] = {}
-        self._consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = defaultdict(list)
         self._small: dict[str, np.ndarray | None] = {}
         self.body_names_clash = _body_names_clash(scopes)
-        for node in self.nodes.values():
-            for index, name in enumerate(node.output):
-                if name:
-                    self._producer[name] = (node, index)
-            for index, name in enumerate(node.input):
-                if name:
-                    self._consumers[name].append((node, index))
-            direct = set(node.input)
-            for name in sorted(outer_scope_reads(node) - direct):
-                self._consumers[name].append((node, SUBGRAPH_READ))
+        # Where each tensor comes from: (node, output index) of its producer.
+        self._producer: dict[str, tuple[onnx.NodeProto, int]] = {
+            name: (node, index)
+            for node in self.nodes.values()
+            for index, name in enumerate(node.output)
+            if name
+        }
+        self.graph = self._build_graph()
+
+    def _build_graph(self) -> nx.MultiDiGraph:
+        graph = nx.MultiDiGraph()
+        graph.add_nodes_from(self.nodes)
+        graph.add_nodes_from(value_node(name) for name in [*self.graph_inputs, *self.initializers])
+        producer, edges = self._producer, []
+        for reader, node in self.nodes.items():
+            reads = [(name, index) for index, name in enumerate(node.input) if name]
+            if has_subgraphs(node):
+                direct = set(node.input)
+                outer = sorted(outer_scope_reads(node) - direct)
+                reads += [(name, SUBGRAPH_READ) for name in outer]
+            for name, index in reads:
+                made = producer.get(name)
+                if made is None:
+                    edges.append((value_node(name), reader, (name, index), {"output": -1}))
+                else:
+                    edges.append((made[0].name, reader, (name, index), {"output": made[1]}))
+        graph.add_edges_from(edges)
+        return graph
 
     @cached_property
     def order(self) -> list[onnx.NodeProto]:
         """Nodes in a deterministic topological order: the file's order where it is one,
-        else Kahn's algorithm taking the earliest ready node in file order."""
+        else the lexicographic topological order that takes the earliest ready node in
+        file order (values first, subgraph nodes last: they make nothing the main graph
+        reads). A cycle is a one-line error that names it."""
         nodes = list(self.model.graph.node)
-        if self._file_order_is_topological():
+        if self._file_order_is_topological():  # most files: no sort (it is n log n)
             return nodes
         position = {node.name: i for i, node in enumerate(nodes)}
-        # Each node waits for the distinct tensors it reads that some node produces.
-        missing = {node.name: sum(1 for n in _reads(node) if n in self._producer) for node in nodes}
-        ready = [position[name] for name, count in missing.items() if count == 0]
-        heapq.heapify(ready)
-        order = []
-        while ready:
-            node = nodes[heapq.heappop(ready)]
-            order.append(node)
-            for name in node.output:
-                for consumer in {use.name for use, _ in self._consumers.get(name, [])}:
-                    if consumer not in missing:  # a body node: its holder counts the read
-                        continue
-                    missing[consumer] -= 1
-                    if missing[consumer] == 0:
-                        heapq.heappush(ready, position[consumer])
-        if len(order) != len(nodes):
-            stuck = next(n.name for n in nodes if missing[n.name] > 0)
-            raise GraphpruneError(f"the graph has a cycle (node '{stuck}' depends on itself)")
-        return order
+        last = len(nodes)
+
+        def key(vertex) -> int:
+            return -1 if isinstance(vertex, tuple) else position.get(vertex, last)
+
+        try:
+            ordered = list(nx.lexicographical_topological_sort(self.graph, key=key))
+        except nx.NetworkXUnfeasible:
+            raise GraphpruneError(f"the graph has a cycle: {_cycle(self.graph)}") from None
+        found = [self.nodes[name] for name in ordered if name in position]
+        if len(found) != len(nodes):  # only a model that was not loaded can have them
+            raise GraphpruneError("the graph's node names are not unique")
+        return found
 
     def _file_order_is_topological(self) -> bool:
         available = set(self.graph_inputs) | set(self.initializers) | {""}
@@ -120,10 +147,23 @@ class GraphView:
         found = self._producer.get(tensor)
         return None if found is None else found[0]
 
+    def source(self, tensor: str) -> str | ValueNode:
+        """The graph node a tensor comes from: its producer, else its value node."""
+        found = self._producer.get(tensor)
+        return value_node(tensor) if found is None else found[0].name
+
     def consumers(self, tensor: str) -> list[tuple[onnx.NodeProto, int]]:
         """(node, input index) for every use of the tensor, in topological order; index
         SUBGRAPH_READ (-1) where a subgraph of the node reads it."""
-        uses = self._consumers.get(tensor, [])
+        source = self.source(tensor)
+        if source not in self.graph:
+            return []
+        uses = [
+            (self.nodes[reader], index)
+            for reader, keys in self.graph.succ[source].items()
+            for name, index in keys
+            if name == tensor
+        ]
         return sorted(uses, key=lambda use: (self.position[use[0].name], use[1]))
 
     def shape(self, tensor: str) -> Shape | None:
@@ -217,6 +257,15 @@ def _body_names_clash(scopes: list[onnx.GraphProto]) -> bool:
             return True
         seen |= names
     return False
+
+
+def _cycle(graph: nx.MultiDiGraph, shown: int = 6) -> str:
+    """'a' -> 'b' -> 'a': the nodes of one cycle, the first few of a long one."""
+    cycle = [u for u, _, _ in nx.find_cycle(graph)]
+    names = [repr(name) for name in cycle[:shown]]
+    if len(cycle) > shown:
+        names.append(f"... ({len(cycle)} nodes)")
+    return " -> ".join([*names, repr(cycle[0])])
 
 
 def _reads(node: onnx.NodeProto) -> set[str]:

@@ -2,7 +2,8 @@
 
 The page is one file a reviewer can open offline or attach to a pipeline run: the data is
 embedded as JSON and `templates/report.html` renders it with inline CSS, JS and SVG (a
-per-layer width chart, a sortable and filterable layer table, the group view). Nothing is
+per-layer width chart, a sortable and filterable layer table, the group view with each
+group's part of the coupling graph, drawn by `coupling.py`). Nothing is
 fetched from the network and nothing time-dependent is written, so the same inputs give a
 byte-identical file.
 """
@@ -18,6 +19,7 @@ import onnx
 from ..core.analysis import Analysis
 from ..core.metrics import count_params
 from .attribution import attribute_with_analysis
+from .coupling import coupling_svgs
 from .layers import describe
 from .report import analysis_json, groups_json
 
@@ -72,4 +74,5 @@ def analysis_html(analysis: Analysis, label: str) -> str:
         "macs": int(sum(layer.macs for layer in described.layers)),
         "layers": layers,
         "groups": groups_json(analysis),
+        "coupling": coupling_svgs(analysis),
     })  # fmt: skip

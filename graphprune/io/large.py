@@ -24,7 +24,8 @@ import onnx
 from google.protobuf.message import EncodeError
 from tqdm import tqdm
 
-from . import protos
+import graphprune.io.protos as protos  # the module, not the package's face (io/__init__)
+
 from .external import copy_to, data_length, is_external, materialized
 
 # Tensors of at least this many bytes go to external data (onnx's default threshold);

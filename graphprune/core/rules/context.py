@@ -7,7 +7,8 @@ state channel flow with its verbs:
 - `emit(output, layout)`: an output carries these channels;
 - `new_atoms(count)`: fresh channels produced here (a Conv's or Gemm's outputs);
 - `opaque_atoms(count, reason)`: positions nothing may remove (an untracked Concat input);
-- `couple(a, b)`, `couple_all(atoms)`: positions that must be removed together;
+- `couple(a, b)`, `couple_all(atoms)`: positions that must be removed together (each
+  statement is kept with the rule, op and node that made it: `Coupling`);
 - `slice(index, axis, atoms, role=..., absorbs=...)`: a constant input loses positions;
 - `slice_upstream(index, constant, axis, atoms, ...)`: so does one of its producer's;
 - `slice_grouped_input(index, atoms)`: a grouped Conv's input channels;
@@ -22,6 +23,7 @@ state channel flow with its verbs:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -43,6 +45,18 @@ from ..dequantize import dequantize, dequantize_linear
 from ..graph import GraphView
 
 
+class Coupling(NamedTuple):
+    """Position i of `first` and of `second` go together, and why: the `rule` (its module
+    and function) that said so at `node`, an op of type `op`. (A tuple: rules state
+    thousands of these per model.)"""
+
+    first: np.ndarray
+    second: np.ndarray
+    rule: str
+    op: str
+    node: str
+
+
 @dataclass
 class Recorder:
     """Everything the rules state during one analysis, in the order they state it."""
@@ -52,7 +66,8 @@ class Recorder:
     atom_source: list[np.ndarray] = field(default_factory=list)  # per new_atoms call
     sources: list[str] = field(default_factory=list)  # producing nodes, by source index
     source_atoms: dict[str, np.ndarray] = field(default_factory=dict)
-    unions: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    untracked: list[tuple[np.ndarray, str]] = field(default_factory=list)  # (atoms, node)
+    couplings: list[Coupling] = field(default_factory=list)
     frozen: list[tuple[np.ndarray, Reason]] = field(default_factory=list)
     approximations: list[tuple[np.ndarray, Reason]] = field(default_factory=list)
     edits: list[Edit] = field(default_factory=list)
@@ -78,6 +93,10 @@ class Recorder:
     def freeze(self, atoms: np.ndarray, reason: Reason) -> None:
         self.frozen.append((np.asarray(atoms).ravel(), reason))
 
+    def couple(self, first: np.ndarray, second: np.ndarray, rule: str, op: str, node: str):
+        first, second = np.asarray(first).ravel(), np.asarray(second).ravel()
+        self.couplings.append(Coupling(first, second, rule, op, node))
+
 
 class Context:
     """What a rule sees of one node, and the verbs it uses to describe channel flow."""
@@ -94,6 +113,7 @@ class Context:
         self.view = view
         self.node = node
         self.approximate_norms = approximate_norms
+        self.rule = ""  # the running rule, "module.function" (set by the registry)
         self._quantized: dict[int, Quantized] = {}
 
     # Reading the node.
@@ -194,11 +214,12 @@ class Context:
         """Positions no rule can remove (e.g. an untracked input of a Concat)."""
         atoms = self._recorder.new_atoms(count, None)
         self._recorder.freeze(atoms, Reason(reason))
+        self._recorder.untracked.append((atoms, self.node.name))
         return atoms
 
     def couple(self, first: np.ndarray, second: np.ndarray) -> None:
         """Position i of `first` and of `second` must be removed together."""
-        self._recorder.unions.append((np.asarray(first).ravel(), np.asarray(second).ravel()))
+        self._recorder.couple(first, second, self.rule, self.node.op_type, self.node.name)
 
     def couple_all(self, atoms: np.ndarray) -> None:
         atoms = np.asarray(atoms).ravel()

@@ -126,6 +126,7 @@ def _run(function: Rule, ctx: Context) -> bool:
     """Run a rule; one that fails on a malformed node (dims that contradict its weights,
     say) cannot state its channel mapping, so the node is a barrier for the channels that
     reach it and for those it made."""
+    ctx.rule = f"{function.__module__.rpartition('.')[2]}.{function.__name__}"
     try:
         function(ctx)
     except (ArithmeticError, IndexError, KeyError, TypeError, ValueError) as error:
