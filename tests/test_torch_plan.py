@@ -174,8 +174,8 @@ def test_llama_grouped_query_attention_with_uneven_layers():
     pruned = apply_plan(module, plan, args, model=model)
     assert_matches(module, pruned, args, "dynamo", again.model)
     first, second = (layer.self_attn for layer in pruned.model.layers)
-    assert first.q_proj.out_features == 128 and second.q_proj.out_features == 64
-    assert second.num_key_value_groups * second.k_proj.out_features == 64
+    assert first.q_proj.out_features == 64 and second.q_proj.out_features == 32  # 8 x 8 -> 4 x 8
+    assert second.num_key_value_groups * second.k_proj.out_features == 32
     assert pruned.model.config.num_attention_heads == 8  # not uniform: left as it was
     assert pruned.model.config.intermediate_size == 64  # the MLPs are
 

@@ -6,8 +6,9 @@ with the same exporter, and both ONNX models run in onnxruntime on the same inpu
 A (model, variant) *matches* when the outputs agree to 1e-4 of their scale and both read
 as many weights, counted per layer after graphprune's loading (`weights_by_use`: the
 exporters share equal constants between layers and the rewrite gives each its own copy;
-loading folds constant lookups, such as a position table, that the exporter left). Exports that fail, or that have nothing to prune, are listed and
-not counted. Each (model, variant) runs in its own subprocess with a time limit.
+loading folds constant lookups, such as a position table, that the exporter left). Exports
+that fail, or that have nothing to prune, are listed and not counted. Each (model,
+variant) runs in its own subprocess with a time limit.
 
     python tools/bench_torch_plan.py --representatives --json torch-plan.json
     python tools/bench_torch_plan.py --model 'transformers/*' --variant dynamo
@@ -75,7 +76,9 @@ def evaluate(entry: corpus.Entry, variant: str) -> dict[str, Any]:
     row["apply_s"] = round(time.perf_counter() - started, 2)
     try:
         variant_spec = VARIANTS[variant]
-        again = _torch_export(corpus.Built(module, built.inputs, built.input_names, {}), variant_spec)
+        again = _torch_export(
+            corpus.Built(module, built.inputs, built.input_names, {}), variant_spec
+        )
     except Exception as error:
         return {**row, "status": "reexport-failed", "reason": reason_of(error)}
     feeds = {
@@ -86,17 +89,27 @@ def evaluate(entry: corpus.Entry, variant: str) -> dict[str, Any]:
     try:
         actual = run(session(again, "CPUExecutionProvider"), feeds)
     except Exception as error:
-        return {**row, "status": "mismatch", "reason": f"the module's export fails: {reason_of(error)}"}
+        return {
+            **row,
+            "status": "mismatch",
+            "reason": f"the module's export fails: {reason_of(error)}",
+        }
     params = (weights_by_use(result.model), weights_by_use(gp.load(again)))
     row["params"] = list(params)
     row["params_removed"] = round(1 - count_params(result.model) / count_params(exported), 4)
     if [a.shape for a in actual] != [e.shape for e in expected]:
         return {**row, "status": "mismatch", "reason": "output shapes differ"}
     scale = max(max(float(np.abs(e).max(initial=0)) for e in expected), SCALE_FLOOR)
-    difference = max(float(np.abs(a - e).max(initial=0)) for a, e in zip(actual, expected, strict=True))
+    difference = max(
+        float(np.abs(a - e).max(initial=0)) for a, e in zip(actual, expected, strict=True)
+    )
     row["relative_difference"] = difference / scale
     if difference > TOLERANCE * scale:
-        return {**row, "status": "mismatch", "reason": f"outputs differ by {difference / scale:.2e} of their scale"}
+        return {
+            **row,
+            "status": "mismatch",
+            "reason": f"outputs differ by {difference / scale:.2e} of their scale",
+        }
     if params[0] != params[1]:
         return {**row, "status": "mismatch", "reason": f"{params[1]} weights, not {params[0]}"}
     return {**row, "status": "match"}
@@ -118,8 +131,12 @@ def selection(args: argparse.Namespace) -> list[tuple[corpus.Entry, str]]:
     for entry in corpus.entries(tuple(args.source or SOURCES)):
         if args.model and not any(fnmatch.fnmatch(entry.name, g) for g in args.model):
             continue
-        if args.representatives and entry.source != "transformers" and not (
-            entry.name.split("/", 1)[1] in TORCHVISION_REPRESENTATIVES or entry.name in starred
+        if (
+            args.representatives
+            and entry.source != "transformers"
+            and not (
+                entry.name.split("/", 1)[1] in TORCHVISION_REPRESENTATIVES or entry.name in starred
+            )
         ):
             continue
         for variant in args.variant:
@@ -151,11 +168,17 @@ def table(rows: list[dict[str, Any]]) -> str:
         "| not pruned | export failed |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    keys = sorted({(r["source"], r["variant"]) for r in rows}) + [("**all**", "")]
+    keys = [*sorted({(r["source"], r["variant"]) for r in rows}), ("**all**", "")]
     for source, variant in keys:
-        chosen = [r for r in rows if source == "**all**" or (r["source"], r["variant"]) == (source, variant)]
+        chosen = [
+            r
+            for r in rows
+            if source == "**all**" or (r["source"], r["variant"]) == (source, variant)
+        ]
         count = Counter(r["status"] for r in chosen)
-        prunes = sum(count[s] for s in ("match", "mismatch", "apply-failed", "reexport-failed", "crash"))
+        prunes = sum(
+            count[s] for s in ("match", "mismatch", "apply-failed", "reexport-failed", "crash")
+        )
         rate = f"{count['match'] / prunes:.1%}" if prunes else "-"
         lines.append(
             f"| {source} | {variant} | {prunes} | {count['match']} | {rate} | "
@@ -169,9 +192,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", nargs="+", choices=SOURCES)
     parser.add_argument("--model", nargs="+", help="model globs (timm/vit_*, ...)")
-    parser.add_argument("--variant", nargs="+", default=["dynamo", "classic"], choices=["dynamo", "classic"])
-    parser.add_argument("--representatives", action="store_true",
-                        help="one model per torchvision and timm family (and all transformers)")
+    parser.add_argument(
+        "--variant", nargs="+", default=["dynamo", "classic"], choices=["dynamo", "classic"]
+    )
+    parser.add_argument(
+        "--representatives",
+        action="store_true",
+        help="one model per torchvision and timm family (and all transformers)",
+    )
     parser.add_argument("--timeout", type=int, default=600, help="seconds per (model, variant)")
     parser.add_argument("--json", type=Path, help="results file (read, merged, rewritten)")
     parser.add_argument("--list", action="store_true", help="list the selection and exit")
@@ -189,12 +217,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     results = {}
     if args.json is not None and args.json.exists():
-        results = {(r["model"], r["variant"]): r for r in json.loads(args.json.read_text())["results"]}
+        results = {
+            (r["model"], r["variant"]): r for r in json.loads(args.json.read_text())["results"]
+        }
     started = time.perf_counter()
     for entry, variant in chosen:
         row = run_one(entry, variant, args.timeout)
         results[(entry.name, variant)] = row
-        print(f"{entry.name:<44} {variant:<8} {row['status']:<15} {row.get('reason', '')[:110]}", flush=True)
+        print(
+            f"{entry.name:<44} {variant:<8} {row['status']:<15} {row.get('reason', '')[:110]}",
+            flush=True,
+        )
         if args.json is not None:
             rows = sorted(results.values(), key=lambda r: (r["source"], r["model"], r["variant"]))
             args.json.write_text(json.dumps({"results": rows}, indent=1))

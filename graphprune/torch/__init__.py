@@ -16,6 +16,6 @@ from ..errors import GraphpruneError
 if importlib.util.find_spec("torch") is None:
     raise GraphpruneError("graphprune.torch needs PyTorch: pip install torch")
 
-from .apply import apply_plan, plan_record  # noqa: E402
+from .apply import apply_plan, plan_record
 
 __all__ = ["apply_plan", "plan_record"]

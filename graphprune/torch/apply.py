@@ -57,7 +57,9 @@ def apply_plan(
     record, recorded_model = plan_record(report)
     source = model if model is not None else recorded_model
     if source is None:
-        raise GraphpruneError("the plan names no model file: pass model= (the export it was made on)")
+        raise GraphpruneError(
+            "the plan names no model file: pass model= (the export it was made on)"
+        )
     options = record.get("options", {}) if isinstance(record, dict) else {}
     if options.get("blocks") or options.get("drop_blocks"):
         raise GraphpruneError("apply_plan cannot drop residual blocks yet (a depth plan)")
@@ -127,4 +129,6 @@ def _state_arrays(module: Any) -> dict[str, np.ndarray]:
 
 
 def _state_shapes(module: Any) -> dict[str, tuple[int, ...]]:
-    return {name: tuple(t.shape) for name, t in [*module.named_parameters(), *module.named_buffers()]}
+    return {
+        name: tuple(t.shape) for name, t in [*module.named_parameters(), *module.named_buffers()]
+    }

@@ -14,7 +14,14 @@ from typing import Any
 
 from ..errors import GraphpruneError
 
-_HEAD_SIZE = ("head_dim", "attention_head_size", "head_size", "key_value_proj_dim", "d_kv", "dim_head")
+_HEAD_SIZE = (
+    "head_dim",
+    "attention_head_size",
+    "head_size",
+    "key_value_proj_dim",
+    "d_kv",
+    "dim_head",
+)
 _QUERY = ("q_proj", "query", "q", "q_lin", "to_q", "wq")
 _KEY = ("k_proj", "key", "k", "k_lin", "to_k", "wk")
 _FUSED = ("qkv", "c_attn", "query_key_value", "Wqkv")  # query, key and value side by side
@@ -74,8 +81,8 @@ def _conv(layer) -> None:
     weight = layer.weight
     transposed = layer.transposed
     per_group = int(weight.shape[0 if transposed else 1])
-    depthwise = layer.groups > 1 and layer.groups == layer.in_channels and (
-        transposed or per_group == 1
+    depthwise = (
+        layer.groups > 1 and layer.groups == layer.in_channels and (transposed or per_group == 1)
     )
     if transposed:
         in_channels = int(weight.shape[0])
@@ -91,7 +98,9 @@ def _conv(layer) -> None:
 
 def _attention(layer) -> tuple[int, int] | None:
     """(query heads, key/value heads) of an attention module, its attributes set."""
-    size = next((getattr(layer, n) for n in _HEAD_SIZE if isinstance(getattr(layer, n, None), int)), None)
+    size = next(
+        (getattr(layer, n) for n in _HEAD_SIZE if isinstance(getattr(layer, n, None), int)), None
+    )
     if not size:
         return None
     query = _out_width(layer, _QUERY)
@@ -144,7 +153,9 @@ def _set(layer, names, value: int) -> None:
 def _config(module: Any, heads: list[tuple[int, int]], widths: list[int]) -> None:
     """A transformers config records one width for every layer: it follows the layers when
     they all agree (per-layer pruning leaves the per-module attributes to say it)."""
-    configs = {id(c): c for _, m in module.named_modules() if (c := getattr(m, "config", None)) is not None}
+    configs = {
+        id(c): c for _, m in module.named_modules() if (c := getattr(m, "config", None)) is not None
+    }
     for config in configs.values():
         if heads and len(set(heads)) == 1:
             q_heads, kv_heads = heads[0]

@@ -162,7 +162,9 @@ def _constant(node: onnx.NodeProto, opsets) -> np.ndarray:
     return np.asarray(ReferenceEvaluator(_single(node, [], [], opsets)).run(None, {})[0])
 
 
-def _trace(node, outputs, origins, mixed, value, opsets) -> tuple[str, list[np.ndarray]] | str | None:
+def _trace(
+    node, outputs, origins, mixed, value, opsets
+) -> tuple[str, list[np.ndarray]] | str | None:
     """(parameter, positions per output) for a node that moves one parameter's values;
     a reason when its outputs mix parameters or compute with them."""
     held = [(i, name) for i, name in enumerate(node.input) if name in origins or name in mixed]

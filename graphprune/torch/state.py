@@ -74,7 +74,11 @@ def replace_state(module: Any, kept: dict[str, np.ndarray]) -> None:
         old = tensors[name]
         index = torch.from_numpy(np.ascontiguousarray(positions, dtype=np.int64))
         data = old.detach().reshape(-1)[index.reshape(-1).to(old.device)].reshape(index.shape)
-        new = nn.Parameter(data.clone(), old.requires_grad) if isinstance(old, nn.Parameter) else data.clone()
+        new = (
+            nn.Parameter(data.clone(), old.requires_grad)
+            if isinstance(old, nn.Parameter)
+            else data.clone()
+        )
         for alias in names[id(old)]:
             owner_name, _, leaf = alias.rpartition(".")
             owner = module.get_submodule(owner_name)

@@ -81,7 +81,9 @@ def _find_parameter(storage: str, value: np.ndarray, axis: int, state) -> Axis:
         if len(found) > 1:
             names = ", ".join(sorted(name for name, _ in found))
             raise GraphpruneError(f"weight '{storage}' matches several parameters ({names})")
-    raise GraphpruneError(f"weight '{storage}' {list(value.shape)} matches no parameter of the module")
+    raise GraphpruneError(
+        f"weight '{storage}' {list(value.shape)} matches no parameter of the module"
+    )
 
 
 def _equal(name: str, parameter: np.ndarray, value: np.ndarray, axis: int) -> list[Axis]:
@@ -92,7 +94,9 @@ def _equal(name: str, parameter: np.ndarray, value: np.ndarray, axis: int) -> li
         (name, parameter_axis)
         for candidate, parameter_axis in views
         if candidate.shape == value.shape
-        and np.allclose(candidate, value, rtol=2e-3, atol=1e-6 * float(np.abs(value).max(initial=0)))
+        and np.allclose(
+            candidate, value, rtol=2e-3, atol=1e-6 * float(np.abs(value).max(initial=0))
+        )
     ]
 
 
@@ -177,6 +181,5 @@ def _check(analysis, keep_atom, channels, removed_sets, classes) -> None:
         group = analysis.groups[group_id]
         if not group.prunable:
             raise GraphpruneError(
-                f"the reference export cannot remove channels of '{group.name}': "
-                f"{group.reasons[0]}"
+                f"the reference export cannot remove channels of '{group.name}': {group.reasons[0]}"
             )
