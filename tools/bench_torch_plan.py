@@ -116,11 +116,27 @@ def evaluate(entry: corpus.Entry, variant: str) -> dict[str, Any]:
 
 
 def weights_by_use(model) -> int:
-    """Weights the model's nodes read, each initializer counted once per node reading it."""
+    """Float weights the model's layers read, each counted once per layer reading it, through
+    Identity (exporters share equal constants, the classic one through Identity nodes; the
+    rewrite gives each layer its own copy)."""
     import numpy as np
+    import onnx
 
-    sizes = {t.name: int(np.prod(t.dims, dtype=np.int64)) for t in model.graph.initializer}
-    return sum(sizes.get(name, 0) for node in model.graph.node for name in set(node.input))
+    import graphprune as gp
+
+    view = gp.GraphView(model)
+    sizes = {
+        t.name: int(np.prod(t.dims, dtype=np.int64))
+        for t in model.graph.initializer
+        if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+    }
+    return sum(
+        sizes.get(view.storage(name) or "", 0)
+        for node in model.graph.node
+        if node.op_type != "Identity"
+        for name in set(node.input)
+        if name
+    )
 
 
 def selection(args: argparse.Namespace) -> list[tuple[corpus.Entry, str]]:

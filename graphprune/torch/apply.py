@@ -56,10 +56,9 @@ def apply_plan(
     module's inputs, as for `torch.onnx.export`. The module is copied unless `inplace`."""
     record, recorded_model = plan_record(report)
     source = model if model is not None else recorded_model
-    if source is None:
-        raise GraphpruneError(
-            "the plan names no model file: pass model= (the export it was made on)"
-        )
+    if source is None or (model is None and not Path(str(source)).is_file()):
+        found = "names no model file" if source is None else f"names {source}, not a file"
+        raise GraphpruneError(f"the plan {found}: pass model= (the export it was made on)")
     options = record.get("options", {}) if isinstance(record, dict) else {}
     if options.get("blocks") or options.get("drop_blocks"):
         raise GraphpruneError("apply_plan cannot drop residual blocks yet (a depth plan)")
@@ -107,7 +106,7 @@ def plan_record(report: dict | str | os.PathLike | onnx.ModelProto) -> tuple[dic
     if "plan" not in data:
         return data, None
     recorded = data.get("model")
-    usable = isinstance(recorded, str) and recorded != "<in memory>" and Path(recorded).is_file()
+    usable = isinstance(recorded, str) and recorded != "<in memory>"
     return data["plan"], recorded if usable else None
 
 
