@@ -122,11 +122,14 @@ def _fold_state(model: onnx.ModelProto, origins: dict[str, Origin]) -> dict[str,
             values[name] = numpy_helper.to_array(initializers[name])
         return values[name]
 
-    folded_nodes = []
-    for node in graph.node:
+    folded: list[int] = []
+    for position, node in enumerate(graph.node):
         names = [name for name in node.input if name]
         if node.op_type == "Constant" and not has_subgraphs(node):
-            values[node.output[0]] = _constant(node, opsets)
+            try:
+                values[node.output[0]] = _constant(node, opsets)
+            except Exception:  # a value the reference evaluator cannot build: not folded
+                continue
             constants.add(node.output[0])
             continue
         if (
@@ -136,25 +139,23 @@ def _fold_state(model: onnx.ModelProto, origins: dict[str, Origin]) -> dict[str,
             or not any(name in origins or name in mixed for name in node.input)
         ):
             continue
-        outputs = _run(node, [value(name) if name else None for name in node.input], opsets)
-        traced = _trace(node, outputs, origins, mixed, value, opsets)
+        try:
+            outputs = _run(node, [value(name) if name else None for name in node.input], opsets)
+            traced = _trace(node, outputs, origins, mixed, value, opsets)
+        except Exception:  # an op the reference evaluator cannot run stays a node
+            continue
         for name, output in zip(node.output, outputs, strict=True):
             values[name] = output
             constants.add(name)
             if isinstance(traced, str):
                 mixed[name] = traced
-            elif traced is not None:
+            else:
                 origins[name] = Origin(traced[0], traced[1].pop(0))
-        folded_nodes.append(node)
-    if not folded_nodes:
-        return mixed
-    folded = {id(node) for node in folded_nodes}
-    kept_nodes = [node for node in graph.node if id(node) not in folded]
-    del graph.node[:]
-    graph.node.extend(kept_nodes)
-    for node in folded_nodes:
-        for name in node.output:
-            graph.initializer.append(numpy_helper.from_array(values[name], name))
+        folded.append(position)
+    outputs = [name for position in folded for name in graph.node[position].output]
+    for position in reversed(folded):
+        del graph.node[position]
+    graph.initializer.extend(numpy_helper.from_array(values[name], name) for name in outputs)
     return mixed
 
 
@@ -162,9 +163,7 @@ def _constant(node: onnx.NodeProto, opsets) -> np.ndarray:
     return np.asarray(ReferenceEvaluator(_single(node, [], [], opsets)).run(None, {})[0])
 
 
-def _trace(
-    node, outputs, origins, mixed, value, opsets
-) -> tuple[str, list[np.ndarray]] | str | None:
+def _trace(node, outputs, origins, mixed, value, opsets) -> tuple[str, list[np.ndarray]] | str:
     """(parameter, positions per output) for a node that moves one parameter's values;
     a reason when its outputs mix parameters or compute with them."""
     held = [(i, name) for i, name in enumerate(node.input) if name in origins or name in mixed]
