@@ -24,7 +24,7 @@ _HEAD_SIZE = (
 )
 _QUERY = ("q_proj", "query", "q", "q_lin", "to_q", "wq")
 _KEY = ("k_proj", "key", "k", "k_lin", "to_k", "wk")
-_FUSED = ("qkv", "c_attn", "query_key_value", "Wqkv")  # query, key and value side by side
+_FUSED = ("qkv", "c_attn", "query_key_value", "Wqkv", "qkv_proj")  # query, key, value together
 _HEADS = ("num_heads", "num_attention_heads", "n_heads", "n_head")
 _KV_HEADS = ("num_key_value_heads", "num_kv_heads", "n_kv_heads")
 _GROUPS = ("num_key_value_groups", "num_kv_groups")
@@ -54,6 +54,8 @@ def fix_attributes(module: Any) -> None:
         elif isinstance(layer, nn.LayerNorm | getattr(nn, "RMSNorm", nn.LayerNorm)):
             if getattr(layer, "weight", None) is not None:
                 layer.normalized_shape = tuple(layer.weight.shape)
+        elif isinstance(layer, nn.MultiheadAttention):
+            _multihead(layer)
         elif type(layer).__name__ == "Conv1D" and hasattr(layer, "nf"):
             layer.nf = int(layer.weight.shape[1])  # transformers' GPT-2 linear: [in, out]
             if hasattr(layer, "nx"):
@@ -96,6 +98,20 @@ def _conv(layer) -> None:
     layer.out_channels, layer.groups, layer.in_channels = out_channels, groups, per_group * groups
 
 
+def _multihead(layer) -> None:
+    """torch's MultiheadAttention splits its input width into the heads (one embed_dim for
+    queries, heads and output), so it cannot hold fewer heads than its width."""
+    width = layer.embed_dim
+    shapes = [tuple(layer.out_proj.weight.shape)]
+    if layer.in_proj_weight is not None:
+        shapes.append(tuple(layer.in_proj_weight.shape))
+    if shapes[0] != (width, width) or (len(shapes) > 1 and shapes[1] != (3 * width, width)):
+        raise GraphpruneError(
+            "torch.nn.MultiheadAttention cannot lose heads or width in place: its forward "
+            "splits the input width into the heads"
+        )
+
+
 def _attention(layer) -> tuple[int, int] | None:
     """(query heads, key/value heads) of an attention module, its attributes set."""
     size = next(
@@ -109,7 +125,14 @@ def _attention(layer) -> tuple[int, int] | None:
         fused = _out_width(layer, _FUSED)
         if fused is None:
             return None
-        query = key = fused // 3
+        # Grouped-query heads go with their key/value head (as graphprune couples them),
+        # so each key/value head still has `group` query heads beside it.
+        heads = _count(layer, _HEADS) or 1
+        group = max(heads // (_count(layer, _KV_HEADS) or heads), 1)
+        if fused % (size * (group + 2)):
+            raise GraphpruneError(f"{type(layer).__name__} keeps a part of a head")
+        key = fused // (group + 2)
+        query = key * group
     if query % size or (key or query) % size:
         raise GraphpruneError(f"{type(layer).__name__} keeps a part of a head")
     q_heads, kv_heads = query // size, (key or query) // size
@@ -120,11 +143,21 @@ def _attention(layer) -> tuple[int, int] | None:
     return q_heads, kv_heads
 
 
+def _count(layer, names) -> int:
+    """A head count as the module records it, or its config (Phi-3 reads the config)."""
+    for owner in (layer, getattr(layer, "config", None)):
+        for name in names:
+            if isinstance(getattr(owner, name, None), int):
+                return int(getattr(owner, name))
+    return 0
+
+
 def _mlp(layer) -> int | None:
     """The hidden width of an MLP: one that records it (LLaMA's `intermediate_size`), or
     BERT's family's `...Intermediate` (its `dense` is the up projection)."""
     if isinstance(getattr(layer, "intermediate_size", None), int):
-        width = _out_width(layer, _MLP_UP)
+        fused = _out_width(layer, ("gate_up_proj",))  # Phi-3: gate and up side by side
+        width = fused // 2 if fused is not None else _out_width(layer, _MLP_UP)
         if width is not None:
             layer.intermediate_size = width
         return width

@@ -31,8 +31,10 @@ from ..io.protos import has_subgraphs, is_float
 # others are -1); the rest move their input 0 only.
 _MOVES = {
     "Identity", "Transpose", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Expand", "Slice",
-    "Gather", "Concat", "Split", "Tile",
+    "Gather", "GatherND", "GatherElements", "Concat", "Split", "Tile", "DepthToSpace",
+    "SpaceToDepth",
 }  # fmt: skip
+_RANDOM = ("Random", "Bernoulli", "Multinomial")  # not folded: a value per run
 # Elementwise ops: each output value comes from the same position of the one parameter
 # operand (broadcast); other operands are constants that do not hold parameters.
 _ELEMENTWISE = {
@@ -64,6 +66,7 @@ class Reference:
     model: onnx.ModelProto
     origins: dict[str, Origin]
     mixed: dict[str, str] = field(default_factory=dict)  # constant -> why it has no origin
+    plain: set[str] = field(default_factory=set)  # constants that hold no parameter's values
 
 
 def reference_export(module: Any, args: tuple, kwargs: dict | None = None) -> Reference:
@@ -94,7 +97,8 @@ def reference_export(module: Any, args: tuple, kwargs: dict | None = None) -> Re
         for tensor in model.graph.initializer
         if tensor.name in state and is_float(tensor.data_type)
     }
-    mixed = _fold_state(model, origins)
+    plain = {tensor.name for tensor in model.graph.initializer} - set(origins)
+    mixed = _fold_state(model, origins, plain)
     # Constant folding and clean-up only: the default rewrite rules fuse BatchNorm.
     onnxscript.optimizer.fold_constants(model)
     onnxscript.optimizer.remove_unused_nodes(model)
@@ -103,13 +107,18 @@ def reference_export(module: Any, args: tuple, kwargs: dict | None = None) -> Re
         model,
         {name: origin for name, origin in origins.items() if name in kept},
         {name: why for name, why in mixed.items() if name in kept},
+        plain & kept,
     )
 
 
-def _fold_state(model: onnx.ModelProto, origins: dict[str, Origin]) -> dict[str, str]:
-    """Fold every node whose inputs are all constants and one of them holds a parameter
-    into an initializer, following positions; returns the folded constants that mix
-    several parameters (or do arithmetic that moves values) with the reason."""
+def _fold_state(
+    model: onnx.ModelProto, origins: dict[str, Origin], plain: set[str]
+) -> dict[str, str]:
+    """Fold every node whose inputs are all constants into an initializer, following the
+    positions of parameters (`origins`) and adding constants without any to `plain`;
+    returns the folded constants that mix several parameters (or compute with one) with
+    the reason. Everything constant is folded here, so that no parameter's values reach a
+    constant that the optimizer folds later under a new name."""
     graph = model.graph
     opsets = list(model.opset_import)
     initializers = {tensor.name: tensor for tensor in graph.initializer}
@@ -131,13 +140,24 @@ def _fold_state(model: onnx.ModelProto, origins: dict[str, Origin]) -> dict[str,
             except Exception:  # a value the reference evaluator cannot build: not folded
                 continue
             constants.add(node.output[0])
+            plain.add(node.output[0])
             continue
         if (
             not names
             or has_subgraphs(node)
+            or node.op_type.startswith(_RANDOM)
             or any(name not in constants for name in names)
-            or not any(name in origins or name in mixed for name in node.input)
         ):
+            continue
+        if not any(name in origins or name in mixed for name in node.input):
+            try:
+                outputs = _run(node, [value(name) if name else None for name in node.input], opsets)
+            except Exception:  # an op the reference evaluator cannot run stays a node
+                continue
+            values.update(zip(node.output, outputs, strict=True))
+            constants.update(node.output)
+            plain.update(node.output)
+            folded.append(position)
             continue
         try:
             outputs = _run(node, [value(name) if name else None for name in node.input], opsets)

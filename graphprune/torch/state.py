@@ -25,12 +25,10 @@ def kept_state(
             continue
         origin = reference.origins.get(use.storage)
         if origin is None:
-            if use.storage in reference.mixed:
-                raise GraphpruneError(
-                    f"constant '{use.storage}' loses values but is computed from parameters: "
-                    f"{reference.mixed[use.storage]}"
-                )
-            continue  # a constant of the export's own (a shape, a zero bias)
+            if use.storage in reference.plain:
+                continue  # a constant of the export's own (a zero bias, a mask)
+            why = reference.mixed.get(use.storage, "where its values come from is unknown")
+            raise GraphpruneError(f"constant '{use.storage}' loses values: {why}")
         shape = shapes[origin.state]
         positions = use.apply(origin.positions(shape), keep_atom)
         if origin.index is not None:
