@@ -131,9 +131,9 @@ def _fold_state(
             values[name] = numpy_helper.to_array(initializers[name])
         return values[name]
 
+    types = _known_types(model)
     folded: list[int] = []
     for position, node in enumerate(graph.node):
-        names = [name for name in node.input if name]
         if node.op_type == "Constant" and not has_subgraphs(node):
             try:
                 values[node.output[0]] = _constant(node, opsets)
@@ -142,32 +142,23 @@ def _fold_state(
             constants.add(node.output[0])
             plain.add(node.output[0])
             continue
-        if (
-            not names
-            or has_subgraphs(node)
-            or node.op_type.startswith(_RANDOM)
-            or any(name not in constants for name in names)
-        ):
+        outputs = _known_outputs(node, types, constants, value, opsets)
+        if outputs is None:
             continue
-        if not any(name in origins or name in mixed for name in node.input):
+        # Shape and Size read no values; CastLike reads input 0's values and 1's type.
+        reads = {"Shape": 0, "Size": 0, "CastLike": 1}.get(node.op_type, len(node.input))
+        traced = None
+        if any(name in origins or name in mixed for name in node.input[:reads]):
             try:
-                outputs = _run(node, [value(name) if name else None for name in node.input], opsets)
-            except Exception:  # an op the reference evaluator cannot run stays a node
-                continue
-            values.update(zip(node.output, outputs, strict=True))
-            constants.update(node.output)
-            plain.update(node.output)
-            folded.append(position)
-            continue
-        try:
-            outputs = _run(node, [value(name) if name else None for name in node.input], opsets)
-            traced = _trace(node, outputs, origins, mixed, value, opsets)
-        except Exception:  # an op the reference evaluator cannot run stays a node
-            continue
+                traced = _trace(node, outputs, origins, mixed, value, opsets)
+            except Exception:  # an op the reference evaluator cannot run on positions
+                traced = f"{node.op_type} moves parameter values in an unknown way"
         for name, output in zip(node.output, outputs, strict=True):
             values[name] = output
             constants.add(name)
-            if isinstance(traced, str):
+            if traced is None:
+                plain.add(name)
+            elif isinstance(traced, str):
                 mixed[name] = traced
             else:
                 origins[name] = Origin(traced[0], traced[1].pop(0))
@@ -177,6 +168,51 @@ def _fold_state(
         del graph.node[position]
     graph.initializer.extend(numpy_helper.from_array(values[name], name) for name in outputs)
     return mixed
+
+
+def _known_outputs(node, types, constants, value, opsets) -> list[np.ndarray] | None:
+    """The node's outputs when they are known before the run: all its inputs are
+    constants, or it reads only what is static (the shape of a tensor of static shape,
+    the element type for CastLike); None otherwise."""
+    names = [name for name in node.input if name]
+    if not names or has_subgraphs(node) or node.op_type.startswith(_RANDOM):
+        return None
+    first = node.input[0]
+    if node.op_type in ("Shape", "Size"):
+        shape = value(first).shape if first in constants else types.get(first, (None, None))[1]
+        if shape is None:
+            return None
+        if node.op_type == "Size":
+            return [np.array(int(np.prod(shape, dtype=np.int64)), dtype=np.int64)]
+        start = int(next((a.i for a in node.attribute if a.name == "start"), 0))
+        end = next((a.i for a in node.attribute if a.name == "end"), None)
+        return [np.array(shape[start:end], dtype=np.int64)]
+    if node.op_type == "CastLike" and first in constants:
+        dtype = value(node.input[1]).dtype if node.input[1] in constants else None
+        dtype = dtype or types.get(node.input[1], (None, None))[0]
+        return None if dtype is None else [value(first).astype(dtype)]
+    if any(name not in constants for name in names):
+        return None
+    try:
+        return _run(node, [value(name) if name else None for name in node.input], opsets)
+    except Exception:  # an op the reference evaluator cannot run stays a node
+        return None
+
+
+def _known_types(model: onnx.ModelProto) -> dict[str, tuple[np.dtype | None, tuple | None]]:
+    """Element type and static shape (None where a dim is symbolic) of every tensor the
+    export declares."""
+    found = {}
+    graph = model.graph
+    for info in [*graph.input, *graph.value_info, *graph.output]:
+        tensor = info.type.tensor_type
+        if not tensor.elem_type:
+            continue
+        dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type)
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+        static = tensor.HasField("shape") and all(d is not None for d in dims)
+        found[info.name] = (dtype, tuple(dims) if static else None)
+    return found
 
 
 def _constant(node: onnx.NodeProto, opsets) -> np.ndarray:
