@@ -3,10 +3,10 @@ model of the corpus (`tools/corpus/`), its export pruned at 0.5 (L2, per group),
 applied to the torch module (`graphprune.torch.apply_plan`), the module exported again
 with the same exporter, and both ONNX models run in onnxruntime on the same inputs.
 
-A (model, variant) *matches* when the outputs agree to 1e-4 of their scale and both read
-as many weights, counted per layer after graphprune's loading (`weights_by_use`: the
-exporters share equal constants between layers and the rewrite gives each its own copy;
-loading folds constant lookups, such as a position table, that the exporter left). Exports
+A (model, variant) *matches* when the outputs agree to 1e-4 of their scale and the layers
+of both read as many weights, counted per layer after graphprune's loading
+(`weights_by_use`; loading folds constant lookups, such as a position table, that the
+exporter left). Exports
 that fail, or that have nothing to prune, are listed and not counted. Each (model,
 variant) runs in its own subprocess with a time limit.
 
@@ -37,6 +37,7 @@ TOLERANCE = 1e-4
 SCALE_FLOOR = 1e-2
 RATIO = 0.5
 SOURCES = ("torchvision", "timm", "transformers")
+_LAYERS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Gather"}
 
 
 def evaluate(entry: corpus.Entry, variant: str) -> dict[str, Any]:
@@ -116,9 +117,10 @@ def evaluate(entry: corpus.Entry, variant: str) -> dict[str, Any]:
 
 
 def weights_by_use(model) -> int:
-    """Float weights the model's layers read, each counted once per layer reading it, through
-    Identity (exporters share equal constants, the classic one through Identity nodes; the
-    rewrite gives each layer its own copy)."""
+    """Float weights the model's layers (Conv, ConvTranspose, Gemm, MatMul, Gather) read,
+    each counted once per layer reading it, through Identity: exporters share equal
+    constants (the classic one through Identity nodes) and the rewrite gives each layer its
+    own copy; norms are left out, since the exporters fold them in different ways."""
     import numpy as np
     import onnx
 
@@ -133,7 +135,7 @@ def weights_by_use(model) -> int:
     return sum(
         sizes.get(view.storage(name) or "", 0)
         for node in model.graph.node
-        if node.op_type != "Identity"
+        if node.op_type in _LAYERS
         for name in set(node.input)
         if name
     )
