@@ -77,8 +77,7 @@ def apply_plan(
         analysis = analyze(
             load(reference.model), approximate_norms=approximate, prune_outputs=prune_outputs
         )
-        shapes = {name: tuple(array.shape) for name, array in state.items()}
-        shapes.update(_state_shapes(module))
+        shapes = _state_shapes(module)
         keep_atom = reference_keep(analysis, reference.origins, shapes, removed)
         replace_state(module, kept_state(analysis, reference, keep_atom, shapes))
         fix_attributes(module)
