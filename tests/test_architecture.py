@@ -48,6 +48,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("inspect",),
     ("api",),
     ("pipeline",),
+    ("torch",),  # graphprune.torch: plans handed back to PyTorch; nothing imports it
     ("cli",),
     ("__init__", "__main__"),
 ]

@@ -148,6 +148,18 @@ def test_unary_ops_pass_channels(op, attrs):
     assert [grp.channels for grp in groups(analysis)] == [8]
 
 
+def test_cast_like_reads_only_the_type_of_its_second_input():
+    """A scale cast like the channels it multiplies (unoptimized dynamo exports): the
+    channels at CastLike's type input do not stop them."""
+    g = GraphBuilder()
+    x = g.input([1, 3, 8, 8])
+    y = g.conv(x, 3, 8)
+    scale = g.op("CastLike", [g.const(np.float32(0.5)), y])
+    head(g, g.op("Mul", [y, scale]), 8)
+    analysis, _, _ = prune_and_check(g.model())
+    assert [grp.channels for grp in groups(analysis)] == [8]
+
+
 def test_residual_add_couples_and_per_channel_constants_are_sliced():
     g = GraphBuilder()
     x = g.input([1, 3, 8, 8])

@@ -45,7 +45,7 @@ def rewrite(
     float weights without data (right dims and type, no bytes): enough to count
     parameters or infer shapes, at no weight memory; such a model cannot be run or saved."""
     edits = [e for e in analysis.edits if not isinstance(e, MaskInput)]
-    return _edited(analysis, keep_atom, edits, _apply, plan_json, weights)
+    return _edited(analysis, keep_atom, edits, apply_edit, plan_json, weights)
 
 
 def masked(analysis: Analysis, keep_atom: np.ndarray) -> onnx.ModelProto:
@@ -135,7 +135,7 @@ def _edited(analysis: Analysis, keep_atom, edits_to_apply, apply, plan_json, wei
             deferred[name] = (source, edits, node.inputs[index].data_location)
             continue
         value = _current_value(view, node, index, edits)
-        for edit in sorted(edits, key=_edit_order):
+        for edit in sorted(edits, key=edit_order):
             value = apply(edit, value, keep_atom)
         _replace_input(graph, node, index, value, view, uses)
     # Stale shapes would contradict the new widths; outputs keep theirs unless they may
@@ -183,9 +183,9 @@ def _deferrable(view, node: gs.Node, index: int, edits: list[Edit], minimum: int
 def _shape_after(tensor: onnx.TensorProto, edits, keep_atom, apply) -> list[int]:
     """The shape `apply` gives the tensor, computed without its values."""
     shape = [int(d) for d in tensor.dims]
-    if apply is not _apply:  # masking keeps every shape
+    if apply is not apply_edit:  # masking keeps every shape
         return shape
-    for edit in sorted(edits, key=_edit_order):
+    for edit in sorted(edits, key=edit_order):
         keep = keep_atom[edit.atoms]
         if isinstance(edit, SliceGroupedInput):
             shape[1] = int(keep.sum(axis=1)[0])
@@ -205,7 +205,7 @@ def _fill_deferred(model: onnx.ModelProto, view, deferred, keep_atom, apply) -> 
         if tensor is None:  # removed by the cleanup
             continue
         value = np.array(view.constant(source))
-        for edit in sorted(edits, key=_edit_order):
+        for edit in sorted(edits, key=edit_order):
             value = apply(edit, value, keep_atom)
         value = np.ascontiguousarray(value.astype(_dtype_of(view, source)))
         if list(value.shape) != list(tensor.dims):
@@ -265,7 +265,7 @@ def _changes(edit: Edit, keep_atom: np.ndarray) -> bool:
     return not bool(keep_atom[edit.atoms].all())
 
 
-def _edit_order(edit: Edit) -> int:
+def edit_order(edit: Edit) -> int:
     # Grouped input slicing reads the original row order, so it goes first.
     return 0 if isinstance(edit, SliceGroupedInput) else 1
 
@@ -281,7 +281,7 @@ def _current_value(view, node: gs.Node, index: int, edits: list[Edit]) -> np.nda
     return np.array(fallback, dtype=np.int64)
 
 
-def _apply(edit: Edit, value: np.ndarray, keep_atom: np.ndarray) -> np.ndarray:
+def apply_edit(edit: Edit, value: np.ndarray, keep_atom: np.ndarray) -> np.ndarray:
     if isinstance(edit, SliceConstant) and edit.pack > 1:
         bits = 8 // edit.pack
         values = unpack(value, bits, edit.axis)

@@ -28,14 +28,24 @@ BROADCAST = (
 )  # fmt: skip
 
 
-@rule(*UNARY, "CastLike", "Dropout", tiled=True)
+@rule(*UNARY, "Dropout", tiled=True)
 def unary(ctx: Context) -> None:
-    """Output element i depends on input element i only (CastLike's second input and
-    Dropout's ratio are not data). Dropout's optional mask has the data's shape."""
+    """Output element i depends on input element i only (Dropout's ratio is not data).
+    Dropout's optional mask has the data's shape."""
     layout = ctx.data_layout()
     if layout is not None:
         for output in range(len(ctx.node.output)):
             ctx.emit(output, layout)
+
+
+@rule("CastLike", tiled=True)
+def cast_like(ctx: Context) -> None:
+    """Input 0 cast to the element type of input 1: only input 1's type is read, so its
+    channels (the unoptimized dynamo export casts a scale constant like the query it
+    multiplies) reach nothing."""
+    layout = ctx.layout(0)
+    if layout is not None:
+        ctx.emit(0, layout)
 
 
 # onnxruntime's contrib ops that are elementwise with an optional per-channel bias input
