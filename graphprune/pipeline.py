@@ -148,8 +148,8 @@ class PruneResult:
     plan: Plan
     report: PruneReport
     shapes: dict[str, tuple[int, ...]]
-    checks: CheckLevel = "full"
-    interface: Interface | None = None
+    checks: CheckLevel
+    interface: Interface
 
     @property
     def provider(self) -> str:

@@ -300,3 +300,18 @@ def test_a_written_model_is_checked_with_shape_inference_at_full(tmp_path):
         save_model(model, tmp_path / "a.onnx", check="full")
     save_model(model, tmp_path / "b.onnx", check="structure")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.onnx"]
+
+
+def test_a_model_written_with_external_data_is_checked_before_either_file_lands(
+    monkeypatch, tmp_path
+):
+    from graphprune.io import protos
+
+    monkeypatch.setattr(protos, "PROTOBUF_LIMIT", 1000)  # past it: weights go to .data
+    invalid = conv_net(outputs=[helper.make_tensor_value_info("r1", FLOAT, None)])
+    with pytest.raises(GraphpruneError, match="the written model fails the ONNX checker"):
+        save_model(invalid, tmp_path / "out.onnx", check="structure")
+    assert list(tmp_path.iterdir()) == []
+    save_model(conv_net(), tmp_path / "out.onnx", check="full")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.onnx", "out.onnx.data"]
+    onnx.checker.check_model(str(tmp_path / "out.onnx"), full_check=True)
