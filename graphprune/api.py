@@ -18,7 +18,7 @@ import onnx
 from .core.analysis import Analysis, AnalysisOptions, analyze_view
 from .core.graph import GraphView
 from .core.rewrite import masked, rewrite
-from .io.checks import check_model
+from .io.checks import CheckLevel, check_model
 from .io.interface import interface_of
 from .io.loading import load_model
 from .io.saving import save_model
@@ -152,6 +152,10 @@ def validate(
     return compare(original, pruned, feeds)
 
 
-def save(model: onnx.ModelProto, path: str | os.PathLike) -> None:
-    """Write atomically (external data for models over 2 GB)."""
-    save_model(model, path)
+def save(
+    model: onnx.ModelProto, path: str | os.PathLike, *, check: CheckLevel | None = None
+) -> None:
+    """Write atomically (external data for models over 2 GB); with `check` ("full",
+    "structure": `graphprune.io.checks`), only a file that passes the ONNX checker at
+    that level lands (`PruneResult.checks` is the level the input passed)."""
+    save_model(model, path, check=check)

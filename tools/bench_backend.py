@@ -73,7 +73,7 @@ def _session(path: Path):
 
     ort.set_default_logger_severity(4)  # a model it refuses is an answer, not news
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4
     options.intra_op_num_threads = 1
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
