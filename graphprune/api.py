@@ -18,7 +18,8 @@ import onnx
 from .core.analysis import Analysis, AnalysisOptions, analyze_view
 from .core.graph import GraphView
 from .core.rewrite import masked, rewrite
-from .io.checks import check_model
+from .io.checks import CheckLevel, check_model
+from .io.interface import interface_of
 from .io.loading import load_model
 from .io.saving import save_model
 from .planning.plan import Plan, PlanOptions, make_plan, plan_from_json
@@ -26,7 +27,7 @@ from .posttrain.compensation import compensated_model
 from .posttrain.data import CalibrationData
 from .posttrain.statistics import CalibrationStats, collect
 from .runtime.inputs import input_shapes, random_inputs
-from .runtime.validation import Validation, compare
+from .runtime.validation import Validation, check_interface, compare
 
 
 def load(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
@@ -71,8 +72,17 @@ def prune(analysis: Analysis, plan: Plan, *, check: bool = True) -> onnx.ModelPr
     """The pruned model; the plan is recorded in its metadata ("graphprune.plan")."""
     pruned = rewrite(analysis, plan.keep_atom(analysis), plan.to_json(analysis))
     if check:
-        check_model(pruned, original=analysis.view.model)
+        _gate(analysis, pruned)
     return pruned
+
+
+def _gate(analysis: Analysis, pruned: onnx.ModelProto) -> None:
+    """The checks a pruned model passes before anyone runs it: the ONNX checker as strict
+    as the analysed model passes, and the analysed model's interface."""
+    check_model(pruned, original=analysis.view.model)
+    check_interface(
+        interface_of(analysis.view.model), pruned, shapes_may_change=analysis.prune_outputs
+    )
 
 
 def mask(analysis: Analysis, plan: Plan) -> onnx.ModelProto:
@@ -125,7 +135,7 @@ def compensate(
         same = plan_from_json(again, record)
         pruned = rewrite(again, same.keep_atom(again), record)
     if check:
-        check_model(pruned, original=analysis.view.model)
+        _gate(analysis, pruned)
     return pruned
 
 
@@ -142,6 +152,10 @@ def validate(
     return compare(original, pruned, feeds)
 
 
-def save(model: onnx.ModelProto, path: str | os.PathLike) -> None:
-    """Write atomically (external data for models over 2 GB)."""
-    save_model(model, path)
+def save(
+    model: onnx.ModelProto, path: str | os.PathLike, *, check: CheckLevel | None = None
+) -> None:
+    """Write atomically (external data for models over 2 GB); with `check` ("full",
+    "structure": `graphprune.io.checks`), only a file that passes the ONNX checker at
+    that level lands (`PruneResult.checks` is the level the input passed)."""
+    save_model(model, path, check=check)

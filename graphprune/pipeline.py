@@ -18,13 +18,16 @@ from typing import TypedDict
 
 import onnx
 
-from .api import analyze, compensate, load, plan, prune
+from .api import analyze, compensate, plan, prune
 from .core.analysis import Analysis
 from .core.metrics import count_macs, count_params
 from .errors import GraphpruneError
 from .inspect.report import GroupRow, groups_json, params_removed_by_kind
+from .io.checks import CheckLevel, check_model
 from .io.external import data_length, is_external
+from .io.interface import Interface
 from .io.large import weight_bytes
+from .io.loading import load_input
 from .planning.budget import Budget
 from .planning.plan import Plan, PlanOptions, plan_from_json
 from .planning.target import LatencyTarget, plan_to_latency
@@ -135,7 +138,9 @@ class PruneReport(TypedDict, total=False):
 
 @dataclass
 class PruneResult:
-    """The pruned model with everything that produced it."""
+    """The pruned model with everything that produced it; `checks` is the ONNX check
+    the input passed, which the pruned model passed too (and its file must pass:
+    `save_model(..., check=result.checks)`), `interface` the input's as given."""
 
     model: onnx.ModelProto
     original: onnx.ModelProto
@@ -143,6 +148,8 @@ class PruneResult:
     plan: Plan
     report: PruneReport
     shapes: dict[str, tuple[int, ...]]
+    checks: CheckLevel
+    interface: Interface
 
     @property
     def provider(self) -> str:
@@ -182,7 +189,8 @@ def prune_model(options: PruneOptions) -> PruneResult:
     pruned safely (nothing is written here: saving is the caller's)."""
     timings = _Timings(options.progress)
     with timings.stage("load"):
-        model = load(options.model)
+        given = load_input(options.model)  # with the interface and checks as given
+        model = given.model
         timings.details["load"] = _weights_text(model)
     with timings.stage("inputs"):
         check_given_shapes(model, options.input_shapes)
@@ -215,12 +223,13 @@ def prune_model(options: PruneOptions) -> PruneResult:
     compensation_notes: list[str] = []
 
     def build(chosen: Plan) -> onnx.ModelProto:
+        # Checked once below, against the input as given (not the folded model).
         if stats is not None and options.compensate != "none":
             return compensate(
                 analysis, chosen, stats, method=options.compensate, damp=options.damp,
-                notes=compensation_notes,
+                notes=compensation_notes, check=False,
             )  # fmt: skip
-        return prune(analysis, chosen)
+        return prune(analysis, chosen, check=False)
 
     latency = None
     if options.latency is not None and options.plan_record is None:
@@ -247,13 +256,18 @@ def prune_model(options: PruneOptions) -> PruneResult:
             pruned = build(chosen)
             timings.details["rewrite"] = _weights_text(pruned)
 
+    with timings.stage("check"):
+        check_model(pruned, level=given.checks)
     with timings.stage("validate"):
-        if probed.unrun is not None:  # checked by the ONNX checker and shape inference only
-            validation = skipped(probed.provider, probed.unrun)
+        if probed.unrun is not None:  # checked by the ONNX checker and the interface only
+            validation = skipped(
+                probed.provider, probed.unrun, interface=given.interface, pruned=pruned,
+                shapes_may_change=analysis.prune_outputs,
+            )  # fmt: skip
         else:
             validation = compare(
                 model, pruned, feeds, shapes_may_change=analysis.prune_outputs,
-                expected=probed.expected,
+                expected=probed.expected, interface=given.interface,
             )  # fmt: skip
 
     report: PruneReport = {
@@ -285,7 +299,9 @@ def prune_model(options: PruneOptions) -> PruneResult:
     if options.bench and probed.unrun is None:
         report["bench"] = bench(model, pruned, feeds)
     report["timings"] = {k: round(v, 4) for k, v in timings.items()}
-    return PruneResult(pruned, model, analysis, chosen, report, shapes)
+    return PruneResult(
+        pruned, model, analysis, chosen, report, shapes, given.checks, given.interface
+    )
 
 
 def _inputs(model: onnx.ModelProto, options: PruneOptions) -> ProbedInputs:

@@ -22,6 +22,7 @@ from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from ..errors import InternalError
 from ..io.external import spill
+from ..io.interface import restore_interface
 from ..io.large import hollow
 from ..io.protos import all_graphs, element_count
 from ..io.shapes import infer_shapes
@@ -156,8 +157,10 @@ def _edited(analysis: Analysis, keep_atom, edits_to_apply, apply, plan_json, wei
     if weights:
         _fill_deferred(model, view, deferred, keep_atom, apply)
     _restore_model_fields(model, view.model, plan_json)
-    if analysis.prune_outputs:
-        _infer_output_shapes(model)
+    # The caller's view of the model is the original's (io.interface); outputs that may
+    # lose channels take their new dims from inference.
+    shapes = infer_shapes(model) if analysis.prune_outputs else None
+    restore_interface(model, view.model, output_shapes=shapes)
     return model
 
 
@@ -243,22 +246,6 @@ def _restore_initializer_scopes(model: onnx.ModelProto, original: onnx.ModelProt
                     visit(body, outer | {t.name for t in body.initializer})
 
     visit(model.graph, present)
-
-
-def _infer_output_shapes(model: onnx.ModelProto) -> None:
-    shapes = infer_shapes(model)
-    for output in model.graph.output:
-        shape = shapes.get(output.name)
-        if shape is None:
-            continue
-        dims = output.type.tensor_type.shape.dim
-        del dims[:]
-        for size in shape:
-            dim = dims.add()
-            if isinstance(size, int):
-                dim.dim_value = size
-            elif size is not None:
-                dim.dim_param = size
 
 
 def _changes(edit: Edit, keep_atom: np.ndarray) -> bool:

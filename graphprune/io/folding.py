@@ -14,7 +14,9 @@ import onnx
 from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
+from ..errors import InternalError
 from .external import to_array
+from .interface import call_problem, interface_of, list_initializers_as_inputs
 from .protos import (
     constant_value,
     element_count,
@@ -42,13 +44,21 @@ def fold_constants(model: onnx.ModelProto) -> int:
 
     Each pass reads shapes inferred before it, so a value that only becomes known through
     a fold (Pad's computed pads, then Shape of its output, as Swin's window partition
-    reads it) folds in the next pass."""
+    reads it) folds in the next pass.
+
+    Postcondition: the model is called as before (the same required inputs and outputs,
+    `graphprune.io.interface`); a default input whose initializer is folded away leaves
+    the input list with it, and in IR < 4 each new initializer is listed as an input."""
+    before = interface_of(model)
     total = 0
     for _ in range(_MAX_PASSES):
         folded = _fold_pass(model)
         total += folded
         if not folded:
             break
+    problem = call_problem(before, interface_of(model))
+    if problem is not None:
+        raise InternalError(f"folding changed how the model is called: {problem}")
     return total
 
 
@@ -131,6 +141,7 @@ def _fold_pass(model: onnx.ModelProto) -> int:
                 name=f"{output.name}_identity",
             )
     _remove_dead_nodes(graph)
+    list_initializers_as_inputs(model)
     return len(renamed)
 
 
@@ -188,7 +199,11 @@ def _remove_dead_nodes(graph: onnx.GraphProto) -> None:
             dead.append(index)
     _delete(graph.node, dead)
     used = {name for node in graph.node for name in node.input} | needed
-    _delete(graph.initializer, [i for i, t in enumerate(graph.initializer) if t.name not in used])
+    unused = {t.name for t in graph.initializer if t.name not in used}
+    _delete(graph.initializer, [i for i, t in enumerate(graph.initializer) if t.name in unused])
+    # A graph input backed by a removed initializer goes with it: left alone, it would be
+    # an input the caller must now feed.
+    _delete(graph.input, [i for i, info in enumerate(graph.input) if info.name in unused])
 
 
 def _delete(container, indices: list[int]) -> None:

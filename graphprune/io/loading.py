@@ -1,10 +1,12 @@
 """Loading ONNX models: a path (external data included) or a ModelProto, checked before any
-stage reads it (`graphprune.io.checks`), node names made unique, and values known before the
-run folded (`graphprune.io.folding`)."""
+stage reads it (`graphprune.io.wellformed`), node names made unique, and values known before
+the run folded (`graphprune.io.folding`). `load_input` also records what the model's caller
+relies on, read before anything changes: its interface and the ONNX checks it passes."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -12,14 +14,26 @@ from google.protobuf import json_format, text_format
 from google.protobuf.message import DecodeError
 
 from ..errors import GraphpruneError, first_line
+from .checks import CheckLevel, check_level
 from .external import attach
 from .folding import fold_constants
+from .interface import Interface, interface_of
 from .protos import all_graphs, all_tensors, byte_size, element_count, unique_name
 from .wellformed import check_input_model, check_reads
 
 _PARSE_ERRORS = (
     DecodeError, json_format.ParseError, text_format.ParseError, onnx.parser.ParseError,
 )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class InputModel:
+    """A loaded model (`load_model`) with what its caller relied on as given: its
+    interface (`graphprune.io.interface`) and the strictest ONNX check it passed."""
+
+    model: onnx.ModelProto
+    interface: Interface
+    checks: CheckLevel
 
 
 def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
@@ -29,6 +43,20 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
     The returned proto is ours to change: unnamed or duplicate node names are made unique
     so that every node can be referred to in groups, plans and reports.
     """
+    model = _proto(source)
+    _prepare(model)
+    return model
+
+
+def load_input(source: str | os.PathLike | onnx.ModelProto) -> InputModel:
+    """`load_model`, with the interface and checker level of the model as given."""
+    model = _proto(source)
+    interface, checks = interface_of(model), check_level(model)
+    _prepare(model)
+    return InputModel(model, interface, checks)
+
+
+def _proto(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
     if isinstance(source, onnx.ModelProto):
         model = onnx.ModelProto()
         model.CopyFrom(source)
@@ -37,10 +65,13 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
     if not model.graph.node:
         raise GraphpruneError("the model has no nodes")
     check_input_model(model)
+    return model
+
+
+def _prepare(model: onnx.ModelProto) -> None:
     _name_nodes(model.graph)
     fold_constants(model)
     _unshare_dequantized_constants(model.graph)
-    return model
 
 
 def external_data_files(path: str | os.PathLike) -> set[Path]:

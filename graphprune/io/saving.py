@@ -1,5 +1,6 @@
-"""Writing models atomically: a temporary file in the destination folder, then a rename,
-so a failure never leaves a half-written model and readers never see one."""
+"""Writing models atomically: a temporary file in the destination folder, checked as
+written when asked, then a rename, so a failure never leaves a half-written (or invalid)
+model and readers never see one."""
 
 from __future__ import annotations
 
@@ -9,15 +10,22 @@ from pathlib import Path
 
 import onnx
 
+from .checks import CheckLevel, check_file
 from .large import too_large, write_external, write_inline
 
 
 def save_model(
-    model: onnx.ModelProto, path: str | os.PathLike, *, progress: bool = False
+    model: onnx.ModelProto,
+    path: str | os.PathLike,
+    *,
+    progress: bool = False,
+    check: CheckLevel | None = None,
 ) -> Path:
     """Save `model` to `path`; models over 2 GB keep their weights in `<name>.data`.
     Either way the weights are written tensor by tensor (`graphprune.io.large`), weights
-    on disk copied a chunk at a time; `progress` shows a bar of bytes written."""
+    on disk copied a chunk at a time; `progress` shows a bar of bytes written. With
+    `check`, the staged bytes must pass the ONNX checker at that level
+    (`graphprune.io.checks`) before anything is renamed into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     external = too_large(model)
@@ -26,9 +34,12 @@ def save_model(
         data_name = f"{path.name}.data"
         if external:
             write_external(model, staged, data_name, progress=progress)
-            os.replace(Path(folder) / data_name, path.parent / data_name)
         else:
             write_inline(model, staged, progress=progress)  # the same bytes, one at a time
+        if check is not None:
+            check_file(staged, check)
+        if external:
+            os.replace(Path(folder) / data_name, path.parent / data_name)
         os.replace(staged, path)
     return path
 

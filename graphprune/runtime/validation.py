@@ -1,4 +1,6 @@
-"""Validation: run the original and the pruned model on the same inputs and compare."""
+"""Validation: the pruned model keeps the original's interface (`graphprune.io.interface`:
+the same required inputs and outputs), then both run on the same inputs, exactly the
+original's required ones, and their outputs are compared."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import numpy as np
 import onnx
 
 from ..errors import GraphpruneError
+from ..io.interface import Interface, interface_of, interface_problem
 from .sessions import execution_provider, run, session
 
 
@@ -34,9 +37,28 @@ class Validation(_Validation, total=False):
     skipped: str  # why the models were not run (too large for the memory available)
 
 
-def skipped(provider: str, why: str) -> Validation:
-    """The validation of models too large to run here: none, and why."""
+def skipped(
+    provider: str,
+    why: str,
+    *,
+    interface: Interface,
+    pruned: onnx.ModelProto,
+    shapes_may_change: bool = False,
+) -> Validation:
+    """The validation of models not run here (too large, or --no-validate): the interface
+    alone is checked; none ran, and why."""
+    check_interface(interface, pruned, shapes_may_change=shapes_may_change)
     return {"execution_provider": provider, "outputs": [], "skipped": why}
+
+
+def check_interface(
+    interface: Interface, pruned: onnx.ModelProto, *, shapes_may_change: bool = False
+) -> None:
+    """Raise a one-line GraphpruneError when `pruned` breaks the contract with the
+    original's `interface`: a caller of the original could not call it the same way."""
+    problem = interface_problem(interface, pruned, outputs_may_shrink=shapes_may_change)
+    if problem is not None:
+        raise GraphpruneError(f"interface changed: {problem}")
 
 
 def compare(
@@ -46,10 +68,18 @@ def compare(
     *,
     shapes_may_change: bool = False,
     expected: list[np.ndarray] | None = None,
+    interface: Interface | None = None,
 ) -> Validation:
-    """Run both models on the same inputs (the original only when its outputs are not
-    `expected` already: `probe` ran it); raise if the pruned outputs change shape, unless
-    the user asked to prune output channels (then the deviation is not defined: None)."""
+    """Check the interface (`interface`: the original's as the user gave it, by default
+    read from `original`), then run both models on the same inputs, exactly the
+    original's required ones (the original only when its outputs are not `expected`
+    already: `probe` ran it); raise if the pruned outputs change shape, unless the user
+    asked to prune output channels (then the deviation is not defined: None)."""
+    interface = interface or interface_of(original)
+    check_interface(interface, pruned, shapes_may_change=shapes_may_change)
+    unfed = set(interface.required_names) - set(feeds)
+    if unfed:  # a feed for each required input: no input the pruned model wants more
+        raise GraphpruneError(f"no validation input for '{sorted(unfed)[0]}'")
     provider = execution_provider()
     if expected is None:
         expected = run(session(original, provider), feeds)

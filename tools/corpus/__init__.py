@@ -20,7 +20,7 @@ for _entry in (REPO, REPO / "tools"):
 
 from .registry import BASE, EXTRA, VARIANTS, Built, Entry, ExportFailed, Variant  # noqa: E402
 
-SOURCES = ("torchvision", "timm", "transformers", "thirdparty")
+SOURCES = ("torchvision", "timm", "transformers", "thirdparty", "modelzoo")
 
 __all__ = [
     "BASE",
@@ -63,6 +63,10 @@ def entries(sources: tuple[str, ...] = SOURCES) -> list[Entry]:
         found += transformers_entries()
     if "thirdparty" in sources:
         found += thirdparty_entries()
+    if "modelzoo" in sources:
+        from .files import modelzoo_entries
+
+        found += modelzoo_entries()
     return found
 
 

@@ -2,7 +2,9 @@
 and prune through `graphprune.api`, run the ONNX checker, run original and pruned model in
 onnxruntime, and compare the pruned model with the masking oracle (`gp.mask`).
 
-Each failure is recorded with its stage (analyze, prune, checker, runtime, oracle) and a
+The pruned model must keep the interface of the model as given (`graphprune.io.interface`:
+the same required inputs and outputs; stage "interface"). Each failure is recorded with its
+stage (analyze, prune, checker, interface, runtime, oracle) and a
 one-line reason; graphprune's own errors (GraphpruneError) keep their message, anything
 else (a bug) also names the innermost graphprune frame. Nothing here raises.
 """
@@ -21,6 +23,7 @@ import graphprune as gp
 from graphprune.core.metrics import count_params
 from graphprune.errors import GraphpruneError
 from graphprune.io.checks import check_model
+from graphprune.io.interface import Interface, interface_of, interface_problem
 from graphprune.runtime.inputs import input_shapes, random_inputs
 from graphprune.runtime.sessions import run, session
 
@@ -109,12 +112,17 @@ def _tolerance(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> float:
     return max([TOLERANCE.get(d, DEFAULT_TOLERANCE) for d in dtypes] or [DEFAULT_TOLERANCE])
 
 
-def _prune_once(analysis, model, ratio, feeds, base_outputs, tolerance) -> dict[str, Any]:
+def _prune_once(
+    analysis, model, ratio, feeds, base_outputs, tolerance, interface: Interface
+) -> dict[str, Any]:
     """One ratio: returns the row, raising StageError at the first failing stage."""
     options = gp.PlanOptions(ratio=ratio, criterion="l2")
     plan = _stage("prune", gp.plan, analysis, options)
     pruned = _stage("prune", gp.prune, analysis, plan, check=False)
     _stage("checker", check_model, pruned)
+    problem = interface_problem(interface, pruned)
+    if problem is not None:
+        raise StageError("interface", problem)
     actual = _stage("runtime", _outputs, pruned, feeds)
     for a, b in zip(base_outputs, actual, strict=True):
         if a.shape != b.shape:
@@ -141,6 +149,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """The corpus row of one model: status pass | blocked | fail, and every failure."""
     row: dict[str, Any] = {"nodes": len(model.graph.node), "failures": [], "ratios": {}}
+    interface = interface_of(model)  # as given, before gp.load folds anything
     try:
         feeds = feeds or feeds_for(model, batch)
         base = _stage("original", _outputs, model, feeds)
@@ -173,7 +182,9 @@ def evaluate(
     tolerance = _tolerance(loaded, feeds)
     for ratio in RATIOS:
         try:
-            row["ratios"][str(ratio)] = _prune_once(analysis, loaded, ratio, feeds, base, tolerance)
+            row["ratios"][str(ratio)] = _prune_once(
+                analysis, loaded, ratio, feeds, base, tolerance, interface
+            )
         except StageError as error:
             row["failures"].append({"ratio": ratio, "stage": error.stage, "reason": error.reason})
     row["status"] = "pass" if str(PASS_RATIO) in row["ratios"] else "fail"

@@ -41,6 +41,8 @@ def materialize(entry: Entry, variant: str) -> Path:
     cannot be (now or in an earlier run)."""
     if entry.thirdparty is not None:
         return _thirdparty(entry.thirdparty)
+    if entry.file is not None and variant == "file":
+        return Path(entry.file)
     path = model_path(entry, variant)
     failed = path.with_suffix(".failed")
     if path.is_file():
@@ -49,7 +51,7 @@ def materialize(entry: Entry, variant: str) -> Path:
         raise ExportFailed(failed.read_text().strip())
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        proto = export(entry, VARIANTS[variant])
+        proto = _resave(entry, variant) if entry.file else export(entry, VARIANTS[variant])
     except ExportFailed as error:
         failed.write_text(str(error))
         raise
@@ -71,6 +73,12 @@ def _thirdparty(name: str) -> Path:
         return thirdparty.fetch(name)
     except thirdparty.ThirdPartyError as error:
         raise ExportFailed(f"cannot fetch: {error}") from error
+
+
+def _resave(entry: Entry, variant: str) -> onnx.ModelProto:
+    from .files import variant_of
+
+    return variant_of(onnx.load(str(entry.file)), variant)
 
 
 def _first_line(error: BaseException) -> str:

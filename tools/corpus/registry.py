@@ -36,7 +36,7 @@ class Variant:
     """How to produce one ONNX file of an entry."""
 
     name: str
-    exporter: str  # "classic" | "dynamo" | "file" (third-party: the file itself)
+    exporter: str  # "classic" | "dynamo" | "file" (an ONNX file, as is or re-saved)
     opset: int = 17
     dynamic: bool = False
     post: str | None = None  # "fp16" | "ortopt" | "onnxsim": applied to the export
@@ -48,11 +48,12 @@ class Entry:
     """One model of the corpus."""
 
     name: str  # unique, "<source>/<model>"
-    source: str  # torchvision | timm | transformers | thirdparty
+    source: str  # torchvision | timm | transformers | thirdparty | modelzoo
     family: str
     variants: tuple[str, ...]
     build: Callable[[], Built] | None = None
     thirdparty: str | None = None  # tools/thirdparty.py registry name
+    file: str | None = None  # an ONNX file on disk (corpus/files.py makes its variants)
     notes: dict[str, str] = field(default_factory=dict, compare=False)
 
 
@@ -76,7 +77,12 @@ VARIANTS: dict[str, Variant] = {
             post="ortopt",
             description="classic dynamic -> onnxruntime.transformers optimize_model",
         ),
-        Variant("file", "file", 0, description="the third-party file as shipped"),
+        Variant("file", "file", 0, description="the file as shipped"),
+        Variant("file-random", "file", 0, description="the file, weights x U(0.5,1.5)"),
+        Variant("file-fp16", "file", 0, post="fp16", description="file-random -> float16"),
+        Variant("file-op13", "file", 13, description="file-random -> opset 13, IR 7"),
+        Variant("file-ortopt", "file", 0, post="ortopt",
+                description="file-random -> onnxruntime basic graph optimizations"),
     )
 }
 
