@@ -214,6 +214,9 @@ def test_summary_names_the_barrier_and_option_and_strict_fails(tmp_path, capsys)
     assert not strict.exists() and not report.exists()
     error = capsys.readouterr().err
     assert error.startswith("graphprune: error: nothing pruned") and "--strict" in error
+    assert main(["analyze", str(path)]) == 0  # analyze names the option too
+    assert "range of all channels (removing some changes it) (--approximate-dynamic-quant " \
+        "lifts it)" in capsys.readouterr().out
 
 
 def test_the_option_prunes_and_a_plan_reapplies_it(tmp_path, capsys):
