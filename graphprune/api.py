@@ -39,6 +39,7 @@ def analyze(
     model: onnx.ModelProto,
     *,
     approximate_norms: bool = False,
+    approximate_dynamic_quant: bool = False,
     prune_outputs: bool = False,
     blocks: str | None = None,
     progress: bool = False,
@@ -47,11 +48,15 @@ def analyze(
 
     `approximate_norms=True` also prunes channels that a normalization over channels
     mixes (LayerNorm, RMSNorm: inexact, marked in `Group.approximations`; needed for a
-    transformer's hidden size); `prune_outputs=True` lets model outputs lose channels;
+    transformer's hidden size); `approximate_dynamic_quant=True` also prunes channels
+    that a DynamicQuantizeLinear quantizes together (`quantize_dynamic`: the kept channels
+    are requantized on their own range; inexact, marked the same way);
+    `prune_outputs=True` lets model outputs lose channels;
     `blocks="layer"` (or "branch") adds the residual blocks, groups of kind "blocks"."""
     options = AnalysisOptions(
-        approximate_norms=approximate_norms, prune_outputs=prune_outputs, blocks=blocks
-    )
+        approximate_norms=approximate_norms, approximate_dynamic_quant=approximate_dynamic_quant,
+        prune_outputs=prune_outputs, blocks=blocks,
+    )  # fmt: skip
     return analyze_view(GraphView(model), options=options, progress=progress)
 
 

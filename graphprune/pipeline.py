@@ -22,7 +22,7 @@ from .api import analyze, compensate, plan, prune
 from .core.analysis import Analysis
 from .core.metrics import count_macs, count_params
 from .errors import GraphpruneError
-from .inspect.report import GroupRow, groups_json, params_removed_by_kind
+from .inspect.report import BarrierRow, GroupRow, barrier_rows, groups_json, params_removed_by_kind
 from .io.checks import CheckLevel, check_model
 from .io.external import data_length, is_external
 from .io.interface import Interface
@@ -73,6 +73,7 @@ class PruneOptions:
     plan: PlanOptions = field(default_factory=PlanOptions)
     plan_record: dict | None = None
     approximate_norms: bool = False
+    approximate_dynamic_quant: bool = False
     prune_outputs: bool = False
     block_unit: str = "layer"
     calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
@@ -126,6 +127,7 @@ class PruneReport(TypedDict, total=False):
     validation: Validation
     params_removed_by_kind: dict[str, int]
     groups: list[GroupRow]
+    barriers: list[BarrierRow]  # what keeps the unprunable groups, most groups first
     notes: list[str]
     calibration: dict
     compensation: dict
@@ -211,6 +213,8 @@ def prune_model(options: PruneOptions) -> PruneResult:
             approximate_norms=options.approximate_norms
             or "hidden" in plan_options.only
             or recorded.get("approximate_norms", False),
+            approximate_dynamic_quant=options.approximate_dynamic_quant
+            or recorded.get("approximate_dynamic_quant", False),
             prune_outputs=options.prune_outputs or recorded.get("prune_outputs", False),
             # Residual blocks are looked for only when depth is asked for (or recorded).
             blocks=options.block_unit if plan_options.drop_blocks else recorded.get("blocks"),
@@ -282,6 +286,7 @@ def prune_model(options: PruneOptions) -> PruneResult:
         "validation": validation,
         "params_removed_by_kind": params_removed_by_kind(analysis, chosen),
         "groups": groups_json(analysis, chosen),
+        "barriers": barrier_rows(analysis),
         "notes": chosen.notes,
     }
     if stats is not None:

@@ -12,6 +12,7 @@ corpus = pytest.importorskip("corpus")
 CASES = [
     ("torchvision/mobilenet_v3_small", "classic"),
     ("torchvision/resnet18", "dynamo-dyn"),
+    ("torchvision/mobilenet_v3_small", "dynquant"),  # quantize_dynamic, pruned with the option
     ("timm/vit_tiny_patch16_224", "classic"),
 ]
 

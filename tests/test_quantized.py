@@ -1,6 +1,7 @@
 """Quantized graphs (core/rules/quantized.py): QDQ weights read through DequantizeLinear,
-QOperator ops, dynamic quantization, 4-bit MatMulNBits. Every rewrite is checked against
-the masking oracle, in which a removed position of a quantized weight is its zero point."""
+QOperator ops, 4-bit MatMulNBits (dynamic quantization: test_dynamic_quant.py). Every
+rewrite is checked against the masking oracle, in which a removed position of a quantized
+weight is its zero point."""
 
 from __future__ import annotations
 
@@ -196,24 +197,6 @@ def test_matmul_nbits_prunes_rows_and_whole_blocks(symmetric):
     assert list(stored[second.input[1]].dims) == [64, 2, 16]
     if not symmetric:  # 4-bit zero points, two blocks per byte, repacked
         assert list(stored[second.input[3]].dims) == [64, 1]
-
-
-def test_dynamic_quantization_is_an_opt_in_approximation(tmp_path):
-    src, dst = tmp_path / "float.onnx", tmp_path / "dynamic.onnx"
-    onnx.save(_mlp(), src)
-    quantization.quantize_dynamic(str(src), str(dst))
-    model = gp.load(str(dst))
-    analysis = gp.analyze(model)
-    assert not analysis.prunable_groups
-    assert "range of all channels" in " ".join(
-        str(r) for grp in analysis.groups for r in grp.reasons
-    )
-    approximate = gp.analyze(model, approximate_norms=True)
-    assert [grp.channels for grp in approximate.prunable_groups] == [128]
-    assert approximate.prunable_groups[0].approximations
-    pruned = gp.prune(approximate, gp.plan(approximate, 0.25))
-    feeds = random_inputs(model, input_shapes(model), seed=1)
-    assert outputs(pruned, feeds)[0].shape == outputs(model, feeds)[0].shape
 
 
 @pytest.mark.parametrize(

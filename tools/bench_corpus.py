@@ -40,11 +40,11 @@ import corpus  # noqa: E402
 from corpus.report import failures_markdown, summary, tables  # noqa: E402
 
 QUICK = {
-    "torchvision/mobilenet_v3_small": ("classic", "dynamo"),
+    "torchvision/mobilenet_v3_small": ("classic", "dynamo", "dynquant"),
     "torchvision/resnet18": ("classic", "classic-dyn"),
     "timm/vit_tiny_patch16_224": ("classic", "dynamo"),
     "timm/convnext_atto": ("classic",),
-    "transformers/bert": ("classic-dyn", "ortopt"),
+    "transformers/bert": ("classic-dyn", "ortopt", "dynquant"),
     "transformers/llama": ("dynamo-dyn",),
     "thirdparty/ppocr_cls": ("file",),
 }

@@ -2,8 +2,9 @@
 module that parses its options, calls the library and prints.
 
 Exit codes: 0 success; 1 bad input or a model that cannot be pruned safely (one line on
-stderr, no traceback); 2 bad usage; 3 `diff --exit-code` found structural changes; 70 an
-internal error (a bug: please report it; `--debug` shows the traceback).
+stderr, no traceback); 2 bad usage; 3 `diff --exit-code` found structural changes; 4
+`prune --strict` pruned nothing (`prune.NOTHING_PRUNED`); 70 an internal error (a bug:
+please report it; `--debug` shows the traceback).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from ..core.coupling import graph_document, graph_format
 from ..inspect.html import analysis_html
 from ..inspect.report import analysis_json, analysis_text
 from ..io.saving import write_text_atomically
-from .common import APPROXIMATE_HELP, check_outputs, write_all
+from .common import APPROXIMATE_DYNAMIC_QUANT_HELP, APPROXIMATE_HELP, check_outputs, write_all
 
 
 def add_parser(commands) -> None:
@@ -19,6 +19,9 @@ def add_parser(commands) -> None:
     a.add_argument("model")
     a.add_argument("--json", action="store_true", help="print JSON instead of a table")
     a.add_argument("--approximate-norms", action="store_true", help=APPROXIMATE_HELP)
+    a.add_argument(
+        "--approximate-dynamic-quant", action="store_true", help=APPROXIMATE_DYNAMIC_QUANT_HELP
+    )
     a.add_argument("--html", metavar="OUT.html", help="write a self-contained HTML report")
     a.add_argument(
         "--graph", metavar="OUT.graphml|OUT.json",
@@ -35,7 +38,10 @@ def run(args: argparse.Namespace) -> int:
     check_outputs({"--html": args.html, "--graph": args.graph}, [args.model])
     form = graph_format(args.graph) if args.graph else ""  # refused before any work
     model = load(args.model)
-    analysis = analyze(model, approximate_norms=args.approximate_norms, blocks=args.blocks)
+    analysis = analyze(
+        model, approximate_norms=args.approximate_norms,
+        approximate_dynamic_quant=args.approximate_dynamic_quant, blocks=args.blocks,
+    )  # fmt: skip
     text = json.dumps(analysis_json(analysis), indent=2) if args.json else analysis_text(analysis)
     html = analysis_html(analysis, str(args.model)) if args.html else ""
     graph = graph_document(analysis.coupling_graph(), form) if args.graph else ""

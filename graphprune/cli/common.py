@@ -17,6 +17,10 @@ APPROXIMATE_HELP = (
     "also prune channels normalized together by LayerNormalization (inexact: the kept "
     "channels' statistics change, as in Torch-Pruning)"
 )
+APPROXIMATE_DYNAMIC_QUANT_HELP = (
+    "also prune channels that a DynamicQuantizeLinear quantizes together (onnxruntime's "
+    "quantize_dynamic; inexact: the kept channels are requantized on their own range)"
+)
 RUN_TIMEOUT_HELP = "stop any one onnxruntime run after this many seconds (a Loop that never ends)"
 
 

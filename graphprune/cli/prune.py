@@ -1,5 +1,8 @@
 """`graphprune prune MODEL -o OUT`: options in, `graphprune.pipeline.prune_model`, then
-save the model, write the report and the HTML diff, and print a summary."""
+save the model, write the report and the HTML diff, and print a summary. When barriers
+leave the prune with nothing (or less than half of what was asked), the summary names the
+commonest barrier and the option that lifts it; `--strict` then fails on nothing pruned
+(exit code `NOTHING_PRUNED`, nothing written)."""
 
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from ..planning.plan import PlanOptions
 from ..posttrain.compensation import METHODS
 from ..runtime.sessions import DEFAULT_RUN_TIMEOUT_S, limit_runs
 from .common import (
+    APPROXIMATE_DYNAMIC_QUANT_HELP,
     APPROXIMATE_HELP,
     RUN_TIMEOUT_HELP,
     check_number,
@@ -30,6 +34,8 @@ from .common import (
     write_all,
 )
 from .profile import add_latency_options, latency_from
+
+NOTHING_PRUNED = 4  # --strict and the prune removed nothing
 
 
 def add_parser(commands) -> None:
@@ -91,6 +97,9 @@ def add_parser(commands) -> None:
         help="node or initializer names (glob patterns) to leave untouched",
     )  # fmt: skip
     p.add_argument("--approximate-norms", action="store_true", help=APPROXIMATE_HELP)
+    p.add_argument(
+        "--approximate-dynamic-quant", action="store_true", help=APPROXIMATE_DYNAMIC_QUANT_HELP
+    )
     p.add_argument("--plan", help="re-apply the exact channels of an earlier report")
     p.add_argument("--inputs", help="NPZ of inputs for validation, keyed by input name")
     p.add_argument(
@@ -107,6 +116,10 @@ def add_parser(commands) -> None:
         "--run-timeout", type=float, default=DEFAULT_RUN_TIMEOUT_S, help=RUN_TIMEOUT_HELP
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--strict", action="store_true",
+        help=f"exit with code {NOTHING_PRUNED} and write nothing when nothing was pruned",
+    )  # fmt: skip
 
     calib = p.add_argument_group("post-training pruning (calibration data)")
     calib.add_argument(
@@ -175,6 +188,7 @@ def options_from(args: argparse.Namespace) -> PruneOptions:
         block_unit=args.block_unit,
         plan_record=_plan_record(args.plan) if args.plan else None,
         approximate_norms=args.approximate_norms,
+        approximate_dynamic_quant=args.approximate_dynamic_quant,
         prune_outputs=args.prune_outputs,
         calibration=CalibrationOptions(
             path=args.calib, random=args.calib_random, batch=args.calib_batch
@@ -232,6 +246,10 @@ def run(args: argparse.Namespace) -> int:
     options = options_from(args)
     limit_runs(args.run_timeout)
     result = prune_model(options)
+    if args.strict and _nothing_pruned(result.report):
+        why = _shortfall(result.report) or "nothing pruned"
+        print(f"graphprune: error: {why} (--strict: nothing written)", file=sys.stderr)
+        return NOTHING_PRUNED
     report = json.dumps(result.report, indent=2) + "\n"
     html = _html(args, result) if args.html else ""
     # The file as written must pass the checks its input passed, or nothing is written.
@@ -262,6 +280,9 @@ def _print_summary(report: PruneReport) -> None:
     worst = max(deviations, default=0.0)
     pruned_groups = sum(1 for g in report["groups"] if g["removed"])
     print(f"pruned {pruned_groups} of {len(report['groups'])} groups -> {report['output']}")
+    shortfall = _shortfall(report)
+    if shortfall:
+        print(shortfall)
     if "blocks" in report:
         dropped = [row["name"] for row in report["blocks"] if row["dropped"]]
         print(f"dropped {len(dropped)} of {len(report['blocks'])} residual units: "
@@ -303,3 +324,46 @@ def _print_summary(report: PruneReport) -> None:
             f"latency {b['latency_ms_before']:.3f} ms -> {b['latency_ms_after']:.3f} ms "
             f"({b['speedup']:.2f}x)"
         )
+
+
+def _nothing_pruned(report: PruneReport) -> bool:
+    return not any(g["removed"] for g in report["groups"]) and not any(
+        row["dropped"] for row in report.get("blocks", [])
+    )
+
+
+def _shortfall(report: PruneReport) -> str | None:
+    """When barriers kept groups and the prune removed nothing, or less than half of what
+    was asked: the barrier that keeps the most groups and the option that lifts it."""
+    barriers, groups = report["barriers"], report["groups"]
+    if not barriers:
+        return None
+    if _nothing_pruned(report):
+        what = "nothing pruned"
+    else:
+        asked, got = _asked(report)
+        if asked is None or got >= asked / 2:
+            return None
+        what = f"pruned {got:.1%} where {asked:.0%} was asked"
+    top = barriers[0]
+    kept = sum(1 for g in groups if not g["prunable"])
+    lift = f"; {top['option']} lifts it" if "option" in top else ""
+    return (
+        f"{what}: {kept} of {len(groups)} groups are kept by barriers, most often "
+        f"({top['groups']} groups) {top['reason']}{lift}"
+    )
+
+
+def _asked(report: PruneReport) -> tuple[float | None, float]:
+    """What was asked and what was removed: a fraction of the channels (--ratio; of the
+    kinds --only names), of the MACs or of the parameters (--target-macs, --target-params);
+    None for other targets."""
+    options = report["plan"]["options"]
+    for metric in ("macs", "params"):
+        if f"target_{metric}" in options:
+            return 1 - options[f"target_{metric}"], report[metric]["removed_fraction"]
+    kinds = set(options.get("only") or []) or {g["kind"] for g in report["groups"]} - {"blocks"}
+    channels = [g for g in report["groups"] if g["kind"] in kinds]
+    total = sum(g["channels"] for g in channels)
+    removed = sum(len(g["removed"]) for g in channels)
+    return (options.get("ratio") or None), removed / max(total, 1)

@@ -37,9 +37,13 @@ class AnalysisOptions:
     channels that reach a model output go too (the output shape changes). `blocks` finds
     the residual blocks too, one group of kind "blocks" per unit that planning may drop
     ("layer": consecutive blocks of one period, "branch": each block; see
-    `graphprune.core.blocks`)."""
+    `graphprune.core.blocks`). `approximate_dynamic_quant` lets channels go through a
+    DynamicQuantizeLinear (onnxruntime's `quantize_dynamic`): its scale is the range of
+    the whole tensor, so the kept channels are requantized on the kept channels' range
+    (approximate, `graphprune.core.rules.quantized`)."""
 
     approximate_norms: bool = False
+    approximate_dynamic_quant: bool = False
     prune_outputs: bool = False
     blocks: str | None = None
 
@@ -96,6 +100,10 @@ class Analysis:
         return self.options.approximate_norms
 
     @property
+    def approximate_dynamic_quant(self) -> bool:
+        return self.options.approximate_dynamic_quant
+
+    @property
     def prune_outputs(self) -> bool:
         return self.options.prune_outputs
 
@@ -127,10 +135,18 @@ def analyze_view(
     # A with-block closes the bar on errors too, so no half-drawn line stays on stderr.
     with tqdm(view.order, desc="analyze", unit="op", disable=not progress, leave=False) as bar:
         for node in bar:
-            apply_rule(Context(recorder, view, node, approximate_norms=options.approximate_norms))
+            context = Context(
+                recorder,
+                view,
+                node,
+                approximate_norms=options.approximate_norms,
+                approximate_dynamic_quant=options.approximate_dynamic_quant,
+            )
+            apply_rule(context)
     for name in [] if options.prune_outputs else view.graph_outputs:
         if name in recorder.layouts:
-            recorder.freeze(recorder.layouts[name].atoms, Reason(f"reaches model output '{name}'"))
+            reason = Reason(f"reaches model output '{name}'", option="--prune-outputs")
+            recorder.freeze(recorder.layouts[name].atoms, reason)
     blocks = _record_blocks(view, recorder, options.blocks) if options.blocks else []
     analysis = _group(view, recorder, options, {b.add for b in blocks})
     analysis.blocks = {b.add: b for b in blocks}

@@ -31,11 +31,13 @@ BatchNorm criterion, "bias" and "param" (norm shifts, elementwise operands) only
 @dataclass(frozen=True)
 class Reason:
     """Why channels cannot go (a barrier) or go only approximately: the op and node that
-    decided it, when one did, and what it found."""
+    decided it, when one did, and what it found; `option`, the command-line option that
+    lifts the barrier (an opted-in approximation), when one does."""
 
     message: str
     op: str | None = None
     node: str | None = None
+    option: str | None = None
 
     def __str__(self) -> str:
         if self.op is None:

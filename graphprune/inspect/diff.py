@@ -69,7 +69,10 @@ def diff_models(
             if analyze is not None:
                 return analyze(model_a)
             recorded = plan.get("options", {})
-            options = AnalysisOptions(approximate_norms=bool(recorded.get("approximate_norms")))
+            options = AnalysisOptions(
+                approximate_norms=bool(recorded.get("approximate_norms")),
+                approximate_dynamic_quant=bool(recorded.get("approximate_dynamic_quant")),
+            )
             return analyze_view(GraphView(model_a), options=options)
 
         owners, method = attribute(a, plan, changed, analysis, run_analysis)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from typing import TypedDict
 
@@ -76,6 +77,39 @@ def barrier_counts(analysis: Analysis) -> dict[str, int]:
     return dict(counts.most_common())
 
 
+class _Barrier(TypedDict):
+    reason: str
+    groups: int
+    channels: int
+
+
+class BarrierRow(_Barrier, total=False):
+    """One kind of barrier: `reason` (op and message, the first node's names), how many
+    groups and channels it keeps, and the option that lifts it, when one does."""
+
+    option: str
+
+
+def barrier_rows(analysis: Analysis, limit: int = 5) -> list[BarrierRow]:
+    """The barriers that keep the most groups, each group counted once per kind: reasons
+    of one op and message (names in quotes aside) are one kind."""
+    rows: dict[tuple, BarrierRow] = {}
+    for group in analysis.groups:
+        kinds = {}
+        for reason in group.reasons:
+            key = (reason.op, re.sub(r"'[^']*'", "''", reason.message), reason.option)
+            kinds.setdefault(key, reason)
+        for key, reason in kinds.items():
+            text = reason.message if reason.op is None else f"{reason.op}: {reason.message}"
+            row = rows.setdefault(key, BarrierRow(reason=text, groups=0, channels=0))
+            if reason.option:
+                row["option"] = reason.option
+            row["groups"] += 1
+            row["channels"] += group.channels
+    ranked = sorted(rows.values(), key=lambda row: (-row["groups"], -row["channels"]))
+    return ranked[:limit]
+
+
 def analysis_text(analysis: Analysis) -> str:
     summary = analysis_json(analysis)
     lines = [
@@ -92,7 +126,8 @@ def analysis_text(analysis: Analysis) -> str:
             f"{group.id:>5}  {group.channels:>8}  {group.kind:<8}  {status:<8}  {group.name}"
         )
         for reason in group.reasons:
-            lines.append(f"{'':>37}  - {reason}")
+            lifted = f" ({reason.option} lifts it)" if reason.option else ""
+            lines.append(f"{'':>37}  - {reason}{lifted}")
         for note in group.approximations:
             lines.append(f"{'':>37}  ~ approximate: {note}")
     return "\n".join(lines)

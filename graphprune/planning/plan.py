@@ -45,10 +45,13 @@ class Plan:
         return ~np.isin(analysis.class_of, self.removed_classes)
 
     def to_json(self, analysis: Analysis) -> dict:
+        # Recorded only when given: the plans of every other prune stay as they were.
+        dynamic = {"approximate_dynamic_quant": True} if analysis.approximate_dynamic_quant else {}
         return {
             "options": {
                 **self.options,
                 "approximate_norms": analysis.approximate_norms,
+                **dynamic,
                 "prune_outputs": analysis.prune_outputs,
                 **({"blocks": analysis.options.blocks} if analysis.options.blocks else {}),
             },

@@ -94,4 +94,8 @@ def evaluate_path(entry: Entry, variant: str) -> dict[str, Any]:
         feeds = thirdparty.validation_input(entry.thirdparty)
     # Dynamic exports run at batch 3 (their example had 2); static ones at their shape.
     batch = 3 if VARIANTS[variant].dynamic else 1
-    return {**row, **evaluate(onnx.load(str(path)), feeds=feeds, batch=batch)}
+    # Dynamically quantized models prune only with the opt-in approximation.
+    approximate = VARIANTS[variant].post == "dynquant"
+    model = onnx.load(str(path))
+    evaluated = evaluate(model, feeds=feeds, batch=batch, approximate_dynamic_quant=approximate)
+    return {**row, **evaluated}

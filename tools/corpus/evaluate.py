@@ -145,9 +145,15 @@ def barriers(analysis) -> Counter:
 
 
 def evaluate(
-    model: onnx.ModelProto, feeds: dict[str, np.ndarray] | None = None, batch: int = 1
+    model: onnx.ModelProto,
+    feeds: dict[str, np.ndarray] | None = None,
+    batch: int = 1,
+    *,
+    approximate_dynamic_quant: bool = False,
 ) -> dict[str, Any]:
-    """The corpus row of one model: status pass | blocked | fail, and every failure."""
+    """The corpus row of one model: status pass | blocked | fail, and every failure
+    (`approximate_dynamic_quant`: analyzed with that option, as a dynamically quantized
+    model is pruned)."""
     row: dict[str, Any] = {"nodes": len(model.graph.node), "failures": [], "ratios": {}}
     interface = interface_of(model)  # as given, before gp.load folds anything
     try:
@@ -158,7 +164,9 @@ def evaluate(
         # gp.load folds values known before the run: the folded model must still run.
         _stage("analyze", _outputs_after_load, loaded, feeds)
         started = time.perf_counter()
-        analysis = _stage("analyze", gp.analyze, loaded)
+        analysis = _stage(
+            "analyze", gp.analyze, loaded, approximate_dynamic_quant=approximate_dynamic_quant
+        )
         row["analysis_s"] = round(time.perf_counter() - started, 3)
     except StageError as error:
         # An original model onnxruntime cannot run is the export's failure, not graphprune's.

@@ -101,6 +101,8 @@ def export(entry: Entry, variant: Variant) -> onnx.ModelProto:
         proto = convert_float_to_float16(proto, keep_io_types=False)
     elif variant.post == "onnxsim":
         proto = _simplify(proto)
+    elif variant.post == "dynquant":
+        proto = _quantize_dynamic(proto)
     elif variant.post == "ortopt":
         from onnxruntime.transformers.optimizer import optimize_model
 
@@ -134,6 +136,22 @@ def _simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
     if not ok:
         raise ExportFailed("onnxsim could not validate its simplified model")
     return simplified
+
+
+def _quantize_dynamic(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """onnxruntime's `quantize_dynamic` (its defaults: per-tensor int8 weights). Its shape
+    inference refuses some of the dynamo exporter's value_info (a MatMul's recorded
+    shape), which is only a hint, so that goes first."""
+    import tempfile
+
+    from onnxruntime.quantization import quantize_dynamic
+
+    del proto.graph.value_info[:]
+    with tempfile.TemporaryDirectory() as folder:
+        source, quantized = Path(folder) / "float.onnx", Path(folder) / "dynamic.onnx"
+        onnx.save(proto, str(source))
+        quantize_dynamic(str(source), str(quantized))
+        return onnx.load(str(quantized))
 
 
 def _torch_export(built: Built, variant: Variant) -> onnx.ModelProto:

@@ -39,7 +39,7 @@ class Variant:
     exporter: str  # "classic" | "dynamo" | "file" (an ONNX file, as is or re-saved)
     opset: int = 17
     dynamic: bool = False
-    post: str | None = None  # "fp16" | "ortopt" | "onnxsim": applied to the export
+    post: str | None = None  # "fp16" | "ortopt" | "onnxsim" | "dynquant": applied to the export
     description: str = ""
 
 
@@ -77,6 +77,14 @@ VARIANTS: dict[str, Variant] = {
             post="ortopt",
             description="classic dynamic -> onnxruntime.transformers optimize_model",
         ),
+        Variant(
+            "dynquant",
+            "classic",
+            17,
+            post="dynquant",
+            description="classic -> onnxruntime quantize_dynamic, pruned with "
+            "--approximate-dynamic-quant",
+        ),
         Variant("file", "file", 0, description="the file as shipped"),
         Variant("file-random", "file", 0, description="the file, weights x U(0.5,1.5)"),
         Variant("file-fp16", "file", 0, post="fp16", description="file-random -> float16"),
@@ -89,4 +97,4 @@ VARIANTS: dict[str, Variant] = {
 BASE = ("classic", "dynamo")
 # One representative per family gets the rest: every combination for every model would
 # multiply the run time without finding new classes of failure.
-EXTRA = ("classic-dyn", "dynamo-dyn", "classic-op13", "classic-op20", "fp16", "onnxsim")
+EXTRA = ("classic-dyn", "dynamo-dyn", "classic-op13", "classic-op20", "fp16", "onnxsim", "dynquant")

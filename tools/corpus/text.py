@@ -169,7 +169,8 @@ def _minilm() -> Built:
 
 
 def transformers_entries() -> list[Entry]:
-    dynamic = ("classic-dyn", "dynamo-dyn")
+    # Every family is dynamically quantized too: the form transformers ship in most often.
+    dynamic = ("classic-dyn", "dynamo-dyn", "dynquant")
     entries = []
     for family, spec in SPECS.items():
         variants = BASE + dynamic + spec.extra + (("ortopt",) if spec.ort_type else ())

@@ -108,12 +108,14 @@ class Context:
         node: onnx.NodeProto,
         *,
         approximate_norms: bool = False,
+        approximate_dynamic_quant: bool = False,
     ) -> None:
         self._recorder = recorder
         self.view = view
         self.node = node
         self.approximate_norms = approximate_norms
         self.rule = ""  # the running rule, "module.function" (set by the registry)
+        self.approximate_dynamic_quant = approximate_dynamic_quant
         self._quantized: dict[int, Quantized] = {}
 
     # Reading the node.
@@ -198,8 +200,8 @@ class Context:
     def target(self, **fields) -> Target:
         return Target(self.node.name, **fields)
 
-    def reason(self, message: str) -> Reason:
-        return Reason(message, self.node.op_type, self.node.name)
+    def reason(self, message: str, option: str | None = None) -> Reason:
+        return Reason(message, self.node.op_type, self.node.name, option)
 
     # Describing channel flow.
     def emit(self, output_index: int, layout: Layout) -> None:
@@ -339,7 +341,10 @@ class Context:
 
     def child(self, node: onnx.NodeProto) -> Context:
         """The context of a node in one of this node's subgraphs (same walk, same options)."""
-        return Context(self._recorder, self.view, node, approximate_norms=self.approximate_norms)
+        return Context(
+            self._recorder, self.view, node, approximate_norms=self.approximate_norms,
+            approximate_dynamic_quant=self.approximate_dynamic_quant,
+        )  # fmt: skip
 
     def layout_of(self, tensor: str) -> Layout | None:
         """The layout of any tensor by name (a subgraph's inputs and outputs)."""
@@ -372,13 +377,14 @@ class Context:
                 reason = self.reason(f"'{name}' is read inside a subgraph{why}")
                 self._recorder.freeze(layouts[name].atoms, reason)
 
-    def freeze_own_atoms(self, reason: str) -> None:
+    def freeze_own_atoms(self, reason: str, option: str | None = None) -> None:
         """The channels this node created may not go either."""
         atoms = self._recorder.source_atoms.get(self.node.name)
         if atoms is not None:
-            self._recorder.freeze(atoms, self.reason(reason))
+            self._recorder.freeze(atoms, self.reason(reason, option))
 
-    def block(self, reason: str) -> None:
-        """Stop every tracked input here: this op cannot map their channels exactly."""
+    def block(self, reason: str, option: str | None = None) -> None:
+        """Stop every tracked input here: this op cannot map their channels exactly
+        (`option`: the command-line option under which it maps them approximately)."""
         for _, layout in self.tracked():
-            self._recorder.freeze(layout.atoms, self.reason(reason))
+            self._recorder.freeze(layout.atoms, self.reason(reason, option))

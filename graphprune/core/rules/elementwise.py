@@ -59,7 +59,9 @@ CONTRIB_ELEMENTWISE = ("BiasAdd", "BiasGelu", "FastGelu", "Gelu", "QuickGelu")
 def broadcast(ctx: Context) -> None:
     """Tracked operands couple position by position; a constant operand that is per-channel
     is sliced; one that broadcasts (size 1) needs nothing; a runtime operand that is
-    per-channel but not tracked cannot be sliced, so the channels stop here."""
+    per-channel but not tracked is sliced where an elementwise op computes it from
+    per-channel constants and operands that broadcast (`_computed_per_channel`: a
+    per-column weight scale times a dynamic activation scale), else the channels stop."""
     tracked = ctx.tracked()
     if not tracked:
         return
@@ -90,11 +92,48 @@ def broadcast(ctx: Context) -> None:
         operand_axis = axis - (rank - len(shape))
         if operand_axis < 0 or shape[operand_axis] == 1:
             continue
-        if ctx.constant(index) is None or first.tiled:
+        if ctx.constant(index) is not None and not first.tiled:
+            ctx.slice(index, operand_axis, first.atoms)
+            continue
+        constants = None if first.tiled else _computed_per_channel(ctx, index, operand_axis)
+        if constants is None:
             ctx.block(f"per-channel operand {name!r} is computed from untracked channels")
             return
-        ctx.slice(index, operand_axis, first.atoms)
+        for constant, constant_axis in constants:
+            ctx.slice_upstream(index, constant, constant_axis, first.atoms)
     ctx.emit(0, Layout(axis, first.atoms, first.tiled))
+
+
+def _computed_per_channel(ctx: Context, index: int, axis: int) -> list[tuple[int, int]] | None:
+    """The (input, axis) pairs to slice when operand `index` is computed, for this node
+    alone, by a broadcasting op whose per-channel inputs along `axis` are all constants
+    and whose other inputs broadcast along it (size 1, computed or not): position i of
+    the result depends only on position i of those constants. None when it is not."""
+    name = ctx.node.input[index]
+    producer = ctx.view.producer(name)
+    if (
+        producer is None
+        or producer.domain
+        or producer.op_type not in ("Add", "Sub", "Mul", "Div")
+        or len(ctx.view.consumers(name)) != 1
+        or name in ctx.view.graph_outputs
+        or ctx.layout_of(producer.input[0]) is not None
+        or ctx.layout_of(producer.input[1]) is not None
+    ):
+        return None
+    rank = len(ctx.view.shape(name) or ())
+    constants = []
+    for i, source in enumerate(producer.input):
+        shape = ctx.view.shape(source)
+        if shape is None:
+            return None
+        along = axis - (rank - len(shape))
+        if along < 0 or shape[along] == 1:
+            continue
+        if ctx.view.constant_shape(source) is None:
+            return None
+        constants.append((i, along))
+    return constants or None
 
 
 @rule("BiasSplitGelu", domain="com.microsoft")

@@ -12,6 +12,7 @@ from __future__ import annotations
 from ..channels import Layout
 from .context import Context
 from .moe import router_softmax
+from .reduction import NORMS_OPTION
 from .registry import rule
 
 
@@ -68,12 +69,14 @@ def group_norm(ctx: Context) -> None:
     ctx.emit(0, x)
 
 
-def _stops_if_normalized(ctx: Context, normalized: set[int], what: str) -> None:
+def _stops_if_normalized(
+    ctx: Context, normalized: set[int], what: str, option: str | None = None
+) -> None:
     x = ctx.data_layout()
     if x is None:
         return
     if x.axis in normalized:
-        ctx.block(f"{what} over the channel axis: removing channels changes the others")
+        ctx.block(f"{what} over the channel axis: removing channels changes the others", option)
         return
     ctx.emit(0, x)
 
@@ -95,7 +98,8 @@ def layer_norm(ctx: Context) -> None:
     normalized = _normalized_from(ctx, int(ctx.attr("axis", -1)))
     x = ctx.layout(0)
     if x is None or not ctx.approximate_norms or normalized != {x.axis}:
-        _stops_if_normalized(ctx, normalized, "normalizes")
+        liftable = x is not None and normalized == {x.axis}
+        _stops_if_normalized(ctx, normalized, "normalizes", NORMS_OPTION if liftable else None)
         return
     if ctx.data_layout() is None:
         return
@@ -165,7 +169,8 @@ def skip_layer_norm(ctx: Context) -> None:
     # The output has the input's shape (its own may be left unknown by inference).
     rank = len(ctx.input_shape(0 if 0 in tracked else 1))
     if x.axis == rank - 1 and not ctx.approximate_norms:
-        ctx.block("normalizes over the channel axis: removing channels changes the others")
+        reason = "normalizes over the channel axis: removing channels changes the others"
+        ctx.block(reason, option=NORMS_OPTION)
         return
     if len(tracked) == 2:
         ctx.couple(tracked[0].atoms, tracked[1].atoms)
@@ -215,7 +220,8 @@ def embed_layer_norm(ctx: Context) -> None:
     if ctx.approximate_norms:
         ctx.approximate(out, "normalizes over the hidden size (statistics change)")
     else:
-        ctx.freeze_own_atoms("normalizes over the hidden size: removing some changes the rest")
+        reason = "normalizes over the hidden size: removing some changes the rest"
+        ctx.freeze_own_atoms(reason, NORMS_OPTION)
     rank = len(ctx.output_shape() or (0, 0, 0))
     ctx.emit(0, Layout(rank - 1, out))
     ctx.emit(2, Layout(rank - 1, out))

@@ -7,9 +7,15 @@ quantized initializer and, along its quantization axis, the per-channel scale an
 point; a per-tensor scale stays. The QOperator ops declare their quantized weight
 (`Context.quantized`) and then map channels as their float op does. Activations are
 quantized per tensor with calibrated scales, so removing channels leaves the others'
-integers unchanged and the pruned model equals the masked original exactly; dynamic
-quantization (DynamicQuantizeLinear) computes its scale from the range of all channels,
-which removal changes: a barrier unless approximations are asked for (`--approximate-norms`).
+integers unchanged and the pruned model equals the masked original exactly.
+
+Dynamic quantization (DynamicQuantizeLinear, onnxruntime's `quantize_dynamic`) computes
+its scale and zero point from the range of the whole tensor, [min(0, min x), max(0, max
+x)], so removing channels that held an end of the range requantizes the kept ones on a
+narrower (finer) grid: a barrier unless `--approximate-dynamic-quant` is given, and then
+an approximation. The range always holds 0, so a removed channel zeroed at the quantizer's
+input leaves exactly the kept channels' range: that is the oracle (`mask_input`), and the
+pruned model equals it exactly.
 
 Specs: onnx QuantizeLinear / DequantizeLinear (opset 10-23), QLinearConv, QLinearMatMul,
 ConvInteger, MatMulInteger, DynamicQuantizeLinear; onnxruntime's contrib ops
@@ -138,15 +144,20 @@ def dynamic_quantize_linear(ctx: Context) -> None:
         ctx.emit(0, x)
 
 
+DYNAMIC_QUANT_OPTION = "--approximate-dynamic-quant"
+
+
 def _dynamic_range(ctx: Context) -> bool:
-    """Channels may go through a quantization whose range they are part of only as an
-    opted-in approximation."""
-    reason = "quantizes with the range of all channels (removing some changes it)"
-    if not ctx.approximate_norms:
-        ctx.block(reason)
+    """Channels of input 0 may go through a quantization whose range they are part of only
+    as an opted-in approximation: the kept channels are then quantized with the range of
+    the kept ones, exactly as if the removed ones were zero at the input (the oracle)."""
+    x = ctx.layout(0)
+    if not ctx.approximate_dynamic_quant:
+        reason = "quantizes with the range of all channels (removing some changes it)"
+        ctx.block(reason, option=DYNAMIC_QUANT_OPTION)
         return False
-    for _, layout in ctx.tracked():
-        ctx.approximate(layout.atoms, reason)
+    ctx.mask_input(0, x.axis, x.atoms)
+    ctx.approximate(x.atoms, "quantizes with the range of the kept channels only")
     return True
 
 

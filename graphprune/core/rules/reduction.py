@@ -71,15 +71,17 @@ def arg_reduce(ctx: Context) -> None:
 
 # Statistics of a normalization over channels (RMSNorm, decomposed LayerNorm).
 STATISTICS = ("ReduceMean", "ReduceSumSquare", "ReduceL2")
+NORMS_OPTION = "--approximate-norms"
 
 
 def _reduce_axes(ctx: Context, x: Layout, axes: list[int], keepdims: bool) -> None:
     if x.axis in axes:
-        if ctx.approximate_norms and ctx.node.op_type in STATISTICS and axes == [x.axis]:
+        statistic = ctx.node.op_type in STATISTICS and axes == [x.axis]
+        if ctx.approximate_norms and statistic:
             # The statistic is computed over the kept channels only: approximate.
             ctx.approximate(x.atoms, "a statistic over the channel axis changes")
             return
-        ctx.block("reduces over the channel axis")
+        ctx.block("reduces over the channel axis", option=NORMS_OPTION if statistic else None)
         return
     axis = x.axis if keepdims else x.axis - sum(a < x.axis for a in axes)
     ctx.emit(0, Layout(axis, x.atoms))
