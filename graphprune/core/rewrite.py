@@ -105,9 +105,9 @@ def _edited(analysis: Analysis, keep_atom, edits_to_apply, apply, plan_json, wei
     home = {node.name: scope for scope in scopes for node in scope.nodes}
     nodes = {node.name: node for scope in scopes for node in scope.nodes}
     input_edits: dict[tuple[str, int], list[Edit]] = defaultdict(list)
-    changing = [edit for edit in edits_to_apply if _changes(edit, keep_atom)]
-    changing, copies = split_shared_targets(changing, keep_atom, nodes, home)
-    for edit in changing:
+    # Every count is compared (a consumer that keeps all its channels disagrees too).
+    edits_to_apply, copies = split_shared_targets(edits_to_apply, keep_atom, nodes, home)
+    for edit in edits_to_apply:
         if not _changes(edit, keep_atom):
             continue
         if isinstance(edit, MaskInput):

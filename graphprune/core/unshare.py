@@ -29,7 +29,8 @@ def split_shared_targets(
 ) -> tuple[list[Edit], list[gs.Node]]:
     """`edits` with the counts of shared, disagreeing targets moved to per-consumer copies
     (added to the graph and to `nodes`), and the copies; unchanged when no target
-    disagrees. The copies read the same constants as their originals: the rewrite counts
+    disagrees. A consumer that keeps every channel disagrees too (its count stays the
+    original): it keeps the original computation, the others get copies. The copies read the same constants as their originals: the rewrite counts
     those uses, so that no copy's count is written into a constant another one reads."""
     counts: dict[tuple, set[int]] = defaultdict(set)
     for edit in edits:
@@ -45,6 +46,8 @@ def split_shared_targets(
         if not (isinstance(edit, SetCount) and edit.target.node in shared and edit.target.path):
             result.append(edit)
             continue
+        if keep_atom[edit.atoms].all():
+            continue  # nothing to write: the original computation serves it
         head = edit.target.path[0][0]
         chain = [*edit.target.path, (edit.target.node, -1)]
         for (consumer, index), (producer, _) in itertools.pairwise(chain):
