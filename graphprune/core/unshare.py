@@ -30,8 +30,9 @@ def split_shared_targets(
     """`edits` with the counts of shared, disagreeing targets moved to per-consumer copies
     (added to the graph and to `nodes`), and the copies; unchanged when no target
     disagrees. A consumer that keeps every channel disagrees too (its count stays the
-    original): it keeps the original computation, the others get copies. The copies read the same constants as their originals: the rewrite counts
-    those uses, so that no copy's count is written into a constant another one reads."""
+    original): it keeps the original computation, the others get copies. The copies read
+    the same constants as their originals: the rewrite counts those uses, so that no
+    copy's count is written into a constant another one reads."""
     counts: dict[tuple, set[int]] = defaultdict(set)
     for edit in edits:
         if isinstance(edit, SetCount) and edit.target.input_index is not None:

@@ -69,7 +69,7 @@ def collect_sequential(
         for stage in range(split.stages):
             tensors = {c.tensor for c in by_stage.get(stage, [])}
             staged.run_stage(
-                stage, expose=sorted(tensors),
+                stage, expose=sorted(tensors), advance=stage < split.stages - 1,
                 inspect=lambda _b, values, t=tensors: fold_values(
                     stats, {k: v for k, v in values.items() if k in t}),
             )  # fmt: skip
@@ -120,6 +120,8 @@ def repair_sequential(
                 notes += found
                 if on_disk:
                     _spill_written(working)
+            if stage == split.stages - 1:
+                break  # nothing after the last layer reads its outputs
             overrides = _zeroed_weights(working, analysis, keep_atom, zeroed.get(stage, []))
             staged.run_stage(stage, working, overrides=overrides)
     finally:

@@ -166,7 +166,9 @@ class StagedRun:
         inputs = [n for n in reads if n not in produced and n not in initializers]
         later = [n for n in _ordered(produced) if last_read.get(n, -1) > stage or n in outputs]
         exposed = [n for n in _ordered(expose) if n in produced or n in inputs]
-        wanted = _ordered([*later, *(n for n in exposed if n in produced)])
+        # Not handing on: only the exposed tensors are asked for (onnxruntime skips the
+        # rest, e.g. the logits after the last layer).
+        wanted = _ordered([*(later if advance else []), *(n for n in exposed if n in produced)])
         examples = {n: self.stream.get(n, 0) for n in inputs}
         sub = _stage_model(model, nodes, inputs, wanted, examples, overrides or {})
         sess = session(sub, self.provider)
