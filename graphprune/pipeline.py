@@ -36,7 +36,7 @@ from .posttrain.statistics import CalibrationStats, collect
 from .runtime.inputs import check_given_shapes, load_inputs
 from .runtime.latency import Latency, bench
 from .runtime.probe import ProbedInputs, check_inputs, choose_inputs, unrun_inputs
-from .runtime.sessions import execution_provider, too_big_to_run
+from .runtime.sessions import SessionTooBig, execution_provider, too_big_to_run
 from .runtime.stages import compare_staged, split_layers
 from .runtime.validation import Validation, compare, skipped
 from .version import __version__
@@ -267,12 +267,17 @@ def prune_model(options: PruneOptions) -> PruneResult:
             timings.details["rewrite"] = _weights_text(pruned)
 
     with timings.stage("validate"):
+        validation: Validation | None = None
         if options.validate and (probed.unrun is not None or layerwise):
             reference = repaired[0].reference() if repaired else mask(analysis, chosen)
-            validation = _layer_by_layer(reference, pruned, analysis, probed, options)
-        elif probed.unrun is not None:  # checked by the ONNX checker and shape inference only
-            validation = skipped(probed.provider, probed.unrun)
-        else:
+            try:
+                validation = _layer_by_layer(reference, pruned, analysis, probed, options)
+            except SessionTooBig:  # not even one layer fits: checked without sessions
+                if probed.unrun is None:
+                    raise
+        if validation is None and probed.unrun is not None:
+            validation = skipped(probed.provider, probed.unrun)  # ONNX checker and shapes only
+        elif validation is None:
             validation = compare(
                 model, pruned, feeds, shapes_may_change=analysis.prune_outputs,
                 expected=probed.expected,

@@ -183,3 +183,24 @@ def test_sequential_mode_refuses_what_it_cannot_split(tmp_path):
                            calibration=CalibrationOptions(random=4, mode="sequential"))  # fmt: skip
     with pytest.raises(GraphpruneError, match="no residual layers"):
         prune_model(options)
+
+
+def test_a_model_whose_session_does_not_fit_is_calibrated_and_validated_by_layers(
+    tiny, tmp_path, monkeypatch, capsys
+):
+    """Memory for one layer's session but not the whole model's: calibration goes layer by
+    layer by itself (--calib-mode auto) and so does validation (the report says which)."""
+    from graphprune.runtime import sessions
+
+    whole = sessions.session_bytes(gp.load(tiny), "CPUExecutionProvider")
+    monkeypatch.setattr(sessions, "available_bytes", lambda: whole - 1)
+    out, report = tmp_path / "p.onnx", tmp_path / "r.json"
+    code = main(["prune", tiny, "-o", str(out), "--target-params", "0.8", "--only", "heads",
+                 "--only", "mlp", "--criterion", "flap", "--compensate", "bias",
+                 "--calib-random", "8", "--calib-batch", "4", "--report", str(report)])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    data = json.loads(report.read_text())
+    assert data["calibration"]["notes"] == ["calibrated layer by layer (2 layers)"]
+    assert data["validation"]["mode"].startswith("layer by layer against the masked original")
+    assert data["validation"]["outputs"][0]["max_rel"] < 1e-4
+    assert "layer by layer" in capsys.readouterr().out

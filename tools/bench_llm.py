@@ -58,13 +58,18 @@ CALIBRATED = {"wanda-sp", "flap", "flap-lsq", "flap-seq", "depth-bi"}
 
 
 def layer_fraction(model: Path) -> float:
-    """The share of the parameters one decoder layer holds (layer 0's weights)."""
+    """The share of the parameters one decoder layer holds: all but the largest weight (the
+    embedding, tied to the output layer) over the number of layers (the exporter renames
+    the projection weights; the norms keep their module names, "layers.N.")."""
+    import re
+
     import onnx
 
     proto = onnx.load(str(model), load_external_data=False)
-    sizes = {t.name: int(np.prod(t.dims)) for t in proto.graph.initializer}
-    layer = sum(n for name, n in sizes.items() if ".layers.0." in name)
-    return layer / sum(sizes.values())
+    sizes = sorted(int(np.prod(t.dims)) for t in proto.graph.initializer)
+    layers = {m.group(1) for t in proto.graph.initializer
+              for m in [re.search(r"layers\.(\d+)\.", t.name)] if m}  # fmt: skip
+    return (sum(sizes) - sizes[-1]) / max(len(layers), 1) / sum(sizes)
 
 
 def tokens(cache: Path, source: str, count: int, length: int) -> Path:
@@ -106,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.1, 0.2, 0.3],
                         help="fractions of the parameters to remove")  # fmt: skip
     parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=list(METHODS))
+    parser.add_argument("--only", nargs="+", default=["heads", "mlp"],
+                        help="the group kinds the width methods prune")  # fmt: skip
     parser.add_argument("--calib-count", type=int, default=32, help="calibration sequences")
     parser.add_argument("--eval-count", type=int, default=32, help="evaluation sequences")
     parser.add_argument("--length", type=int, default=256, help="tokens per sequence")
@@ -138,11 +145,11 @@ def main(argv: list[str] | None = None) -> int:
                 if method == "depth-bi":
                     command += ["--drop-blocks", str(max(1, round(ratio / per_layer)))]
                 else:
-                    command += ["--target-params", f"{1 - ratio:g}", "--only", "heads",
-                                "--only", "mlp"]  # fmt: skip
+                    command += ["--target-params", f"{1 - ratio:g}"]
+                    command += [flag for kind in args.only for flag in ("--only", kind)]
                 if method in CALIBRATED:
                     command += ["--calib", str(calib), "--calib-batch", "4"]
-                row = {"method": method, "ratio": ratio,
+                row = {"method": method, "ratio": ratio, "only": args.only,
                        **measure(command, work / "prune.log")}  # fmt: skip
                 if row["code"] == 0:
                     data = json.loads(report.read_text())
