@@ -15,6 +15,8 @@ every R of `--ratios` and every method:
   one shot from the dense model's statistics);
 - flap-seq: the same with `--calib-mode sequential` (statistics layer by layer from the
   already-pruned and repaired layers before, Putri/SparseGPT's order);
+- wanda-lsq, wanda-seq: Wanda-sp's choice with the least-squares repair, one shot or
+  layer by layer;
 - depth-bi: whole layers dropped by Block Influence (ShortGPT), as many as make up R of
   the parameters (rounded), `--drop-blocks N --block-criterion influence`.
 
@@ -52,9 +54,11 @@ METHODS = {
     "flap": ["--criterion", "flap", "--compensate", "bias"],
     "flap-lsq": ["--criterion", "flap", "--compensate", "lsq"],
     "flap-seq": ["--criterion", "flap", "--compensate", "lsq", "--calib-mode", "sequential"],
+    "wanda-lsq": ["--criterion", "wanda", "--compensate", "lsq"],
+    "wanda-seq": ["--criterion", "wanda", "--compensate", "lsq", "--calib-mode", "sequential"],
     "depth-bi": ["--block-criterion", "influence"],
 }
-CALIBRATED = {"wanda-sp", "flap", "flap-lsq", "flap-seq", "depth-bi"}
+CALIBRATED = set(METHODS) - {"magnitude"}
 
 
 def layer_fraction(model: Path) -> float:
@@ -154,7 +158,10 @@ def main(argv: list[str] | None = None) -> int:
                 if row["code"] == 0:
                     data = json.loads(report.read_text())
                     row["params_removed"] = data["params"]["removed_fraction"]
-                    row["validation"] = data["validation"].get("max_abs_diff")
+                    validation = data["validation"]
+                    row["validation"] = validation.get("mode", "whole model, vs the original")
+                    if "mode" in validation:  # against the masked original: the oracle
+                        row["oracle_max_rel"] = validation["outputs"][0]["max_rel"]
                     row["perplexity"] = round(evaluate(out, ids, args.threads), 3)
                     row["vs_dense"] = round(row["perplexity"] / dense, 3)
                 else:
