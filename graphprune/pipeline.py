@@ -325,6 +325,10 @@ def _inputs(model: onnx.ModelProto, options: PruneOptions) -> ProbedInputs:
             shapes = {name: tuple(value.shape) for name, value in feeds.items()}
             return ProbedInputs(feeds, shapes, None, execution_provider(), [], why)
         return unrun_inputs(model, options.input_shapes, options.seed, why)
+    if options.calibration.mode == "sequential" and not options.inputs:
+        # Never the whole model in one session: validated layer by layer instead.
+        why = "run layer by layer (--calib-mode sequential)"
+        return unrun_inputs(model, options.input_shapes, options.seed, why)
     if options.inputs:
         return check_inputs(model, load_inputs(options.inputs), str(options.inputs))
     return choose_inputs(model, options.input_shapes, options.seed)
