@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -25,6 +26,7 @@ from .io.saving import save_model
 from .planning.plan import Plan, PlanOptions, make_plan, plan_from_json
 from .posttrain.compensation import compensated_model
 from .posttrain.data import CalibrationData
+from .posttrain.sequential import repair_sequential
 from .posttrain.statistics import CalibrationStats, collect
 from .runtime.inputs import input_shapes, random_inputs
 from .runtime.validation import Validation, check_interface, compare
@@ -131,17 +133,58 @@ def compensate(
     )
     if notes is not None:
         notes.extend(found)
+    return _pruned_from(analysis, plan, dense, method, check=check).model
+
+
+@dataclass
+class Compensated:
+    """A prune of a compensated dense model: the pruned model, and the analysis and plan
+    of the dense one (its `mask` is the pruned model's oracle)."""
+
+    model: onnx.ModelProto
+    analysis: Analysis
+    plan: Plan
+
+    def reference(self) -> onnx.ModelProto:
+        return mask(self.analysis, self.plan)
+
+
+def compensate_layerwise(
+    analysis: Analysis,
+    plan: Plan,
+    data: CalibrationData,
+    *,
+    method: str = "lsq",
+    damp: float = 0.01,
+    batch: int = 8,
+    check: bool = True,
+    progress: bool = False,
+    notes: list[str] | None = None,
+) -> Compensated:
+    """Like `compensate`, with each layer's statistics taken from the layers before it as
+    already pruned and repaired, one layer's session at a time
+    (`graphprune.posttrain.sequential`)."""
+    dense, found = repair_sequential(
+        analysis, plan.keep_atom(analysis), data, method=method, damp=damp, batch=batch,
+        progress=progress,
+    )  # fmt: skip
+    if notes is not None:
+        notes.extend(found)
+    return _pruned_from(analysis, plan, dense, method, check=check)
+
+
+def _pruned_from(analysis, plan, dense, method, *, check: bool) -> Compensated:
     record = plan.to_json(analysis)
     record["options"]["compensate"] = method
     if method == "none":
-        pruned = rewrite(analysis, plan.keep_atom(analysis), record)
+        again, same = analysis, plan
     else:
         again = analyze_view(GraphView(dense), options=analysis.options)
         same = plan_from_json(again, record)
-        pruned = rewrite(again, same.keep_atom(again), record)
+    pruned = rewrite(again, same.keep_atom(again), record)
     if check:
         _gate(analysis, pruned)
-    return pruned
+    return Compensated(pruned, again, same)
 
 
 def validate(

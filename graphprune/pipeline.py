@@ -18,7 +18,7 @@ from typing import TypedDict
 
 import onnx
 
-from .api import analyze, compensate, plan, prune
+from .api import Compensated, analyze, compensate, compensate_layerwise, mask, plan, prune
 from .core.analysis import Analysis
 from .core.metrics import count_macs, count_params
 from .errors import GraphpruneError
@@ -34,13 +34,17 @@ from .planning.target import LatencyTarget, plan_to_latency
 from .posttrain.compensation import METHODS
 from .posttrain.criteria import CALIBRATED
 from .posttrain.data import CalibrationData, describe
+from .posttrain.sequential import collect_sequential
 from .posttrain.statistics import CalibrationStats, collect
 from .runtime.inputs import check_given_shapes, load_inputs
 from .runtime.latency import Latency, bench
 from .runtime.probe import ProbedInputs, check_inputs, choose_inputs, unrun_inputs
-from .runtime.sessions import execution_provider
-from .runtime.validation import Validation, compare, skipped
+from .runtime.sessions import SessionTooBig, execution_provider, too_big_to_run
+from .runtime.stages import compare_staged, split_layers
+from .runtime.validation import Validation, check_interface, compare, skipped
 from .version import __version__
+
+CALIB_MODES = ("auto", "whole", "sequential")
 
 
 @dataclass(frozen=True)
@@ -51,10 +55,16 @@ class CalibrationOptions:
     path: str | None = None
     random: int | None = None
     batch: int = 32
+    mode: str = "auto"  # "whole", "sequential" (layer by layer), "auto": sequential when
+    # the model's onnxruntime session does not fit in memory
 
     def __post_init__(self) -> None:
         if self.path is not None and self.random is not None:
             raise GraphpruneError("give --calib or --calib-random, not both")
+        if self.mode not in CALIB_MODES:
+            raise GraphpruneError(
+                f"unknown calibration mode {self.mode!r} (choose from {', '.join(CALIB_MODES)})"
+            )
 
     @property
     def given(self) -> bool:
@@ -221,13 +231,22 @@ def prune_model(options: PruneOptions) -> PruneResult:
             progress=options.progress,
         )
 
+    layerwise = _layerwise(options, model)
     with timings.stage("calibrate"):
-        stats = _statistics(options, analysis, shapes)
+        stats = _statistics(options, analysis, shapes, layerwise)
 
     compensation_notes: list[str] = []
+    repaired: list[Compensated] = []  # the layer-by-layer repair's dense model (its oracle)
 
     def build(chosen: Plan) -> onnx.ModelProto:
         # Checked once below, against the input as given (not the folded model).
+        if stats is not None and options.compensate != "none" and layerwise:
+            repaired[:] = [compensate_layerwise(
+                analysis, chosen, _calibration_data(options, shapes), method=options.compensate,
+                damp=options.damp, batch=options.calibration.batch, progress=options.progress,
+                notes=compensation_notes, check=False,
+            )]  # fmt: skip
+            return repaired[0].model
         if stats is not None and options.compensate != "none":
             return compensate(
                 analysis, chosen, stats, method=options.compensate, damp=options.damp,
@@ -263,12 +282,21 @@ def prune_model(options: PruneOptions) -> PruneResult:
     with timings.stage("check"):
         check_model(pruned, level=given.checks)
     with timings.stage("validate"):
-        if probed.unrun is not None:  # checked by the ONNX checker and the interface only
-            validation = skipped(
+        validation: Validation | None = None
+        if options.validate and (probed.unrun is not None or layerwise):
+            check_interface(given.interface, pruned, shapes_may_change=analysis.prune_outputs)
+            reference = repaired[0].reference() if repaired else mask(analysis, chosen)
+            try:
+                validation = _layer_by_layer(reference, pruned, analysis, probed, options)
+            except SessionTooBig:  # not even one layer fits: checked without sessions
+                if probed.unrun is None:
+                    raise
+        if validation is None and probed.unrun is not None:
+            validation = skipped(  # checked by the ONNX checker and the interface only
                 probed.provider, probed.unrun, interface=given.interface, pruned=pruned,
                 shapes_may_change=analysis.prune_outputs,
             )  # fmt: skip
-        else:
+        elif validation is None:
             validation = compare(
                 model, pruned, feeds, shapes_may_change=analysis.prune_outputs,
                 expected=probed.expected, interface=given.interface,
@@ -319,13 +347,52 @@ def _inputs(model: onnx.ModelProto, options: PruneOptions) -> ProbedInputs:
             shapes = {name: tuple(value.shape) for name, value in feeds.items()}
             return ProbedInputs(feeds, shapes, None, execution_provider(), [], why)
         return unrun_inputs(model, options.input_shapes, options.seed, why)
+    if options.calibration.mode == "sequential" and not options.inputs:
+        # Never the whole model in one session: validated layer by layer instead.
+        why = "run layer by layer (--calib-mode sequential)"
+        return unrun_inputs(model, options.input_shapes, options.seed, why)
     if options.inputs:
         return check_inputs(model, load_inputs(options.inputs), str(options.inputs))
     return choose_inputs(model, options.input_shapes, options.seed)
 
 
+def _layerwise(options: PruneOptions, model: onnx.ModelProto) -> bool:
+    """Whether calibration runs layer by layer: asked for, or (auto) the whole model's
+    session would not fit in memory."""
+    mode = options.calibration.mode
+    if mode == "auto":
+        return options.needs_statistics and too_big_to_run(model) is not None
+    return mode == "sequential"
+
+
+# Largest deviation from the masked original, over the output's scale, that passes.
+_TOLERANCE = {onnx.TensorProto.FLOAT16: 2e-2, onnx.TensorProto.BFLOAT16: 5e-2}
+
+
+def _layer_by_layer(reference, pruned, analysis: Analysis, probed: ProbedInputs,
+                    options: PruneOptions) -> Validation:  # fmt: skip
+    """The pruned model against its oracle (the masked original, or the masked repaired
+    model), both run one layer at a time: bounded memory at any size."""
+    split = split_layers(analysis.view)
+    validation = compare_staged(reference, pruned, split, [probed.feeds], provider=probed.provider,
+                                progress=options.progress)  # fmt: skip
+    validation["mode"] = f"layer by layer against the masked original ({split.stages - 1} layers)"
+    types = {o.name: o.type.tensor_type.elem_type for o in reference.graph.output}
+    for row in validation["outputs"]:
+        limit = _TOLERANCE.get(types.get(row["name"]), 1e-3)
+        if row["max_rel"] is not None and row["max_rel"] > limit:
+            raise GraphpruneError(
+                f"layer-by-layer validation: output '{row['name']}' differs from the masked "
+                f"original by {row['max_rel']:.2g} of its scale (a wrong slice)"
+            )
+    return validation
+
+
 def _statistics(
-    options: PruneOptions, analysis: Analysis, shapes: dict[str, tuple[int, ...]]
+    options: PruneOptions,
+    analysis: Analysis,
+    shapes: dict[str, tuple[int, ...]],
+    layerwise: bool = False,
 ) -> CalibrationStats | None:
     """Calibration statistics when a calibrated criterion or compensation needs them."""
     if not options.needs_statistics:
@@ -336,6 +403,16 @@ def _statistics(
         if not options.needs_channel_statistics:
             what = "block criterion 'influence' (--block-criterion magnitude needs none)"
         raise GraphpruneError(f"{what} needs calibration data (--calib FILE or --calib-random N)")
+    if layerwise:
+        if options.needs_block_influence:
+            raise GraphpruneError(
+                "block criterion 'influence' needs the whole model's session "
+                "(--calib-mode whole); --block-criterion magnitude needs none"
+            )
+        return collect_sequential(
+            analysis, _calibration_data(options, shapes), batch=options.calibration.batch,
+            progress=options.progress,
+        )  # fmt: skip
     return collect(
         analysis,
         _calibration_data(options, shapes),

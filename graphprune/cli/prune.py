@@ -16,7 +16,14 @@ from ..errors import GraphpruneError
 from ..inspect.diff import diff_models
 from ..inspect.html import diff_html
 from ..io.saving import save_model, write_text_atomically
-from ..pipeline import CalibrationOptions, PruneOptions, PruneReport, PruneResult, prune_model
+from ..pipeline import (
+    CALIB_MODES,
+    CalibrationOptions,
+    PruneOptions,
+    PruneReport,
+    PruneResult,
+    prune_model,
+)
 from ..planning.budget import Budget
 from ..planning.depth import BLOCK_CRITERIA
 from ..planning.importance import CRITERIA, NORMALIZATIONS, REDUCTIONS
@@ -130,6 +137,12 @@ def add_parser(commands) -> None:
     )
     calib.add_argument("--calib-batch", type=int, default=32, help="samples per onnxruntime run")
     calib.add_argument(
+        "--calib-mode", choices=CALIB_MODES, default="auto",
+        help="whole model in one session, or sequential: one layer at a time, each layer "
+        "repaired from the pruned layers before it (auto: sequential when the model's "
+        "session does not fit in memory)",
+    )  # fmt: skip
+    calib.add_argument(
         "--compensate", choices=METHODS, default="none",
         help="adjust the consumers of removed channels: bias (FLAP) or least squares (OBS)",
     )  # fmt: skip
@@ -191,7 +204,8 @@ def options_from(args: argparse.Namespace) -> PruneOptions:
         approximate_dynamic_quant=args.approximate_dynamic_quant,
         prune_outputs=args.prune_outputs,
         calibration=CalibrationOptions(
-            path=args.calib, random=args.calib_random, batch=args.calib_batch
+            path=args.calib, random=args.calib_random, batch=args.calib_batch,
+            mode=args.calib_mode,
         ),
         compensate=args.compensate,
         damp=args.damp,
@@ -301,8 +315,9 @@ def _print_summary(report: PruneReport) -> None:
         print(f"note: not run in onnxruntime: {validation['skipped']}; the pruned model "
               "passed the ONNX checks its input passes and keeps its interface")  # fmt: skip
     else:
+        how = f" {validation['mode']}" if "mode" in validation else ""
         print(
-            f"validated on {validation['execution_provider']}: {shapes}, "
+            f"validated on {validation['execution_provider']}{how}: {shapes}, "
             f"max relative deviation {worst:.3g}"
         )
     notes = [*report.get("input_notes", []), report.get("calibration", {}).get("batch_note")]

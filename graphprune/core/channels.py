@@ -127,13 +127,18 @@ class SliceGroupedInput:
 class Target:
     """An integer the rewrite sets: an attribute (scalar or list entry) or an entry of a
     constant input. `fallback` is the full original list when the node omits it (Split with
-    num_outputs), so the rewrite can make it explicit."""
+    num_outputs), so the rewrite can make it explicit. `path`: when the integer is stored
+    upstream of the node whose rule needs it (a shape built by a Concat that a Reshape
+    reads), the (node, input index) hops from that node down to `node`; a shape
+    computation shared by consumers that keep different counts (one repeat-KV shape for
+    every layer) is then split per consumer by the rewrite."""
 
     node: str
     input_index: int | None = None
     attribute: str | None = None
     entry: int | None = None
     fallback: tuple[int, ...] | None = None
+    path: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from .analysis import Analysis
 from .channels import Bypass, Edit, MaskInput, SetCount, SliceConstant, SliceGroupedInput
 from .dequantize import pack, unpack, zero_points
 from .graph import SUBGRAPH_READ
+from .unshare import split_shared_targets
 
 PLAN_METADATA_KEY = "graphprune.plan"
 # Float weights of this many elements or more are sliced after the export (see above).
@@ -105,6 +106,8 @@ def _edited(analysis: Analysis, keep_atom, edits_to_apply, apply, plan_json, wei
     home = {node.name: scope for scope in scopes for node in scope.nodes}
     nodes = {node.name: node for scope in scopes for node in scope.nodes}
     input_edits: dict[tuple[str, int], list[Edit]] = defaultdict(list)
+    # Every count is compared (a consumer that keeps all its channels disagrees too).
+    edits_to_apply, copies = split_shared_targets(edits_to_apply, keep_atom, nodes, home)
     for edit in edits_to_apply:
         if not _changes(edit, keep_atom):
             continue
@@ -122,6 +125,11 @@ def _edited(analysis: Analysis, keep_atom, edits_to_apply, apply, plan_json, wei
         else:
             input_edits[(edit.node, edit.input_index)].append(edit)
     uses = _constant_uses(view)
+    for copy in copies:  # they read their originals' constants too
+        for tensor in copy.inputs:
+            storage = view.storage(tensor.name) if tensor.name else None
+            if storage is not None:
+                uses[storage] += 1
     deferred: dict[str, tuple[str, list[Edit], int | None]] = {}
     for (node_name, index), edits in sorted(input_edits.items()):
         node = nodes[node_name]

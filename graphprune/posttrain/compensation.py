@@ -53,15 +53,20 @@ def compensated_model(
     *,
     method: str = "lsq",
     damp: float = 0.01,
+    into: onnx.ModelProto | None = None,
 ) -> tuple[onnx.ModelProto, list[str]]:
     """A copy of the model whose consumers of removed channels (atoms not in `keep_atom`)
-    are compensated, with notes on what was not; the rewrite then removes the channels."""
+    are compensated, with notes on what was not; the rewrite then removes the channels.
+    `into`: write into this model (the analysed one, or one compensated before for other
+    consumers, as layer-by-layer repair does) instead of a copy."""
     if method not in METHODS:
         raise GraphpruneError(f"unknown compensation {method!r} (choose from {METHODS})")
     if not 0 <= damp < math.inf:
         raise GraphpruneError(f"--damp must be non-negative and finite, got {damp}")
-    model = onnx.ModelProto()
-    model.CopyFrom(analysis.view.model)
+    model = into
+    if model is None:
+        model = onnx.ModelProto()
+        model.CopyFrom(analysis.view.model)
     notes: list[str] = []
     if method == "none":
         return model, notes

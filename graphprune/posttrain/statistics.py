@@ -363,3 +363,12 @@ def _chunks(model, consumers: list[Consumer], sizes: dict[str, int], budget: int
 def _feature_count(analysis: Analysis, consumer: Consumer) -> int:
     shape = analysis.view.constant_shape(analysis.view.nodes[consumer.node].input[1])
     return int(np.prod(shape[1:]))
+
+
+def fold_values(stats: CalibrationStats, values: dict[str, np.ndarray]) -> None:
+    """Fold one batch of consumer inputs (by tensor name) into `stats`, for callers that
+    run the model themselves (`graphprune.posttrain.sequential`: one layer at a time)."""
+    done: set[str] = set()
+    for consumer in stats.consumers:
+        if consumer.tensor in values:
+            _fold(stats, consumer, values[consumer.tensor], done)

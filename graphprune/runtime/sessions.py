@@ -116,6 +116,10 @@ def available_bytes() -> int | None:
     return None
 
 
+class SessionTooBig(GraphpruneError):
+    """A session refused because it would not fit in the memory available."""
+
+
 def too_big_to_run(model: onnx.ModelProto, provider: str | None = None) -> str | None:
     """Why an onnxruntime session of `model` would not fit in the available memory (a
     sentence), or None when it fits or the memory is unknown."""
@@ -140,7 +144,7 @@ def session(
     provider = provider or execution_provider()
     reason = too_big_to_run(model, provider)
     if reason is not None:
-        raise GraphpruneError(f"cannot run the model in onnxruntime: {reason}")
+        raise SessionTooBig(f"cannot run the model in onnxruntime: {reason}")
     providers = [provider]
     if provider != "CPUExecutionProvider":
         providers.append("CPUExecutionProvider")

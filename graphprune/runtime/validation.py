@@ -35,6 +35,8 @@ class _Validation(TypedDict):
 
 class Validation(_Validation, total=False):
     skipped: str  # why the models were not run (too large for the memory available)
+    mode: str  # which validation ran ("layer by layer against the masked original")
+    layers: list[OutputDeviation]  # the residual stream after each layer (layer by layer)
 
 
 def skipped(

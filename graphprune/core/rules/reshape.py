@@ -384,6 +384,7 @@ def shape_entry(
     computed as Mul(symbolic size, constant); the constant is what changes."""
     view = ctx.view
     node, tensor = ctx.node, view.input(ctx.node, index)
+    path: list[tuple[str, int]] = []  # the hops from the rule's node to the entry's
     for _ in range(16):
         value = view.constant(tensor)
         if value is not None:
@@ -394,11 +395,12 @@ def shape_entry(
                 return "target shape copies the channel count (0)"
             if product_of is not None and node.op_type != "Mul":
                 return "target shape holds a fixed size where the channels meet a symbolic dim"
-            return Target(node.name, input_index=index, entry=entry)
+            return Target(node.name, input_index=index, entry=entry, path=tuple(path))
         producer = view.producer(tensor)
         if producer is not None and product_of is not None:
             step = _product_step(view, producer, entry, product_of)
             if step is not None:
+                path.append((node.name, index))
                 node, index, tensor, entry = producer, step, producer.input[step], 0
                 continue
         if producer is None or producer.op_type != "Concat":
@@ -409,6 +411,7 @@ def shape_entry(
             if not shape or not isinstance(shape[0], int):
                 return "target shape pieces have unknown sizes"
             if offset + shape[0] > entry:
+                path.append((node.name, index))
                 node, index, tensor, entry = producer, piece_index, piece, entry - offset
                 break
             offset += shape[0]
