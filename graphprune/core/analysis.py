@@ -199,7 +199,8 @@ def _group(view: GraphView, recorder: Recorder, options: AnalysisOptions, blocks
             _kind(view, members[old_id], *marked, blocks),
         )
         if group.channels < 2 and group.prunable and group.kind != "blocks":
-            group.reasons.append(Reason("has a single channel"))
+            few = "no channels (a zero-sized dim)" if group.channels == 0 else "a single channel"
+            group.reasons.append(Reason(f"has {few}"))
         groups.append(group)
     group_of_class = np.where(group_of_class >= 0, renumber[group_of_class], -1)
     return Analysis(
