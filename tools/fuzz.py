@@ -67,6 +67,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -400,7 +401,8 @@ def run_all(
     def one(item: tuple[int, tuple[str, int]]) -> Outcome:
         number, (kind, index) = item
         folder = base / f"{number:05d}-{kind}-{index}"
-        outcome = run_case(make_case(kind, index, seed), index, folder, forked=forked)
+        case = make_case(kind, index, seed)
+        outcome = run_case(case, index, folder, case.timeout or HANG_S, forked=forked)
         if keep is None:
             _remove(folder)
         return outcome
@@ -496,7 +498,9 @@ def main(argv: list[str] | None = None) -> int:
     failed = [o for o in outcomes if o.problems]
     for outcome in failed:
         print(describe(outcome))
-    print(f"# {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    by_class = Counter(outcome.case.kind for outcome in failed)
+    print(f"# {time.perf_counter() - started:.0f} s; failing cases by class: "
+          f"{dict(sorted(by_class.items())) or 'none'}", file=sys.stderr)  # fmt: skip
     print(summary(outcomes))
     return 1 if failed else 0
 

@@ -43,6 +43,7 @@ class Case:
     readonly: tuple[str, ...] = ()  # folders made read-only
     fifos: tuple[str, ...] = ()  # named pipes to create
     modes: dict[str, int] = field(default_factory=dict)  # chmod after laying out (000...)
+    timeout: float | None = None  # seconds before it counts as a hang (None: fuzz.HANG_S)
 
 
 def _bytes(model: onnx.ModelProto) -> bytes:

@@ -28,8 +28,10 @@ NAME_MAX = 255  # a name of exactly this many bytes is valid
 LONG_PATH = "/".join(["d" * 200] * 21)  # past PATH_MAX (4096): refused before any lookup
 ZOO_FOLDER = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
 # The model-zoo classics that onnx ships weight-free (IR 3, opset 9; ConstantOfShape makes
-# the weights), smallest first. The largest take seconds per command and 2 GB of memory.
+# the weights), smallest first. The largest take seconds per command and 2 GB of memory
+# (VGG-19: 11 s alone, past a minute on a loaded machine): they get this long.
 ZOO = sorted(glob.glob(os.path.join(ZOO_FOLDER, "*.onnx")), key=os.path.getsize)
+ZOO_TIMEOUT_S = 300.0
 
 
 def _hostile_input(rng: random.Random, valid: bytes, name: str) -> tuple[str, str, Case]:
@@ -253,7 +255,8 @@ def zoo(rng: random.Random) -> Case:
     """A model-zoo classic as it is: analysis, pruning (calibrated too) and diff."""
     name, model = _zoo_model(rng)
     argv, outputs = _zoo_command(rng)
-    return Case("zoo", name, argv, _files(_bytes(model), model), outputs=outputs)
+    return Case("zoo", name, argv, _files(_bytes(model), model), outputs=outputs,
+                timeout=ZOO_TIMEOUT_S)  # fmt: skip
 
 
 def zoo_mutation(rng: random.Random) -> Case:
@@ -269,7 +272,8 @@ def zoo_mutation(rng: random.Random) -> Case:
         break
     data = mutated if isinstance(mutated, bytes) else _bytes(mutated)
     argv, outputs = _zoo_command(rng)
-    return Case("zoo_mutation", f"{kind} of {name}", argv, _files(data, model), outputs=outputs)
+    return Case("zoo_mutation", f"{kind} of {name}", argv, _files(data, model), outputs=outputs,
+                timeout=ZOO_TIMEOUT_S)  # fmt: skip
 
 
 PATH_CLASSES = {
