@@ -252,11 +252,12 @@ def _zoo_model(rng: random.Random) -> tuple[str, onnx.ModelProto]:
 
 
 def zoo(rng: random.Random) -> Case:
-    """A model-zoo classic as it is: analysis, pruning (calibrated too) and diff."""
+    """A model-zoo classic as it is: analysis, pruning (calibrated too) and diff, each of
+    which must work (valid models, ordinary options: a refusal is a failure here)."""
     name, model = _zoo_model(rng)
     argv, outputs = _zoo_command(rng)
     return Case("zoo", name, argv, _files(_bytes(model), model), outputs=outputs,
-                timeout=ZOO_TIMEOUT_S)  # fmt: skip
+                must_succeed=True, timeout=ZOO_TIMEOUT_S)  # fmt: skip
 
 
 def zoo_mutation(rng: random.Random) -> Case:
