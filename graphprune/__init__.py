@@ -12,6 +12,17 @@
 or the whole run at once: `gp.prune_model(gp.PruneOptions(model="model.onnx", ...))`.
 """
 
+import os
+
+# onnxruntime's telemetry (1DS, in its recent Linux and macOS wheels; 1.31 here) writes a device
+# id and an event cache under ~/.cache/Microsoft/DeveloperTools/.onnxruntime (or
+# $XDG_CACHE_HOME) and a session file $TMPDIR/.ses, when onnxruntime is imported. A
+# pruning tool run in CI must leave HOME and TMPDIR as it found them, and the environment
+# variable, read once when onnxruntime initializes, is its only switch that writes none of
+# them (onnxruntime.disable_telemetry_events() comes after the import has written them).
+# An explicit ORT_DISABLE_TELEMETRY=0 keeps it on.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
 from .api import analyze, calibrate, compensate, load, mask, plan, prune, save, validate
 from .core.analysis import Analysis, AnalysisOptions, Group
 from .core.channels import KINDS, Kind, Reason

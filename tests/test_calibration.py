@@ -206,7 +206,7 @@ def test_cli_post_training(tmp_path):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--calib", "missing.npz", "--criterion", "wanda"], "does not exist"),
+        (["--calib", "missing.npz", "--criterion", "wanda"], "cannot read --calib missing.npz"),
         (["--calib", "{tmp}/bad.npz", "--criterion", "wanda"], "lacks input"),
         (["--calib-random", "4", "--target-macs", "1.5"], "fraction to keep"),
         (["--criterion", "flap"], "needs calibration data"),

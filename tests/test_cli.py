@@ -92,7 +92,7 @@ def test_round_to_and_ignore(tmp_path):
         (["--ratio", "-0.1"], "ratio must be in [0, 1)"),
         (["--ratio", "0.5", "--ignore", "no_such_node"], "matches no node or initializer"),
         ([], "give --ratio"),
-        (["--ratio", "0.5", "--inputs", "missing.npz"], "cannot read inputs"),
+        (["--ratio", "0.5", "--inputs", "missing.npz"], "cannot read --inputs missing.npz"),
     ],
 )
 def test_bad_options_fail_cleanly(tmp_path, capsys, args, message):

@@ -146,7 +146,8 @@ def test_cli_diff_json_html_deterministic_and_exit_code(tmp_path, capsys):
 def test_cli_diff_errors_are_one_line(tmp_path, capsys):
     assert main(["diff", str(tmp_path / "missing.onnx"), str(tmp_path / "b.onnx")]) == 1
     error = capsys.readouterr().err
-    assert error.startswith("graphprune: error: no such file") and error.count("\n") == 1
+    assert error.startswith("graphprune: error: cannot read the model") and error.count("\n") == 1
+    assert error.endswith("missing.onnx: no such file\n")
 
 
 def test_prune_and_analyze_write_html(tmp_path):

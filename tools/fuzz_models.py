@@ -29,8 +29,11 @@ def _model(nodes, inputs, outputs, initializers) -> onnx.ModelProto:
     return model
 
 
-def conv_net() -> onnx.ModelProto:
-    """Conv-Relu-Conv with a residual Add, pooling and a Gemm head: x[1,3,8,8] -> y[1,4]."""
+def conv_net(
+    *, cin: int = 3, width: int = 8, classes: int = 4, size: int = 8, batch: int = 1
+) -> onnx.ModelProto:
+    """Conv-Relu-Conv with a residual Add, pooling and a Gemm head: x[1,3,8,8] -> y[1,4]
+    (the dims are parameters: the zero-sized variants set one to 0)."""
     rng = np.random.default_rng(0)
     nodes = [
         helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], "conv1", pads=[1, 1, 1, 1]),
@@ -42,20 +45,23 @@ def conv_net() -> onnx.ModelProto:
         helper.make_node("Gemm", ["f", "wf", "bf"], ["y"], "fc", transB=1),
     ]
     weights = [
-        _weight(rng, "w1", 8, 3, 3, 3), _weight(rng, "b1", 8),
-        _weight(rng, "w2", 8, 8, 3, 3), _weight(rng, "b2", 8),
-        _weight(rng, "wf", 4, 8), _weight(rng, "bf", 4),
+        _weight(rng, "w1", width, cin, 3, 3), _weight(rng, "b1", width),
+        _weight(rng, "w2", width, width, 3, 3), _weight(rng, "b2", width),
+        _weight(rng, "wf", classes, width), _weight(rng, "bf", classes),
     ]  # fmt: skip
     return _model(
         nodes,
-        [helper.make_tensor_value_info("x", FLOAT, [1, 3, 8, 8])],
-        [helper.make_tensor_value_info("y", FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("x", FLOAT, [batch, cin, size, size])],
+        [helper.make_tensor_value_info("y", FLOAT, [batch, classes])],
         weights,
     )
 
 
-def attention_net() -> onnx.ModelProto:
-    """An MLP (MatMul-Add-Relu-MatMul) then single-head attention: x[1,4,16] -> y[1,4,16]."""
+def attention_net(
+    *, dim: int = 16, hidden: int = 32, head: int = 8, seq: int = 4
+) -> onnx.ModelProto:
+    """An MLP (MatMul-Add-Relu-MatMul) then single-head attention: x[1,4,16] -> y[1,4,16]
+    (the dims are parameters: the zero-sized variants set one to 0)."""
     rng = np.random.default_rng(1)
     nodes = [
         helper.make_node("MatMul", ["x", "w1"], ["m1"], "up"),
@@ -72,14 +78,14 @@ def attention_net() -> onnx.ModelProto:
         helper.make_node("MatMul", ["p", "v"], ["y"], "mix"),
     ]
     weights = [
-        _weight(rng, "w1", 16, 32), _weight(rng, "b1", 32),
-        _weight(rng, "w2", 32, 16), _weight(rng, "b2", 16),
-        _weight(rng, "wq", 16, 8), _weight(rng, "wk", 16, 8), _weight(rng, "wv", 16, 16),
+        _weight(rng, "w1", dim, hidden), _weight(rng, "b1", hidden),
+        _weight(rng, "w2", hidden, dim), _weight(rng, "b2", dim),
+        _weight(rng, "wq", dim, head), _weight(rng, "wk", dim, head), _weight(rng, "wv", dim, dim),
     ]  # fmt: skip
     return _model(
         nodes,
-        [helper.make_tensor_value_info("x", FLOAT, ["batch", 4, 16])],
-        [helper.make_tensor_value_info("y", FLOAT, ["batch", 4, 16])],
+        [helper.make_tensor_value_info("x", FLOAT, ["batch", seq, dim])],
+        [helper.make_tensor_value_info("y", FLOAT, ["batch", seq, dim])],
         weights,
     )
 
@@ -167,6 +173,64 @@ def externalize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bytes]:
             entry = tensor.external_data.add()
             entry.key, entry.value = key, str(value)
     return model, bytes(blob)
+
+
+def _zero_side_branch() -> onnx.ModelProto:
+    """The attention net with a side MatMul of no outputs ([16, 0]) on the MLP's output,
+    concatenated to the values: a consumer of a prunable group whose weight is empty."""
+    model = attention_net()
+    graph = model.graph
+    graph.initializer.append(numpy_helper.from_array(np.zeros((16, 0), np.float32), "w0"))
+    side = helper.make_node("MatMul", ["o", "w0"], ["side"], "side")
+    cat = helper.make_node("Concat", ["v", "side"], ["cat"], "cat", axis=-1)
+    mix = next(node for node in graph.node if node.name == "mix")
+    mix.input[1] = "cat"
+    position = list(graph.node).index(mix)
+    graph.node.insert(position, cat)
+    graph.node.insert(position, side)
+    return model
+
+
+def _zero_split() -> onnx.ModelProto:
+    """The conv net whose first activation is split into 8 and 0 channels."""
+    model = conv_net()
+    graph = model.graph
+    graph.initializer.append(numpy_helper.from_array(np.array([8, 0], np.int64), "sizes"))
+    split = helper.make_node("Split", ["r1", "sizes"], ["s8", "s0"], "split", axis=1)
+    conv2 = next(node for node in graph.node if node.name == "conv2")
+    conv2.input[0] = "s8"
+    graph.node.insert(list(graph.node).index(conv2), split)
+    return model
+
+
+def _zero_concat() -> onnx.ModelProto:
+    """The conv net with an empty [1, 0, 8, 8] initializer concatenated to an activation."""
+    model = conv_net()
+    graph = model.graph
+    graph.initializer.append(numpy_helper.from_array(np.zeros((1, 0, 8, 8), np.float32), "e"))
+    cat = helper.make_node("Concat", ["r1", "e"], ["r1e"], "cat", axis=1)
+    conv2 = next(node for node in graph.node if node.name == "conv2")
+    conv2.input[0] = "r1e"
+    graph.node.insert(list(graph.node).index(conv2), cat)
+    return model
+
+
+# Models with a zero-sized dim somewhere: a layer of no channels, an empty weight, an
+# input with an empty axis, empty pieces of a Split or Concat. Valid ONNX all of them.
+ZERO_DIMS: dict[str, Callable[[], onnx.ModelProto]] = {
+    "conv width 0": lambda: conv_net(width=0),
+    "conv classes 0": lambda: conv_net(classes=0),
+    "conv input channels 0": lambda: conv_net(cin=0),
+    "conv image size 0": lambda: conv_net(size=0),
+    "conv batch 0": lambda: conv_net(batch=0),
+    "attention hidden 0": lambda: attention_net(hidden=0),
+    "attention head 0": lambda: attention_net(head=0),
+    "attention model dim 0": lambda: attention_net(dim=0),
+    "attention sequence 0": lambda: attention_net(seq=0),
+    "attention side branch of 0 outputs": _zero_side_branch,
+    "conv split into 8 and 0": _zero_split,
+    "conv concat of an empty constant": _zero_concat,
+}
 
 
 BASES: dict[str, Callable[[], onnx.ModelProto]] = {

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import GraphpruneError, first_line
 from ..io.loading import external_data_files
+from ..io.paths import readable_file, readable_files, shown, writable_file
 
 APPROXIMATE_HELP = (
     "also prune channels normalized together by LayerNormalization (inexact: the kept "
@@ -21,6 +21,7 @@ APPROXIMATE_DYNAMIC_QUANT_HELP = (
     "also prune channels that a DynamicQuantizeLinear quantizes together (onnxruntime's "
     "quantize_dynamic; inexact: the kept channels are requantized on their own range)"
 )
+_FOLDER_OPTIONS = {"--calib"}  # input options that take a folder of .npz files too
 RUN_TIMEOUT_HELP = "stop any one onnxruntime run after this many seconds (a Loop that never ends)"
 
 
@@ -41,9 +42,9 @@ def parse_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
 
 def read_json(path: str, what: str) -> object:
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(readable_file(path, what).read_text())
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
-        raise GraphpruneError(f"cannot read {what} {path}: {first_line(error)}") from None
+        raise GraphpruneError(f"cannot read {what} {shown(path)}: {first_line(error)}") from None
 
 
 def check_number(option: str, value: float | None, low: float, high: float = math.inf) -> None:
@@ -53,26 +54,38 @@ def check_number(option: str, value: float | None, low: float, high: float = mat
 
 
 def check_outputs(
-    outputs: dict[str, str | None], models: list[str], inputs: Sequence[str | None] = ()
+    outputs: dict[str, str | None], models: list[str], inputs: dict[str, str | None] | None = None
 ) -> None:
-    """Refuse, before anything runs, an output path (option -> path) that is an input (a
-    model, its external data, a file in `inputs`), the path of another output, not a file,
-    or in a folder that is missing or cannot be written."""
+    """Refuse, before anything runs, a model or input file (option -> path; --calib: a
+    folder of .npz files too) that cannot be read, and an output path (option -> path)
+    that is an input (a model, its external data, a file in `inputs`), the path of
+    another output, not a file, or in a folder that is missing or cannot be written
+    (`graphprune.io.paths`)."""
+    for model in models:
+        readable_file(model, "the model")
+    given_inputs = {option: path for option, path in (inputs or {}).items() if path is not None}
+    for option, path in given_inputs.items():
+        if option in _FOLDER_OPTIONS:
+            readable_files(path, option, ".npz")
+        else:
+            readable_file(path, option)
     given = {option: path for option, path in outputs.items() if path is not None}
-    taken = {Path(path).resolve(): f"the input {path}" for path in [*models, *inputs] if path}
+    for option, path in given.items():
+        writable_file(path, option)
+    # realpath, not Path.resolve: it raises on no link loop.
+    read = [*models, *given_inputs.values()]
+    taken = {os.path.realpath(path): f"the input {shown(path)}" for path in read}
     if any(os.path.lexists(path) for path in given.values()):  # only then can it be one
         for model in models:
-            taken |= dict.fromkeys(_external_files(model), f"external data of {model}")
+            external = map(str, _external_files(model))
+            taken |= dict.fromkeys(external, f"external data of {shown(model)}")
     for option, path in given.items():
-        if not path:
-            raise GraphpruneError(f"{option} needs a path")
-        resolved = Path(path).resolve()
+        resolved = os.path.realpath(path)
         if resolved in taken:
-            raise GraphpruneError(f"{option} {path} is {taken[resolved]}; choose another path")
+            raise GraphpruneError(
+                f"{option} {shown(path)} is {taken[resolved]}; choose another path"
+            )
         taken[resolved] = f"the path of {option}"
-        if resolved.exists() and not resolved.is_file():
-            raise GraphpruneError(f"{option} {path} exists and is not a file")
-        _check_folder(option, resolved.parent)
 
 
 def _external_files(model: str) -> set[Path]:
@@ -80,16 +93,6 @@ def _external_files(model: str) -> set[Path]:
         return external_data_files(model)
     except GraphpruneError:
         return set()  # the model's own load reports what is wrong with it
-
-
-def _check_folder(option: str, folder: Path) -> None:
-    if not folder.is_dir():
-        raise GraphpruneError(f"{option}: folder {folder} does not exist")
-    try:
-        with tempfile.TemporaryFile(dir=folder):  # unnamed on Linux: nothing to clean up
-            pass
-    except OSError as error:
-        raise GraphpruneError(f"{option}: cannot write to {folder} ({error.strerror})") from None
 
 
 def write_all(writes: list[tuple[str, Callable[[], object]]]) -> None:

@@ -38,7 +38,7 @@ def add_parser(commands) -> None:
 def run(args: argparse.Namespace) -> int:
     json_path = None if args.json == "-" else args.json
     check_outputs({"--json": json_path, "--html": args.html}, [args.before, args.after],
-                  [args.inputs])  # fmt: skip
+                  {"--inputs": args.inputs})  # fmt: skip
     check_number("--seed", args.seed, 0)
     limit_runs(args.run_timeout)
     shapes = parse_shapes(args.input_shape)

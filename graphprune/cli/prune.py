@@ -172,7 +172,8 @@ def options_from(args: argparse.Namespace) -> PruneOptions:
         )
     check_outputs(
         {"-o": args.output, "--report": args.report, "--html": args.html},
-        [args.model], [args.plan, args.calib, args.inputs, args.latency_table],
+        [args.model], {"--plan": args.plan, "--calib": args.calib, "--inputs": args.inputs,
+                       "--latency-table": args.latency_table},
     )  # fmt: skip
     _check_numbers(args)
     return PruneOptions(

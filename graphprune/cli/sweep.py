@@ -116,7 +116,7 @@ def add_parser(commands) -> None:
 def run_sweep(args: argparse.Namespace) -> int:
     check_outputs(
         {"-o": args.output, "--html": args.html}, [args.model],
-        [args.calib, args.inputs, args.latency_table],
+        {"--calib": args.calib, "--inputs": args.inputs, "--latency-table": args.latency_table},
     )  # fmt: skip
     for value in [*args.ratios, *args.target_latency]:
         check_number("--ratios/--target-latency", value, 0.0, 0.99)

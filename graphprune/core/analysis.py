@@ -220,7 +220,8 @@ def _group(view: GraphView, recorder: Recorder, options: AnalysisOptions, blocks
             _kind(view, names, *marked, blocks),
         )
         if group.channels < 2 and group.prunable and group.kind != "blocks":
-            group.reasons.append(Reason("has a single channel"))
+            few = "no channels (a zero-sized dim)" if group.channels == 0 else "a single channel"
+            group.reasons.append(Reason(f"has {few}"))
         groups.append(group)
     _label_nodes(graph, recorder.sources, group_of_source, class_of, group_of_class, groups)
     return Analysis(

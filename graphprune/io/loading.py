@@ -18,6 +18,7 @@ from .checks import CheckLevel, check_level
 from .external import attach
 from .folding import fold_constants
 from .interface import Interface, interface_of
+from .paths import MISSING, file_problem, readable_file, shown
 from .protos import all_graphs, all_tensors, byte_size, element_count, unique_name
 from .wellformed import check_input_model, check_reads
 
@@ -93,12 +94,13 @@ def _read(path: Path) -> onnx.ModelProto:
 
 
 def _parse(path: Path) -> onnx.ModelProto:
-    if not path.is_file():
-        raise GraphpruneError(f"no such file: {path}")
+    readable_file(path, "the model")
     try:  # onnx reads .json and text formats by the file's suffix, each with its own error
         return onnx.load(str(path), load_external_data=False)
     except (*_PARSE_ERRORS, RuntimeWarning, ValueError, OSError) as error:
-        raise GraphpruneError(f"{path} is not a valid ONNX model ({first_line(error)})") from None
+        raise GraphpruneError(
+            f"{shown(path)} is not a valid ONNX model ({first_line(error)})"
+        ) from None
 
 
 def _external_files(model: onnx.ModelProto, folder: Path) -> set[Path]:
@@ -111,26 +113,36 @@ def _external_files(model: onnx.ModelProto, folder: Path) -> set[Path]:
 
 def _external_file(tensor: onnx.TensorProto, folder: Path) -> Path:
     """The file of a tensor's external data, refused (one line) unless
-    the file lies inside the model's folder (no `..`, absolute paths or links out of it) and
-    the range lies inside the file and holds exactly the tensor's bytes."""
+    the file lies inside the model's folder (no `..`, absolute paths or links out of it),
+    is a regular file that can be read (`graphprune.io.paths`) and the range lies inside
+    the file and holds exactly the tensor's bytes."""
     entries = {entry.key: entry.value for entry in tensor.external_data}
     location = entries.get("location", "")
-    where = f"external data of tensor '{tensor.name}'"
-    root = folder.resolve()
-    file = (root / location).resolve()
+    where = f"external data of tensor '{shown(tensor.name)}'"
     relative = Path(location)
-    if not location or relative.is_absolute() or ".." in relative.parts:
-        raise GraphpruneError(f"{where}: location {location!r} is not a file in the model's folder")
+    if not location or "\0" in location or relative.is_absolute() or ".." in relative.parts:
+        raise GraphpruneError(
+            f"{where}: location '{shown(location)}' is not a file in the model's folder"
+        )
+    root = os.path.realpath(folder)
+    # realpath leaves a link loop or an over-long name as it is: file_problem names them.
+    file = Path(os.path.realpath(os.path.join(root, location)))
     if not file.is_relative_to(root):
-        raise GraphpruneError(f"{where}: {location!r} leads outside the model's folder")
-    if not file.is_file():
-        raise GraphpruneError(f"missing external data: no file {location!r} next to the model")
+        raise GraphpruneError(f"{where}: '{shown(location)}' leads outside the model's folder")
+    problem = file_problem(file)
+    if problem == MISSING:
+        raise GraphpruneError(
+            f"missing external data: no file '{shown(location)}' next to the model"
+        )
+    if problem is not None:
+        raise GraphpruneError(f"{where}: cannot read '{shown(location)}': {problem}")
     size = file.stat().st_size
     offset = _integer(entries.get("offset", "0"), where, "offset")
     length = _integer(entries.get("length", str(size - offset)), where, "length")
     if offset < 0 or length < 0 or offset + length > size:
         raise GraphpruneError(
-            f"{where}: bytes {offset}..{offset + length} are outside {location!r} ({size} bytes)"
+            f"{where}: bytes {offset}..{offset + length} are outside '{shown(location)}' "
+            f"({size} bytes)"
         )
     expected = byte_size(tensor.data_type, element_count(tensor.dims))
     if expected is not None and length != expected:

@@ -1,6 +1,11 @@
 """Writing models atomically: a temporary file in the destination folder, checked as
 written when asked, then a rename, so a failure never leaves a half-written (or invalid)
-model and readers never see one."""
+model and readers never see one.
+
+The file is staged in a private temporary folder (mode 0700) and created there with a
+plain open, so that it carries the user's umask like any other file (tempfile.mkstemp
+would make it 0600); the folder's name is short, so that any name the folder takes as
+a file also fits its staged copy."""
 
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ import onnx
 
 from .checks import CheckLevel, check_file
 from .large import too_large, write_external, write_inline
+
+_STAGING = ".graphprune-"  # the staging folder's prefix
 
 
 def save_model(
@@ -29,7 +36,7 @@ def save_model(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     external = too_large(model)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as folder:
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=_STAGING) as folder:
         staged = Path(folder) / path.name
         data_name = f"{path.name}.data"
         if external:
@@ -47,11 +54,7 @@ def save_model(
 def write_text_atomically(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=_STAGING) as folder:
+        staged = Path(folder) / path.name
+        staged.write_text(text, encoding="utf-8")
+        os.replace(staged, path)

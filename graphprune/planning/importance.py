@@ -122,6 +122,8 @@ def _normalize(analysis: Analysis, scores: np.ndarray, normalization: str) -> np
     out = scores.copy()
     for group in analysis.groups:
         values = scores[group.classes]
+        if not values.size:  # a group of no channels (a zero-sized dim): nothing to scale
+            continue
         if normalization == "standard":
             out[group.classes] = standardize(values)
             continue

@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 
 from ..errors import GraphpruneError
+from ..io.paths import readable_files, shown
 from ..io.protos import graph_inputs, input_dtype
 from ..runtime.inputs import id_ranges, random_array, read_npz, shapes_text
 
@@ -34,15 +35,7 @@ class CalibrationData:
     def files(self) -> list[Path]:
         if self.path is None:
             return []
-        path = Path(self.path)
-        if path.is_dir():
-            found = sorted(path.glob("*.npz"))
-            if not found:
-                raise GraphpruneError(f"calibration directory {path} holds no .npz files")
-            return found
-        if not path.is_file():
-            raise GraphpruneError(f"calibration file {path} does not exist")
-        return [path]
+        return readable_files(self.path, "calibration data", ".npz")
 
 
 def model_inputs(model: onnx.ModelProto) -> dict[str, np.dtype]:
@@ -102,12 +95,12 @@ def _read(path: Path, inputs: dict[str, np.dtype]) -> dict[str, np.ndarray]:
         if unknown:
             what += ("; " if what else "") + f"has arrays that are no model input: {unknown}"
         raise GraphpruneError(
-            f"calibration file {path.name} {what} (model inputs: {', '.join(inputs)})"
+            f"calibration file {shown(path.name)} {what} (model inputs: {', '.join(inputs)})"
         )
     counts = {value.shape[0] if value.ndim else -1 for value in arrays.values()}
     if len(counts) != 1 or -1 in counts or 0 in counts:
         raise GraphpruneError(
-            f"calibration file {path.name}: arrays must share a non-empty sample axis 0"
+            f"calibration file {shown(path.name)}: arrays must share a non-empty sample axis 0"
         )
     return {name: arrays[name].astype(dtype, copy=False) for name, dtype in inputs.items()}
 

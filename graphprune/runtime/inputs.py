@@ -14,6 +14,7 @@ import onnx
 
 from ..errors import GraphpruneError, first_line
 from ..io.external import to_array
+from ..io.paths import readable_file, shown
 from ..io.protos import graph_inputs, input_dtype, node_attribute
 
 DEFAULT_DIM = 224  # for symbolic non-batch input dims when the user gives no shape
@@ -219,6 +220,7 @@ def load_inputs(path: str | os.PathLike) -> dict[str, np.ndarray]:
 def read_npz(path: str | os.PathLike, what: str) -> dict[str, np.ndarray]:
     """The arrays of an NPZ file, refused (one line) unless it is one and holds arrays of
     numbers or booleans."""
+    readable_file(path, what)
     try:
         loaded = np.load(path)
         if not isinstance(loaded, np.lib.npyio.NpzFile):
@@ -226,14 +228,16 @@ def read_npz(path: str | os.PathLike, what: str) -> dict[str, np.ndarray]:
         with loaded:
             arrays = {key: loaded[key] for key in loaded.files}
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as error:
-        raise GraphpruneError(f"cannot read {what} {path}: {first_line(error)}") from None
+        raise GraphpruneError(f"cannot read {what} {shown(path)}: {first_line(error)}") from None
     if not arrays:
-        raise GraphpruneError(f"cannot read {what} {path}: it holds no arrays")
+        raise GraphpruneError(f"cannot read {what} {shown(path)}: it holds no arrays")
     for name, value in arrays.items():
         if value.dtype.kind not in "biuf":
             raise GraphpruneError(
-                f"{what} {path}: array '{name}' holds {value.dtype}, not numbers"
+                f"{what} {shown(path)}: array '{shown(name)}' holds {value.dtype}, not numbers"
             )
         if value.size == 0:
-            raise GraphpruneError(f"{what} {path}: array '{name}' is empty {value.shape}")
+            raise GraphpruneError(
+                f"{what} {shown(path)}: array '{shown(name)}' is empty {value.shape}"
+            )
     return arrays
