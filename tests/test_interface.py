@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 import graphprune as gp
 from graphprune.cli import main
 from graphprune.errors import GraphpruneError
-from graphprune.io.checks import check_level
+from graphprune.io.checks import check_level, check_model
 from graphprune.io.interface import call_problem, interface_of, interface_problem
 from graphprune.io.saving import save_model
 from graphprune.runtime.sessions import run, session
@@ -315,3 +315,13 @@ def test_a_model_written_with_external_data_is_checked_before_either_file_lands(
     save_model(conv_net(), tmp_path / "out.onnx", check="full")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.onnx", "out.onnx.data"]
     onnx.checker.check_model(str(tmp_path / "out.onnx"), full_check=True)
+
+
+def test_a_type_the_checker_cannot_represent_fails_the_check_in_one_line():
+    # An element type onnx does not know (99) makes full shape inference raise ValueError,
+    # not InferenceError: that model fails the full check like any other, it does not crash.
+    model = conv_net()
+    model.graph.input[0].type.tensor_type.elem_type = 99
+    assert check_level(model) == "structure"
+    with pytest.raises(GraphpruneError, match="fails the ONNX checker: Invalid tensor data type"):
+        check_model(model, level="full")

@@ -17,7 +17,9 @@ from ..errors import GraphpruneError, first_line
 from .large import heavy, weightless
 
 CheckLevel = Literal["full", "structure", "none"]
-_CHECKER_ERRORS = (onnx.checker.ValidationError, onnx.shape_inference.InferenceError)
+# Full shape inference raises ValueError for an element type onnx does not know (a corrupt
+# or future type code): that model fails the check like any other.
+_CHECKER_ERRORS = (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError)
 
 
 def check_level(model: onnx.ModelProto) -> CheckLevel:
