@@ -143,6 +143,51 @@ def test_the_oracle_catches_a_wrong_slice():
         assert_same_outputs(masked, outputs(wrong, feeds))
 
 
+def _conv_layer(g: GraphBuilder, x: str, w: np.ndarray, scale: float, bias: np.ndarray) -> str:
+    """ConvInteger with its bias quantized at run time, as older `quantize_dynamic` wrote
+    it (ddddocr's `common_old.onnx`): int32 Reshape(Cast(Floor(bias / (x_scale *
+    w_scale))), [1, C, 1, 1]) added to the integer sum, then Cast and Mul back to float."""
+    xq, x_scale, x_zero = g.op("DynamicQuantizeLinear", [x], outputs=3)
+    product = g.op("ConvInteger", [xq, g.const(w), x_zero, g.const(np.uint8(128))], pads=[1] * 4)
+    scales = g.op("Mul", [x_scale, g.const(np.float32(scale))])
+    steps = g.op("Floor", [g.op("Div", [g.const(bias), scales])])
+    shape = g.const(np.array([1, -1 if bias.size == 1 else bias.size, 1, 1], np.int64))
+    quantized_bias = g.op("Reshape", [g.op("Cast", [steps], to=6), shape])
+    total = g.op("Cast", [g.op("Add", [product, quantized_bias])], to=1)
+    return g.op("Mul", [total, g.op("Mul", [x_scale, g.const(np.float32(scale))])])
+
+
+def _dynamic_cnn(w1: np.ndarray, b1: np.ndarray, w2: np.ndarray) -> onnx.ModelProto:
+    g = GraphBuilder(opset=17)
+    h = g.op("Relu", [_conv_layer(g, g.input([1, 3, 8, 8]), w1, 0.01, b1)])
+    g.output(_conv_layer(g, h, w2, 0.02, np.full(4, 0.1, np.float32)))
+    return g.model()
+
+
+def test_a_bias_quantized_at_run_time_is_sliced_where_it_is_computed():
+    rng = np.random.default_rng(5)
+    w1 = rng.integers(0, 256, (WIDTH, 3, 3, 3)).astype(np.uint8)
+    b1 = rng.normal(0, 0.5, WIDTH).astype(np.float32)
+    w2 = rng.integers(0, 256, (4, WIDTH, 3, 3)).astype(np.uint8)
+    model = gp.load(_dynamic_cnn(w1, b1, w2))
+    assert not gp.analyze(model).prunable_groups  # the quantizer's range: the barrier
+    analysis = gp.analyze(model, approximate_dynamic_quant=True)
+    (group,) = analysis.prunable_groups
+    assert group.channels == WIDTH
+    plan = gp.plan(analysis, 0.25)
+    pruned = gp.prune(analysis, plan)
+    feeds = random_inputs(model, input_shapes(model), seed=6)
+    masked = outputs(gp.mask(analysis, plan), feeds)
+    assert_same_outputs(masked, outputs(pruned, feeds), rtol=1e-6)
+    kept = np.asarray(plan.choices[0].kept)
+    reference = _dynamic_cnn(w1[kept], b1[kept], w2[:, kept])  # built at the kept width
+    assert_same_outputs(outputs(reference, feeds), outputs(pruned, feeds), rtol=1e-6)
+    shifted = sorted({(i + 1) % WIDTH for i in plan.choices[0].removed})
+    wrong = gp.prune(analysis, _plan(analysis, group, shifted))
+    with pytest.raises(AssertionError):
+        assert_same_outputs(masked, outputs(wrong, feeds))
+
+
 def _quantized(source, tmp_path, per_channel: bool = False) -> onnx.ModelProto:
     """`quantize_dynamic` of an export. Its shape inference refuses the dynamo exporter's
     value_info (a MatMul's recorded shape), so that goes first: it is only a hint."""

@@ -11,6 +11,7 @@ state channel flow with its verbs:
   statement is kept with the rule, op and node that made it: `Coupling`);
 - `slice(index, axis, atoms, role=..., absorbs=...)`: a constant input loses positions;
 - `slice_upstream(index, constant, axis, atoms, ...)`: so does one of its producer's;
+- `slice_at(node, constant, axis, atoms)`: so does a node's further upstream;
 - `slice_grouped_input(index, atoms)`: a grouped Conv's input channels;
 - `set_count(target, atoms)`: an integer (attribute or shape entry) becomes the kept count;
 - `mask_input(index, axis, atoms, fill=0.0)`: for the oracle, `fill` equals removal here;
@@ -284,8 +285,15 @@ class Context:
         """`slice` for constant input `constant` of the node that produces input `index`
         (a weight table that node gathers per row for this one to multiply by)."""
         producer = self.view.producer(self.node.input[index])
-        edit = SliceConstant(producer.name, constant, axis, atoms, role, absorbs)
-        self._recorder.edits.append(edit)
+        self.slice_at(producer.name, constant, axis, atoms, role, absorbs)
+
+    def slice_at(
+        self, node: str, constant: int, axis: int, atoms: np.ndarray, role: Role = "param",
+        absorbs: bool = False,
+    ) -> None:  # fmt: skip
+        """`slice` for constant input `constant` of `node`, further upstream (a per-channel
+        operand that a chain of nodes computes for this one alone from that constant)."""
+        self._recorder.edits.append(SliceConstant(node, constant, axis, atoms, role, absorbs))
 
     def slice_grouped_input(self, index: int, atoms: np.ndarray) -> None:
         node, quant = self.node.name, self._quantized.get(index)

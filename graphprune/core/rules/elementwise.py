@@ -8,8 +8,9 @@ is the same alignment from the right).
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
-from ..channels import Layout
+from ..channels import Layout, Target
 from .context import Context
 from .registry import rule
 
@@ -95,45 +96,88 @@ def broadcast(ctx: Context) -> None:
         if ctx.constant(index) is not None and not first.tiled:
             ctx.slice(index, operand_axis, first.atoms)
             continue
-        constants = None if first.tiled else _computed_per_channel(ctx, index, operand_axis)
-        if constants is None:
+        edits = None if first.tiled else _computed_per_channel(ctx, name, operand_axis)
+        if edits is None:
             ctx.block(f"per-channel operand {name!r} is computed from untracked channels")
             return
-        for constant, constant_axis in constants:
-            ctx.slice_upstream(index, constant, constant_axis, first.atoms)
+        for edit in edits:
+            if isinstance(edit, Target):
+                ctx.set_count(edit, first.atoms)
+            else:
+                ctx.slice_at(*edit, first.atoms)
     ctx.emit(0, Layout(axis, first.atoms, first.tiled))
 
 
-def _computed_per_channel(ctx: Context, index: int, axis: int) -> list[tuple[int, int]] | None:
-    """The (input, axis) pairs to slice when operand `index` is computed, for this node
-    alone, by a broadcasting op whose per-channel inputs along `axis` are all constants
-    and whose other inputs broadcast along it (size 1, computed or not): position i of
-    the result depends only on position i of those constants. None when it is not."""
-    name = ctx.node.input[index]
-    producer = ctx.view.producer(name)
+# A constant input to slice upstream (node, input, axis), or a shape entry to set.
+Upstream = tuple[str, int, int] | Target
+_ARITHMETIC = ("Add", "Sub", "Mul", "Div")
+
+
+def _computed_per_channel(
+    ctx: Context, name: str, axis: int, depth: int = 8
+) -> list[Upstream] | None:
+    """What to edit when tensor `name`, per-channel along `axis`, is computed for this node
+    alone from per-channel constants by ops that keep position i at position i, all
+    other operands broadcasting along the axis (size 1, computed or not): Add/Sub/Mul/Div
+    (a per-column weight scale times a dynamic activation scale), unary elementwise ops
+    (the Cast(Floor(bias / scale)) of a bias quantized at runtime) and a Reshape that only
+    moves the axis among size-1 axes ([C] -> [1, C, 1, 1]: its target entry becomes the
+    kept count). None when it is not so computed."""
+    view = ctx.view
+    producer = view.producer(name)
     if (
-        producer is None
+        depth == 0
+        or producer is None
         or producer.domain
-        or producer.op_type not in ("Add", "Sub", "Mul", "Div")
-        or len(ctx.view.consumers(name)) != 1
-        or name in ctx.view.graph_outputs
-        or ctx.layout_of(producer.input[0]) is not None
-        or ctx.layout_of(producer.input[1]) is not None
+        or len(view.consumers(name)) != 1
+        or name in view.graph_outputs
+        or any(ctx.layout_of(source) is not None for source in producer.input if source)
     ):
         return None
-    rank = len(ctx.view.shape(name) or ())
-    constants = []
+    if producer.op_type in UNARY:
+        return _computed_per_channel(ctx, producer.input[0], axis, depth - 1)
+    if producer.op_type == "Reshape":
+        return _reshaped_vector(ctx, producer, axis, depth)
+    if producer.op_type not in _ARITHMETIC:
+        return None
+    rank = len(view.shape(name) or ())
+    edits: list[Upstream] = []
     for i, source in enumerate(producer.input):
-        shape = ctx.view.shape(source)
+        shape = view.shape(source)
         if shape is None:
             return None
         along = axis - (rank - len(shape))
         if along < 0 or shape[along] == 1:
             continue
-        if ctx.view.constant_shape(source) is None:
+        if view.constant_shape(source) is not None:
+            edits.append((producer.name, i, along))
+            continue
+        upstream = _computed_per_channel(ctx, source, along, depth - 1)
+        if upstream is None:
             return None
-        constants.append((i, along))
-    return constants or None
+        edits += upstream
+    return edits or None
+
+
+def _reshaped_vector(
+    ctx: Context, reshape: onnx.NodeProto, axis: int, depth: int
+) -> list[Upstream] | None:
+    """A Reshape whose input and output each have one axis that is not 1, the channels'."""
+    view = ctx.view
+    in_shape, out_shape = view.shape(reshape.input[0]), view.shape(reshape.output[0])
+    target = view.constant(reshape.input[1])
+    if in_shape is None or out_shape is None or target is None:
+        return None
+    target = [int(d) for d in target.reshape(-1)]
+    wide = [a for a, d in enumerate(in_shape) if d != 1]
+    if len(wide) != 1 or [a for a, d in enumerate(out_shape) if d != 1] != [axis]:
+        return None
+    if in_shape[wide[0]] != out_shape[axis] or target[axis] not in (-1, out_shape[axis]):
+        return None
+    upstream = _computed_per_channel(ctx, reshape.input[0], wide[0], depth - 1)
+    if upstream is None or target[axis] == -1:
+        return upstream
+    return [*upstream, Target(reshape.name, input_index=1, entry=axis)]
 
 
 @rule("BiasSplitGelu", domain="com.microsoft")
