@@ -1,6 +1,5 @@
 """The models the benchmarks run, through the existing helpers: the zoo's cached exports
-(models/export.py), the transformer exports (models/transformers_zoo.py) and random
-feeds for any model (graphprune.runtime.inputs)."""
+(models/export.py) and random feeds for any model (graphprune.runtime.inputs)."""
 
 from __future__ import annotations
 
@@ -18,13 +17,6 @@ if str(REPO) not in sys.path:  # `models` is a package at the repository root
 def zoo(name: str, exporter: str = "classic") -> Path:
     """The cached export of zoo model `name` (models/zoo.py; exported on first use)."""
     from models.export import cached
-
-    return cached(name, exporter)
-
-
-def transformer(name: str, exporter: str) -> Path:
-    """The cached export of a models/transformers_zoo.py entry."""
-    from models.transformers_zoo import cached
 
     return cached(name, exporter)
 

@@ -25,7 +25,7 @@ class Benchmark:
     name: str
     module: str  # tools/<module>.py
     summary: str
-    section: str  # the BENCHMARKS.md heading its tables are under
+    section: str | None  # the BENCHMARKS.md heading its tables are under (None: no table yet)
     quick: tuple[str, ...] | None = None
     no_quick: str = ""  # why there is no quick mode
     requires: tuple[str, ...] = ()
@@ -72,7 +72,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
       "Transformers", quick=("--models", "bert/classic", "--repeats", "2")),
     B("posttrain-digits", "bench_posttrain_digits", "calibrated criteria on a digits CNN",
       "Digits CNN at 50% of MACs", requires=("sklearn",),
-      no_quick="trains the CNN for 40 epochs first (2-3 min); needs torch_pruning too"),
+      no_quick="trains the CNN for 40 epochs first: minutes before anything is measured"),
     B("posttrain-minilm", "bench_posttrain_minilm", "calibrated criteria on all-MiniLM-L6-v2",
       "all-MiniLM-L6-v2, MLP width halved and a quarter of the heads removed",
       no_quick="the real all-MiniLM-L6-v2 with 200+ calibration sentences: minutes at least"),
@@ -106,8 +106,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
       "Against onnxsim 0.8.1's pruning module (issue 11)", quick=("--only", "depth"),
       requires=("onnxsim",)),
     B("diff", "bench_diff", "graphprune diff time on synthetic graphs",
-      "The graph model and the coupling graph on networkx (issue 19)",
-      quick=("--sizes", "200", "--repeats", "1")),
+      None, quick=("--sizes", "200", "--repeats", "1")),
     B("torch-plan", "bench_torch_plan", "the plan applied back to the PyTorch module",
       "The plan handed back to PyTorch (issue 20)",
       quick=("--model", "torchvision/resnet18", "--variant", "classic", "--json",
