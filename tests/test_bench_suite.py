@@ -78,11 +78,19 @@ def test_runner_errors_and_listing(capsys) -> None:
     assert runner.main(["no-such-benchmark"]) == 2
     assert "no benchmark 'no-such-benchmark'" in capsys.readouterr().err
     no_quick = next(b for b in BENCHMARKS if b.quick is None and b.present())
-    with pytest.raises(SystemExit, match="has no quick mode"):
-        runner.main([no_quick.name, "--quick"])
+    assert runner.main([no_quick.name, "--quick"]) == 2
+    assert "has no quick mode" in capsys.readouterr().err
     assert runner.main(["--list"]) == 0
     listing = capsys.readouterr().out
     assert all(f"| {b.name} " in listing for b in BENCHMARKS)
+
+
+def test_runner_options_leave_the_scripts_arguments_alone() -> None:
+    options, rest = runner.split_options(["--json", "a.json", "--quick", "--models", "x"])
+    assert options.quick and options.jsonl is None
+    assert rest == ["--json", "a.json", "--models", "x"]
+    options, rest = runner.split_options(["--jsonl", "r.jsonl", "--list"])
+    assert options.jsonl == Path("r.jsonl") and not options.quick and rest == ["--list"]
 
 
 def test_records_carry_the_environment(tmp_path) -> None:

@@ -61,56 +61,53 @@ def run(benchmark: Benchmark, argv: list[str]) -> int:
     with script_argv(benchmark, argv):
         try:
             status = module.main()
-        except SystemExit as exit_:  # argparse's --help and errors
-            status = exit_.code if isinstance(exit_.code, int) else 1
+        except SystemExit as exit_:  # argparse's --help and errors, sys.exit in a script
+            code = exit_.code
+            status = code if isinstance(code, int) or code is None else 1
     return int(status or 0)
 
 
-def quick_argv(benchmark: Benchmark, tmp: Path) -> list[str]:
-    if benchmark.quick is None:
-        raise SystemExit(f"{benchmark.name} has no quick mode: {benchmark.no_quick}")
-    return [arg.replace("{tmp}", str(tmp)) for arg in benchmark.quick]
+def split_options(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """The runner's own options (--quick, --jsonl FILE) and the script's arguments. No
+    abbreviations: a script's --json must not read as --jsonl."""
+    own = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    own.add_argument("--quick", action="store_true")
+    own.add_argument("--jsonl", type=Path)
+    return own.parse_known_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tools.bench", description=__doc__.splitlines()[0], add_help=False
-    )
-    parser.add_argument("--list", action="store_true", help="list the benchmarks")
-    parser.add_argument("-h", "--help", action="store_true")
-    parser.add_argument("name", nargs="?", help="a benchmark (see --list)")
-    args, rest = parser.parse_known_args(argv)
-    if args.list or (args.name is None and not args.help):
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] == "--list":
         print(listing())
         return 0
-    if args.name is None:
+    if argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0
+    name, rest = argv[0], argv[1:]
     try:
-        benchmark = find(args.name)
+        benchmark = find(name)
     except KeyError:
-        print(f"error: no benchmark {args.name!r} (python -m tools.bench --list)", file=sys.stderr)
+        print(f"error: no benchmark {name!r} (python -m tools.bench --list)", file=sys.stderr)
         return 2
-    if args.help:
-        rest = ["--help", *rest]
     if not benchmark.present():
         print(f"error: tools/{benchmark.module}.py is not in this checkout", file=sys.stderr)
         return 2
-    own = argparse.ArgumentParser(add_help=False)
-    own.add_argument("--quick", action="store_true")
-    own.add_argument("--jsonl", type=Path)
-    options, script_args = own.parse_known_args(rest)
+    options, script_args = split_options(rest)
+    if options.quick and benchmark.quick is None:
+        print(f"error: {name} has no quick mode: {benchmark.no_quick}", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="graphprune-bench-") as tmp:
         if options.quick:
-            script_args = [*quick_argv(benchmark, Path(tmp)), *script_args]
+            quick = [arg.replace("{tmp}", tmp) for arg in benchmark.quick or ()]
+            script_args = [*quick, *script_args]
         records.take_emitted()
         started = time.perf_counter()
         status = run(benchmark, script_args)
         wall_s = round(time.perf_counter() - started, 2)
     if options.jsonl:
-        rows = records.take_emitted()
         finished = {"status": status, "wall_s": wall_s, "quick": options.quick}
-        records.append(options.jsonl, benchmark.name, script_args, [*rows, finished])
+        records.append(options.jsonl, name, script_args, [*records.take_emitted(), finished])
     return status
 
 
