@@ -37,6 +37,7 @@ def listing() -> str:
             "name": b.name,
             "script": f"tools/{b.module}.py" + ("" if b.present() else " (absent)"),
             "quick": "yes" if b.quick is not None else f"no: {b.no_quick}",
+            "needs": ", ".join(f"{m} (missing)" if m in b.missing() else m for m in b.requires),
             "what": b.summary,
         }
         for b in BENCHMARKS
