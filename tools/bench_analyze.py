@@ -24,11 +24,9 @@ Command (the one used for BENCHMARKS.md)::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import cProfile
 import io
 import os
-import platform
 import pstats
 import sys
 import time
@@ -43,6 +41,10 @@ import onnx  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import graphprune as gp  # noqa: E402
+
+sys.path.insert(0, str(REPO / "tools"))
+from benchkit import records  # noqa: E402
+from benchkit.timing import timed  # noqa: E402
 
 SIZES = [1000, 2000, 5000, 10000, 20000, 50000]
 QUICK_SIZES = [1000, 2000, 5000, 10000]
@@ -113,12 +115,6 @@ def synthetic_model(target_nodes: int, channels: int = CHANNELS, seed: int = 0):
     return model
 
 
-def timed(function, *args):
-    start = time.perf_counter()
-    result = function(*args)
-    return time.perf_counter() - start, result
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", help=f"node counts (default {SIZES})")
@@ -129,18 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = args.sizes or (QUICK_SIZES if args.quick else SIZES)
 
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError, StopIteration):
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
     print("command: python " + " ".join([os.path.relpath(__file__, REPO), *sys.argv[1:]]))
-    print(
-        f"machine: {cpu}; {os.cpu_count()} logical cores; python {platform.python_version()}, "
-        f"onnx {onnx.__version__}, graphprune {gp.__version__}"
-    )
+    print(records.environment_line())
     print(
         f"synthetic residual CNN, {CHANNELS} channels, 1x1 convs, 4x4 maps; "
         f"best of {args.repeats} run(s)"
@@ -164,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
             t, analysis = timed(gp.analyze, loaded)
             analyze_s = min(analyze_s, t)
         results.append((n, analyze_s))
+        records.emit({"nodes": n, "build_s": build_s, "load_s": load_s, "analyze_s": analyze_s,
+                      "groups": len(analysis.groups),
+                      "prunable": len(analysis.prunable_groups)})  # fmt: skip
         print(
             f"{n:>7} {build_s:8.2f} {load_s:8.3f} {load_s / n * 1000:9.4f} "
             f"{analyze_s:9.3f} {analyze_s / n * 1000:12.4f} {len(analysis.groups):>7} "

@@ -28,6 +28,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tools"))
+from benchkit import records  # noqa: E402
+from benchkit.tables import markdown  # noqa: E402
+from benchkit.timing import best_of  # noqa: E402
+
 GOAL_S = 0.5  # per model
 
 
@@ -73,11 +78,7 @@ def worker(tree: Path, paths: dict[str, str], repeats: int, clock: str) -> dict[
     for name, path in paths.items():
         model = gp.load(path)
         gp.analyze(model)
-        best = float("inf")
-        for _ in range(repeats):
-            start = now()
-            gp.analyze(model)
-            best = min(best, now() - start)
+        best, _ = best_of(lambda m=model: gp.analyze(m), repeats, clock=now)
         times[name] = [len(model.graph.node), best]
     return times
 
@@ -122,11 +123,17 @@ def main(argv: list[str] | None = None) -> int:
         f"round(s) x {args.repeats} analyses\n"
     )
     labels = list(trees)
-    print("| model | nodes | " + " | ".join(f"{label} s" for label in labels) + " |")
-    print("|---|---:|" + "---:|" * len(labels))
-    for name in paths:
-        cells = " | ".join(f"{best[label][name]:.3f}" for label in labels)
-        print(f"| {name} | {nodes[name]} | {cells} |")
+    rows = [
+        {
+            "model": name,
+            "nodes": nodes[name],
+            **{f"{label} s": best[label][name] for label in labels},
+        }
+        for name in paths
+    ]
+    print(markdown(rows, floatfmt=".3f"))
+    for row in rows:
+        records.emit(row)
     for label in labels:
         values = list(best[label].values())
         slowest = max(best[label], key=best[label].get)

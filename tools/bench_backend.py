@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from benchkit.tables import markdown
 from onnx import numpy_helper
 
 REPO = Path(__file__).resolve().parents[1]
@@ -197,13 +198,12 @@ def summary(rows: list[dict]) -> dict[str, dict[str, int]]:
     return table
 
 
-def markdown(table: dict[str, dict[str, int]]) -> str:
+def summary_table(table: dict[str, dict[str, int]]) -> str:
     keys = ("run", "valid", "pruned", "refused", "invalid", "crash", "not-run")
-    lines = ["| set | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    for name, counts in table.items():
-        label = f"**{name}**" if name == "all" else name
-        lines.append(f"| {label} | " + " | ".join(str(counts[k]) for k in keys) + " |")
-    return "\n".join(lines)
+    return markdown(
+        {"set": f"**{name}**" if name == "all" else name, **{k: counts[k] for k in keys}}
+        for name, counts in table.items()
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         if row["status"] not in ("valid", "not-run"):
             print(f"{row['set']}/{row['model']}: {row['status']}: {row['reason']}")
     table = summary(rows)
-    print(markdown(table))
+    print(summary_table(table))
     print(f"wall time {time.perf_counter() - started:.0f} s")
     if args.json:
         args.json.write_text(json.dumps({"summary": table, "rows": rows}, indent=1))

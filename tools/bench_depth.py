@@ -48,20 +48,23 @@ def drop(analysis, units) -> gp.Plan:
     return gp.plan_from_json(analysis, record)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer sentences")
     parser.add_argument("--seeds", type=int, default=10, help="random drops to average")
-    args = parser.parse_args()
+    parser.add_argument("--sentences", type=int, help="calibration and evaluation sentences")
+    args = parser.parse_args(argv)
+    calib_count = args.sentences or (200 if args.quick else 600)
+    eval_count = args.sentences or (200 if args.quick else 400)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         tokenizer = export(folder / "minilm.onnx")
         model = gp.load(folder / "minilm.onnx")
         (folder / "calib").mkdir()
-        calibration_dir(tokenizer, folder / "calib", 200 if args.quick else 600)
+        calibration_dir(tokenizer, folder / "calib", calib_count)
         held_out = set(sentences(1, 600))
-        texts = [t for t in sentences(2, 800) if t not in held_out][: 200 if args.quick else 400]
+        texts = [t for t in sentences(2, 800) if t not in held_out][:eval_count]
         feeds_list = batched_feeds(tokenizer, texts)
         dense = embed(model, feeds_list)
         dense_nn = neighbours(dense)

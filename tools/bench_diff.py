@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,6 +27,8 @@ for folder in (REPO, REPO / "tools"):
 
 import onnx  # noqa: E402
 from bench_analyze import synthetic_model  # noqa: E402
+from benchkit import records  # noqa: E402
+from benchkit.timing import best_of  # noqa: E402
 
 import graphprune as gp  # noqa: E402
 from graphprune.inspect.diff import diff_models, structural_changes  # noqa: E402
@@ -80,15 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     for size in args.sizes:
         model = synthetic_model(size)
         for label, partner in partners(model).items():
-            best, result = float("inf"), None
-            for _ in range(args.repeats):
-                started = time.perf_counter()
-                result = diff_models(model, partner)
-                best = min(best, time.perf_counter() - started)
-            assert result is not None
+            best, result = best_of(lambda m=model, p=partner: diff_models(m, p), args.repeats)
             totals = result["totals"]
             counts = f"{totals['changed']:>7}  {totals['added']:>5}  {totals['removed']:>7}"
             print(f"{len(model.graph.node):>6}  {label:<10} {best:>7.3f}  {counts}")
+            records.emit({"nodes": len(model.graph.node), "partner": label, "diff_s": best,
+                          **totals})  # fmt: skip
             if label != "pruned" and structural_changes(result):
                 print(f"  unexpected structural change against the {label} copy")
                 return 1

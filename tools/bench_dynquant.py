@@ -47,10 +47,10 @@ for _path in (REPO, REPO / "tools"):
 
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
+from benchkit.models import feeds as random_feeds  # noqa: E402
 
 import graphprune as gp  # noqa: E402
 from graphprune.planning.plan import GroupChoice, Plan  # noqa: E402
-from graphprune.runtime.inputs import input_shapes, random_inputs  # noqa: E402
 from graphprune.runtime.sessions import run, session  # noqa: E402
 
 ZOO = ("resnet18", "mobilenetv2", "efficientnet", "regnet")
@@ -174,7 +174,7 @@ def zoo_cases(names: list[str], exporters: list[str]) -> list[Case]:
         for exporter in exporters:
             path = cached(name, exporter)
             model = onnx.load(path)
-            feeds = [random_inputs(model, input_shapes(model), s) for s in range(SAMPLES)]
+            feeds = [random_feeds(model, seed=s) for s in range(SAMPLES)]
             cases.append(Case(f"{name}.{exporter}", path, feeds))
     return cases
 
@@ -207,7 +207,7 @@ def torchvision_cases(names: list[str], exporters: list[str], folder: Path) -> l
                     torch.onnx.export(module, example, str(path), dynamo=False,
                                       opset_version=OPSET, input_names=["input"])  # fmt: skip
             model = onnx.load(path)
-            feeds = [random_inputs(model, input_shapes(model), s) for s in range(SAMPLES)]
+            feeds = [random_feeds(model, seed=s) for s in range(SAMPLES)]
             cases.append(Case(f"{name}.{exporter}", path, feeds))
     return cases
 
@@ -242,7 +242,7 @@ def text_cases(names: list[str], exporters: list[str]) -> list[Case]:
                 continue
             model = onnx.load(path)
             # Batch 1: the dynamo LLaMA export (from an example of batch 1) runs only so.
-            feeds = [random_inputs(model, input_shapes(model), s) for s in range(SAMPLES)]
+            feeds = [random_feeds(model, seed=s) for s in range(SAMPLES)]
             cases.append(Case(f"{name}.{exporter}", path, feeds))
     return cases
 

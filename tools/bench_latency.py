@@ -36,7 +36,6 @@ import argparse
 import io
 import logging
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -59,6 +58,9 @@ from graphprune.runtime.latency import bench  # noqa: E402
 from models.export import EXPORTERS, OPSET, cached, normalize  # noqa: E402
 from models.zoo import ZOO, build  # noqa: E402
 
+sys.path.insert(0, str(REPO / "tools"))
+from benchkit import records  # noqa: E402
+
 QUICK_MODELS = ["resnet18", "mobilenetv2", "yolov8", "unet", "vgg"]
 BATCH = 8
 WARMUP = 3
@@ -66,20 +68,9 @@ TARGET = 0.85
 
 
 def machine_info(provider: str, threads: int) -> list[str]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return [
-        f"machine: {cpu}; {os.cpu_count()} logical cores ({usable} usable); "
-        f"{platform.system()} {platform.release()}",
-        f"python {platform.python_version()}, torch {torch.__version__}, onnx {onnx.__version__}, "
-        f"onnxruntime {ort.__version__} (available: {', '.join(ort.get_available_providers())})",
+        records.environment_line(),
+        f"onnxruntime providers available: {', '.join(ort.get_available_providers())}",
         f"provider: {provider}; intra_op_num_threads={threads}, inter_op_num_threads=1, "
         "sequential execution, ORT_ENABLE_ALL",
     ]
@@ -241,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{r1['speedup'] / r1['mac_ratio']:5.2f} | {b8_text}",
                     flush=True,
                 )
+                r8 = None if args.no_batch8 else b8_cache.get((name, b8_exporter))
+                records.emit({"model": name, "exporter": exporter, "batch1": r1, "batch8": r8})
     print("-" * len(header))
     print(
         "MACx = MACs before/after; spd = latency before/after; frac = spd / MACx "

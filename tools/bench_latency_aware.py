@@ -40,12 +40,13 @@ for path in (REPO, REPO / "tools"):
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from benchkit.models import feeds as random_feeds  # noqa: E402
+from benchkit.models import zoo as zoo_model  # noqa: E402
 
 import graphprune as gp  # noqa: E402
 from graphprune.core.metrics import count_macs  # noqa: E402
 from graphprune.planning.latency import LatencyCostModel  # noqa: E402
 from graphprune.planning.target import plan_to_latency  # noqa: E402
-from graphprune.runtime.inputs import input_shapes, random_inputs  # noqa: E402
 from graphprune.runtime.latency import bench  # noqa: E402
 from graphprune.runtime.profile import ProfileOptions, check_provider, profile  # noqa: E402
 from graphprune.runtime.sessions import run, session  # noqa: E402
@@ -66,8 +67,7 @@ class Subject:
 
 
 def output_cosine(model, seeds: int = 8):
-    shapes = input_shapes(model)
-    feeds = [random_inputs(model, shapes, seed) for seed in range(seeds)]
+    feeds = [random_feeds(model, seed=seed) for seed in range(seeds)]
     sess = session(model, "CPUExecutionProvider")
     dense = [run(sess, f)[0].ravel() for f in feeds]
 
@@ -83,11 +83,8 @@ def output_cosine(model, seeds: int = 8):
 
 
 def zoo_subject(name: str) -> Subject:
-    from models.export import cached
-
-    model = gp.load(cached(name, "classic"))
-    feeds = random_inputs(model, input_shapes(model))
-    return Subject(name, model, feeds, output_cosine(model), "output cosine")
+    model = gp.load(zoo_model(name, "classic"))
+    return Subject(name, model, random_feeds(model), output_cosine(model), "output cosine")
 
 
 def resnet50_subject(folder: Path) -> Subject:
@@ -105,8 +102,7 @@ def resnet50_subject(folder: Path) -> Subject:
             output_names=["logits"], opset_version=17, dynamo=False,
         )  # fmt: skip
     model = gp.load(path)
-    feeds = random_inputs(model, input_shapes(model))
-    return Subject("resnet50", model, feeds, output_cosine(model), "output cosine")
+    return Subject("resnet50", model, random_feeds(model), output_cosine(model), "output cosine")
 
 
 def digits_subject(folder: Path) -> Subject:

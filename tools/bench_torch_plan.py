@@ -32,6 +32,7 @@ sys.path.insert(0, str(TOOLS))
 sys.path.insert(0, str(TOOLS.parent))
 
 import corpus  # noqa: E402
+from benchkit.tables import markdown  # noqa: E402
 
 TOLERANCE = 1e-4
 SCALE_FLOOR = 1e-2
@@ -181,11 +182,7 @@ def run_one(entry: corpus.Entry, variant: str, timeout: int) -> dict[str, Any]:
 
 def table(rows: list[dict[str, Any]]) -> str:
     """Per source: models whose export prunes (M), of them matching (N), and the rest."""
-    lines = [
-        "| source | variant | prunes (M) | match (N) | rate | apply failed | mismatch | crash "
-        "| not pruned | export failed |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    lines = []
     keys = [*sorted({(r["source"], r["variant"]) for r in rows}), ("**all**", "")]
     for source, variant in keys:
         chosen = [
@@ -197,13 +194,15 @@ def table(rows: list[dict[str, Any]]) -> str:
         prunes = sum(
             count[s] for s in ("match", "mismatch", "apply-failed", "reexport-failed", "crash")
         )
-        rate = f"{count['match'] / prunes:.1%}" if prunes else "-"
-        lines.append(
-            f"| {source} | {variant} | {prunes} | {count['match']} | {rate} | "
-            f"{count['apply-failed'] + count['reexport-failed']} | {count['mismatch']} | "
-            f"{count['crash']} | {count['not-pruned']} | {count['export-failed']} |"
-        )
-    return "\n".join(lines)
+        lines.append({
+            "source": source, "variant": variant, "prunes (M)": prunes,
+            "match (N)": count["match"],
+            "rate": f"{count['match'] / prunes:.1%}" if prunes else "-",
+            "apply failed": count["apply-failed"] + count["reexport-failed"],
+            "mismatch": count["mismatch"], "crash": count["crash"],
+            "not pruned": count["not-pruned"], "export failed": count["export-failed"],
+        })  # fmt: skip
+    return markdown(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -92,13 +92,15 @@ def analysis_fingerprint(model: Path) -> str:
     return "analyze " + " blocks ".join(digests)
 
 
-def cases(quick: bool, extra: bool = False):
+def cases(quick: bool, extra: bool = False, only: list[str] | None = None):
     names = ["resnet_tiny", "mobilenetv2", "densenet", "shufflenetv2"] if quick else list(ZOO)
+    tx = ["bert", "llama"] if quick else list(transformers_zoo.TRANSFORMERS)
+    if only is not None:  # a few models by name (zoo or transformers zoo), nothing else
+        names, tx, extra = [n for n in ZOO if n in only], [n for n in tx if n in only], False
     for name in names:
         for exporter in EXPORTERS:
             for label, options in CNN_OPTIONS.items():
                 yield f"{name}.{exporter}", label, lambda n=name, e=exporter: cached(n, e), options
-    tx = ["bert", "llama"] if quick else list(transformers_zoo.TRANSFORMERS)
     for name in tx:
         for exporter in transformers_zoo.TRANSFORMERS[name].exporters:
             for label, options in TRANSFORMER_OPTIONS.items():
@@ -137,10 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a representative subset")
     parser.add_argument("--extra", action="store_true", help="fused, MoE and third-party too")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="only these zoo models")
     args = parser.parse_args(argv)
     analyzed: set[str] = set()
     with tempfile.TemporaryDirectory() as folder:
-        for model, label, path, options in cases(args.quick, args.extra):
+        for model, label, path, options in cases(args.quick, args.extra, args.only):
             if model not in analyzed:
                 analyzed.add(model)
                 print(f"{model:40s} {'analyze':12s} {analysis_fingerprint(path())}", flush=True)

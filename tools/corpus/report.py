@@ -6,6 +6,8 @@ import re
 from collections import defaultdict
 from typing import Any
 
+from benchkit.tables import markdown
+
 Row = dict[str, Any]
 COUNTED = ("pass", "blocked", "fail", "crash")  # export failures are not graphprune's
 
@@ -65,20 +67,16 @@ def failure_classes(rows: list[Row]) -> list[tuple[str, str, list[tuple[Row, dic
 
 
 def _table(title: str, rates: dict[str, dict[str, Any]]) -> list[str]:
-    lines = [
-        f"| {title} | total | pass | blocked | fail | crash | export failed | pass rate "
-        "| params removed @0.5 |",
-        "|" + "---|" * 9,
-    ]
+    rows = []
     for key, r in rates.items():
-        rate = f"{r['pass_rate']:.1%}" if r["pass_rate"] is not None else "-"
         removed = r["mean_params_removed_0.5"]
-        lines.append(
-            f"| {key} | {r['total']} | {r['pass']} | {r['blocked']} | {r['fail']} | "
-            f"{r['crash']} | {r['export-failed']} | {rate} | "
-            f"{f'{removed:.1%}' if removed is not None else '-'} |"
-        )
-    return lines
+        rows.append({
+            title: key, "total": r["total"], "pass": r["pass"], "blocked": r["blocked"],
+            "fail": r["fail"], "crash": r["crash"], "export failed": r["export-failed"],
+            "pass rate": f"{r['pass_rate']:.1%}" if r["pass_rate"] is not None else "-",
+            "params removed @0.5": f"{removed:.1%}" if removed is not None else "-",
+        })  # fmt: skip
+    return markdown(rows).splitlines()
 
 
 def tables(rows: list[Row]) -> list[str]:
