@@ -28,8 +28,9 @@ from .io.large import weight_bytes
 from .planning.budget import Budget
 from .planning.plan import Plan, PlanOptions, plan_from_json
 from .planning.target import LatencyTarget, plan_to_latency
-from .posttrain.compensation import METHODS
+from .posttrain.compensation import DEFAULT_DAMP, METHODS, check_damp
 from .posttrain.criteria import CALIBRATED
+from .posttrain.damping import FOLDS
 from .posttrain.data import CalibrationData, describe
 from .posttrain.statistics import CalibrationStats, collect
 from .runtime.inputs import check_given_shapes, load_inputs
@@ -48,6 +49,7 @@ class CalibrationOptions:
     path: str | None = None
     random: int | None = None
     batch: int = 32
+    mask: str = "auto"  # the padding-mask input (`posttrain.data.padding_input`)
 
     def __post_init__(self) -> None:
         if self.path is not None and self.random is not None:
@@ -74,7 +76,7 @@ class PruneOptions:
     block_unit: str = "layer"
     calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
     compensate: str = "none"
-    damp: float = 0.01
+    damp: float | str = DEFAULT_DAMP  # "auto": per layer by held-out error (`damping`)
     inputs: str | None = None
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     seed: int = 0
@@ -89,6 +91,7 @@ class PruneOptions:
             raise GraphpruneError(
                 f"unknown compensation {self.compensate!r} (choose from {', '.join(METHODS)})"
             )
+        check_damp(self.damp)
 
     @property
     def needs_statistics(self) -> bool:
@@ -213,12 +216,14 @@ def prune_model(options: PruneOptions) -> PruneResult:
         stats = _statistics(options, analysis, shapes)
 
     compensation_notes: list[str] = []
+    damping: list[dict] = []
 
     def build(chosen: Plan) -> onnx.ModelProto:
         if stats is not None and options.compensate != "none":
+            del damping[:]  # the latency loop builds several times; the last one counts
             return compensate(
                 analysis, chosen, stats, method=options.compensate, damp=options.damp,
-                notes=compensation_notes,
+                notes=compensation_notes, damping=damping,
             )  # fmt: skip
         return prune(analysis, chosen)
 
@@ -275,6 +280,7 @@ def prune_model(options: PruneOptions) -> PruneResult:
         report["calibration"] = {"data": describe(data), **stats.summary()}
         report["compensation"] = {
             "method": options.compensate, "damp": options.damp, "notes": compensation_notes,
+            **({"damping": damping} if damping else {}),
         }  # fmt: skip
     if chosen.budget is not None:
         report["budget"] = chosen.budget
@@ -322,6 +328,7 @@ def _statistics(
         consumers=None if options.needs_channel_statistics else [],
         batch=options.calibration.batch,
         scatter=options.compensate == "lsq",
+        folds=FOLDS if options.compensate == "lsq" and options.damp == "auto" else 0,
         blocks=options.needs_block_influence,
         progress=options.progress,
     )
@@ -333,6 +340,7 @@ def _calibration_data(options: PruneOptions, shapes) -> CalibrationData:
         random=options.calibration.random,
         shapes={name: tuple(shape[1:]) for name, shape in shapes.items()},
         seed=options.seed,
+        mask=options.calibration.mask,
     )
 
 

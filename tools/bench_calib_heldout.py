@@ -1,0 +1,164 @@
+"""Does calibrated pruning generalise? all-MiniLM-L6-v2, MLP width halved, calibrated on one
+kind of text and evaluated on held-out text of the same kind, of other kinds, and of
+another sequence length.
+
+Text (tools/text_corpus.py, offline, deterministic): calibration sentences from the
+docstrings of numpy/scipy/torch; evaluation sets, each compared with the dense model:
+
+  calib      the calibration sentences themselves
+  docs       other docstring sentences (same kind, held out)
+  licenses   sentences of the installed distributions' licence files (another kind)
+  reference  sentences of the Python language reference (pydoc topics; another kind)
+  long       passages of >= 120 words of the language reference (another kind and length)
+
+The calibration NPZ is what a user writes: the sentences tokenized together, padded to the
+longest (`--layout padded`, attention_mask 0 on padding), or one NPZ per token length
+(`--layout by-length`, no padding at all). Metric: cosine similarity of the mean-pooled,
+normalised sentence embeddings (the model's use), mean and minimum over each set.
+
+Every MLP 1536 -> 768 (`--only mlp --ratio 0.5`) with each criterion and compensation
+(none, bias, lsq at each `--damps` value; "auto" chooses per layer by k-fold held-out
+error on the calibration data). With `--errors`, the per-layer relative reconstruction
+error of lsq on the calibration statistics and on statistics of the held-out sets.
+
+Run: python tools/bench_calib_heldout.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import text_corpus
+from bench_posttrain_minilm import export
+
+import graphprune as gp
+from graphprune.posttrain.statistics import collect, find_consumers
+from graphprune.runtime.sessions import run, session
+
+MAX_TOKENS = 256  # sentence-transformers' max_seq_length for this model
+
+
+def texts(calib: int, held_out: int, long: int) -> dict[str, list[str]]:
+    docs_calib, docs = text_corpus.split("docstrings", [calib, held_out], seed=0)
+    (licenses,) = text_corpus.split("licenses", [held_out], seed=0)
+    (reference,) = text_corpus.split("reference", [held_out], seed=0)
+    passages = text_corpus.paragraphs("reference", long, words=120, seed=0)
+    return {
+        "calib": docs_calib,
+        "docs": docs,
+        "licenses": licenses,
+        "reference": reference,
+        "long": passages,
+    }
+
+
+def tokenize(tokenizer, batch: list[str]) -> dict[str, np.ndarray]:
+    enc = tokenizer(batch, padding=True, truncation=True, max_length=MAX_TOKENS,
+                    return_tensors="np")  # fmt: skip
+    return {k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask")}
+
+
+def feeds(tokenizer, sentences: list[str], size: int = 32) -> list[dict[str, np.ndarray]]:
+    return [tokenize(tokenizer, sentences[i : i + size]) for i in range(0, len(sentences), size)]
+
+
+def write_calibration(tokenizer, sentences: list[str], folder: Path, layout: str) -> None:
+    folder.mkdir()
+    if layout == "padded":
+        np.savez(folder / "calib.npz", **tokenize(tokenizer, sentences))
+        return
+    by_length: dict[int, list[np.ndarray]] = {}
+    for text in sentences:
+        ids = tokenize(tokenizer, [text])["input_ids"][0]
+        by_length.setdefault(len(ids), []).append(ids)
+    for length, rows in sorted(by_length.items()):
+        ids = np.stack(rows)
+        np.savez(folder / f"len{length:03d}.npz", input_ids=ids, attention_mask=np.ones_like(ids))
+
+
+def embed(model, feeds_list) -> np.ndarray:
+    sess = session(model, "CPUExecutionProvider")
+    out = []
+    for feed in feeds_list:
+        hidden = run(sess, feed)[0]
+        mask = feed["attention_mask"][..., None].astype(np.float32)
+        pooled = (hidden * mask).sum(1) / mask.sum(1)
+        out.append(pooled / np.linalg.norm(pooled, axis=1, keepdims=True))
+    return np.concatenate(out)
+
+
+def parse_damp(text: str) -> float | str:
+    return text if text == "auto" else float(text)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="l2 and flap, fewer damps")
+    parser.add_argument("--exporter", choices=("classic", "dynamo"), default="dynamo")
+    parser.add_argument("--layout", choices=("padded", "by-length"), default="padded")
+    parser.add_argument("--calib", type=int, default=128, help="calibration sentences")
+    parser.add_argument("--held-out", type=int, default=300, help="sentences per held-out set")
+    parser.add_argument("--long", type=int, default=64, help="long passages")
+    parser.add_argument("--criteria", nargs="+", default=["l2", "activation", "wanda", "flap"])
+    parser.add_argument("--damps", nargs="+", type=parse_damp, default=[0.01, 0.1, 1.0, "auto"])
+    parser.add_argument("--ratio", type=float, default=0.5)
+    args = parser.parse_args()
+    if args.quick:
+        args.criteria, args.damps = ["l2", "flap"], [0.01, "auto"]
+    started = time.perf_counter()
+    sets = texts(args.calib, args.held_out, args.long)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        tokenizer = export(folder / "minilm.onnx", args.exporter)
+        model = gp.load(folder / "minilm.onnx")
+        write_calibration(tokenizer, sets["calib"], folder / "calib", args.layout)
+        evaluation = {name: feeds(tokenizer, sentences) for name, sentences in sets.items()}
+        dense = {name: embed(model, f) for name, f in evaluation.items()}
+
+        analysis = gp.analyze(model)
+        mlp = [g for g in analysis.prunable_groups if g.kind == "mlp"]
+        data = gp.CalibrationData(path=str(folder / "calib"))
+        consumers = find_consumers(analysis, [g.id for g in mlp])
+        t0 = time.perf_counter()
+        auto = "auto" in args.damps
+        stats = collect(analysis, data, consumers=consumers, batch=32, scatter=True)
+        calib_s = time.perf_counter() - t0
+        tokens = {
+            name: int(sum(f["attention_mask"].sum() for f in fs))
+            for name, fs in evaluation.items()
+        }
+        print(f"MiniLM-L6 ({args.exporter} export): {len(mlp)} MLP groups, ratio {args.ratio}; "
+              f"calibration {args.layout}: {stats.samples} sentences, {calib_s:.1f} s")  # fmt: skip
+        for name, sentences in sets.items():
+            print(f"  {name:<10} {len(sentences):>4} texts {tokens[name]:>6} tokens "
+                  f"(sha {text_corpus.fingerprint(sentences)})")  # fmt: skip
+        names = list(sets)
+        head = " ".join(f"{n:>15}" for n in names)
+        print(f"\n{'criterion':<11} {'compensate':<16} {head}")
+        print(f"{'':<28} " + " ".join(f"{'mean   min':>15}" for _ in names))
+        for criterion in args.criteria:
+            options = gp.PlanOptions(ratio=args.ratio, criterion=criterion, only=("mlp",))
+            plan = gp.plan(analysis, options, stats=stats)
+            variants = [("none", 0.0), ("bias", 0.0), *(("lsq", d) for d in args.damps)]
+            for method, damp in variants:
+                pruned = gp.compensate(analysis, plan, stats, method=method, damp=damp)
+                cells = []
+                for name in names:
+                    cosine = (embed(pruned, evaluation[name]) * dense[name]).sum(1)
+                    cells.append(f"{cosine.mean():>7.4f} {cosine.min():>7.4f}")
+                label = method if method != "lsq" else f"lsq {damp}"
+                print(f"{criterion:<11} {label:<16} " + " ".join(cells))
+        del auto
+        print(f"total time {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
