@@ -327,7 +327,8 @@ def _statistics(
         # Only the Block Influence pass runs when no channel criterion needs statistics.
         consumers=None if options.needs_channel_statistics else [],
         batch=options.calibration.batch,
-        scatter=options.compensate == "lsq",
+        # X^T X: for least squares, and for the OBS saliency (the repair it assumes).
+        scatter=options.compensate == "lsq" or options.plan.criterion == "obs",
         folds=FOLDS if options.compensate == "lsq" and options.damp == "auto" else 0,
         blocks=options.needs_block_influence,
         progress=options.progress,

@@ -11,10 +11,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from oracle import outputs
+from test_calibration import conv_model, gemm_model
 
 import graphprune as gp
 from graphprune.cli import main
-from graphprune.posttrain.compensation import least_squares
+from graphprune.posttrain import criteria
+from graphprune.posttrain.compensation import least_squares, weight_matrix
+from graphprune.posttrain.criteria import calibrated_scores
 from graphprune.posttrain.damping import CANDIDATES, choose_damp, residual_error
 from graphprune.posttrain.data import real_positions
 from graphprune.posttrain.statistics import Moments, collect
@@ -242,3 +245,36 @@ def test_bad_damping_options_are_one_line_errors(tmp_path, capsys, extra, messag
     err = capsys.readouterr().err
     assert code != 0 and message in err
     assert not (tmp_path / "p.onnx").exists()
+
+
+@pytest.mark.parametrize("build", [gemm_model, lambda kind: conv_model(kind, pads=1)], ids=str)
+def test_obs_saliency_is_the_error_left_by_the_least_squares_repair(build, tmp_path, monkeypatch):
+    # The known answer: removing class j alone and repairing with lsq leaves an output
+    # error E||x_S D + beta - x_j W_j||^2; the OBS saliency is that number (a Conv's class
+    # is a block of patch features). Checked against least_squares for every channel.
+    monkeypatch.setattr(criteria, "OBS_DAMP", 1e-9)
+    model = build("constant")
+    analysis = gp.analyze(model)
+    shape = [d.dim_value or 64 for d in model.graph.input[0].type.tensor_type.shape.dim]
+    np.savez(tmp_path / "c.npz", x=rng.standard_normal([64, *shape[1:]]).astype(np.float32))
+    data = gp.CalibrationData(path=str(tmp_path / "c.npz"))
+    stats = gp.calibrate(analysis, data, scatter=True)
+    consumer = next(c for c in stats.consumers if c.node in ("fc2", "conv2"))
+    features = stats.features(consumer)
+    weight, _ = weight_matrix(analysis, consumer)
+    scores = criteria.obs_scores(analysis, consumer, features)
+    size = consumer.geometry.size if consumer.geometry is not None else 1
+    for channel in range(6):
+        keep = np.arange(6) != channel
+        kept = np.repeat(keep, size)
+        delta, _ = least_squares(features.covariance, features.mean, weight, kept, 1e-9)
+        residual = np.where(kept[:, None], delta, -weight)
+        error = np.einsum("ij,ij->", residual, features.covariance @ residual)
+        assert scores[channel] == pytest.approx(error, rel=1e-4, abs=1e-5 * scores.max())
+    # Channels 4 and 5 are constant: nothing to repair, saliency ~0, removed first.
+    plan = gp.plan(analysis, gp.PlanOptions(ratio=0.34, criterion="obs"), stats=stats)
+    assert plan.choices[0].removed == [4, 5]
+    # Without X^T X (no scatter) it is flap's score.
+    plain = gp.calibrate(analysis, data)
+    np.testing.assert_allclose(calibrated_scores(analysis, plain, "obs"),
+                               calibrated_scores(analysis, plain, "flap"))  # fmt: skip

@@ -39,6 +39,8 @@ import text_corpus
 from bench_posttrain_minilm import export
 
 import graphprune as gp
+from graphprune.posttrain.compensation import least_squares
+from graphprune.posttrain.damping import FOLDS, choose_damp, residual_error
 from graphprune.posttrain.statistics import collect, find_consumers
 from graphprune.runtime.sessions import run, session
 
@@ -98,17 +100,53 @@ def parse_damp(text: str) -> float | str:
     return text if text == "auto" else float(text)
 
 
+def layer_errors(analysis, plan, stats, held: dict, damps) -> list[tuple]:
+    """Per damp: the relative reconstruction error of every MLP consumer (mean over the
+    layers) on the calibration statistics, on its k-fold held-out split, and on the
+    statistics of each evaluation set."""
+    keep_atom = plan.keep_atom(analysis)
+    view = analysis.view
+    rows = []
+    for damp in damps:
+        cells: dict[str, list[float]] = {}
+        for consumer in stats.consumers:
+            kept = keep_atom[consumer.positions.ravel()]
+            weight = view.constant(view.nodes[consumer.node].input[1]).astype(np.float64)
+            moments = stats.features(consumer)
+            choice = choose_damp(stats.folds[consumer.feature_key], weight, kept)
+            chosen = choice.damp if damp == "auto" else damp
+            delta, shift = least_squares(moments.covariance, moments.mean, weight, kept, chosen)
+            cells.setdefault("calib", []).append(
+                residual_error(moments, weight, kept, delta, shift)
+            )
+            index = choice.candidates.index(chosen) if chosen in choice.candidates else None
+            cells.setdefault("k-fold", []).append(
+                choice.errors[index] if index is not None else np.nan
+            )
+            for name, other in held.items():
+                cells.setdefault(name, []).append(
+                    residual_error(other.features(consumer), weight, kept, delta, shift)
+                )
+        rows.append((damp, {k: float(np.mean(v)) for k, v in cells.items()}))
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="l2 and flap, fewer damps")
     parser.add_argument("--exporter", choices=("classic", "dynamo"), default="dynamo")
     parser.add_argument("--layout", choices=("padded", "by-length"), default="padded")
+    parser.add_argument("--mask", default="auto", help="CalibrationData.mask (none: count pads)")
     parser.add_argument("--calib", type=int, default=128, help="calibration sentences")
     parser.add_argument("--held-out", type=int, default=300, help="sentences per held-out set")
     parser.add_argument("--long", type=int, default=64, help="long passages")
     parser.add_argument("--criteria", nargs="+", default=["l2", "activation", "wanda", "flap"])
     parser.add_argument("--damps", nargs="+", type=parse_damp, default=[0.01, 0.1, 1.0, "auto"])
     parser.add_argument("--ratio", type=float, default=0.5)
+    parser.add_argument(
+        "--errors", action="store_true",
+        help="per-layer reconstruction error on calibration vs held-out statistics",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.quick:
         args.criteria, args.damps = ["l2", "flap"], [0.01, "auto"]
@@ -124,40 +162,72 @@ def main() -> int:
 
         analysis = gp.analyze(model)
         mlp = [g for g in analysis.prunable_groups if g.kind == "mlp"]
-        data = gp.CalibrationData(path=str(folder / "calib"))
+        data = gp.CalibrationData(path=str(folder / "calib"), mask=args.mask)
         consumers = find_consumers(analysis, [g.id for g in mlp])
         t0 = time.perf_counter()
-        auto = "auto" in args.damps
-        stats = collect(analysis, data, consumers=consumers, batch=32, scatter=True)
+        stats = collect(analysis, data, consumers=consumers, batch=32, scatter=True, folds=FOLDS)
         calib_s = time.perf_counter() - t0
+        summary = stats.summary()
+        padding = summary.get("padding_positions", 0)
         tokens = {
             name: int(sum(f["attention_mask"].sum() for f in fs))
             for name, fs in evaluation.items()
         }
         print(f"MiniLM-L6 ({args.exporter} export): {len(mlp)} MLP groups, ratio {args.ratio}; "
-              f"calibration {args.layout}: {stats.samples} sentences, {calib_s:.1f} s")  # fmt: skip
+              f"calibration {args.layout}: {stats.samples} sentences, {calib_s:.1f} s, "
+              f"padding mask {stats.mask} ({padding} padding positions left out)")  # fmt: skip
         for name, sentences in sets.items():
             print(f"  {name:<10} {len(sentences):>4} texts {tokens[name]:>6} tokens "
                   f"(sha {text_corpus.fingerprint(sentences)})")  # fmt: skip
         names = list(sets)
         head = " ".join(f"{n:>15}" for n in names)
-        print(f"\n{'criterion':<11} {'compensate':<16} {head}")
-        print(f"{'':<28} " + " ".join(f"{'mean   min':>15}" for _ in names))
+        print("\nembedding cosine vs the dense model, mean and min per set")
+        print(f"{'criterion':<11} {'compensate':<16} {head}")
+        plans = {}
         for criterion in args.criteria:
             options = gp.PlanOptions(ratio=args.ratio, criterion=criterion, only=("mlp",))
-            plan = gp.plan(analysis, options, stats=stats)
+            plans[criterion] = plan = gp.plan(analysis, options, stats=stats)
             variants = [("none", 0.0), ("bias", 0.0), *(("lsq", d) for d in args.damps)]
             for method, damp in variants:
-                pruned = gp.compensate(analysis, plan, stats, method=method, damp=damp)
+                damping: list[dict] = []
+                pruned = gp.compensate(analysis, plan, stats, method=method, damp=damp,
+                                       damping=damping)  # fmt: skip
                 cells = []
                 for name in names:
                     cosine = (embed(pruned, evaluation[name]) * dense[name]).sum(1)
                     cells.append(f"{cosine.mean():>7.4f} {cosine.min():>7.4f}")
                 label = method if method != "lsq" else f"lsq {damp}"
+                if damping:
+                    label += " (" + ",".join(_short(c["damp"]) for c in damping) + ")"
                 print(f"{criterion:<11} {label:<16} " + " ".join(cells))
-        del auto
+        if args.errors:
+            held = {}
+            for name, path in _held_out_files(tokenizer, sets, folder).items():
+                source = gp.CalibrationData(path=str(path))
+                held[name] = collect(analysis, source, consumers=consumers, scatter=True)
+            criterion = args.criteria[-1]
+            print(f"\nrelative reconstruction error of the MLP down-projections ({criterion}, "
+                  "lsq; mean of the 6 layers; 1.0 = no repair)")  # fmt: skip
+            columns = ["calib", "k-fold", *held]
+            print(f"{'damp':<8} " + " ".join(f"{c:>10}" for c in columns))
+            for damp, cells in layer_errors(analysis, plans[criterion], stats, held, args.damps):
+                print(f"{damp!s:<8} " + " ".join(f"{cells[c]:>10.4f}" for c in columns))
         print(f"total time {time.perf_counter() - started:.0f} s")
     return 0
+
+
+def _short(damp) -> str:
+    return damp if isinstance(damp, str) else f"{damp:g}"
+
+
+def _held_out_files(tokenizer, sets: dict[str, list[str]], folder: Path) -> dict[str, Path]:
+    """Each evaluation set but the calibration one as a padded calibration NPZ."""
+    found = {}
+    for name, sentences in sets.items():
+        if name != "calib":
+            found[name] = folder / f"{name}.npz"
+            np.savez(found[name], **tokenize(tokenizer, sentences))
+    return found
 
 
 if __name__ == "__main__":

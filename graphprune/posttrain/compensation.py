@@ -78,7 +78,7 @@ def compensated_model(
         if moments is None:
             notes.append(f"'{consumer.node}' ({consumer.op}): not compensated")
             continue
-        weight, from_matrix = _as_matrix(analysis, consumer)
+        weight, from_matrix = weight_matrix(analysis, consumer)
         size = consumer.geometry.size if consumer.geometry is not None else 1
         kept = np.repeat(keep, size)
         if method == "lsq" and moments.scatter is None:
@@ -151,7 +151,7 @@ def least_squares(
     return delta, shift
 
 
-def _as_matrix(analysis: Analysis, consumer: Consumer):
+def weight_matrix(analysis: Analysis, consumer: Consumer):
     """The consumer's weight as a float64 (features, outputs) matrix, and the inverse map."""
     view = analysis.view
     node = view.nodes[consumer.node]
