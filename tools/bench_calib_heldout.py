@@ -18,8 +18,13 @@ normalised sentence embeddings (the model's use), mean and minimum over each set
 
 Every MLP 1536 -> 768 (`--only mlp --ratio 0.5`) with each criterion and compensation
 (none, bias, lsq at each `--damps` value; "auto" chooses per layer by k-fold held-out
-error on the calibration data). With `--errors`, the per-layer relative reconstruction
-error of lsq on the calibration statistics and on statistics of the held-out sets.
+error on the calibration data, the chosen damps in brackets). With `--errors`, the
+relative reconstruction error of the lsq-repaired layers (last criterion) on the
+calibration statistics, on their k-fold held-out split and on statistics of each
+evaluation set. With `--sequential`, the last criterion and the first damp again, but
+layer by layer with each layer's statistics taken from the model whose earlier layers are
+already pruned and repaired (sequential calibration, as SparseGPT/SlimGPT do it), printed
+after each layer.
 
 Run: python tools/bench_calib_heldout.py [--quick]
 """
@@ -39,7 +44,7 @@ import text_corpus
 from bench_posttrain_minilm import export
 
 import graphprune as gp
-from graphprune.posttrain.compensation import least_squares
+from graphprune.posttrain.compensation import compensated_model, least_squares
 from graphprune.posttrain.damping import FOLDS, choose_damp, residual_error
 from graphprune.posttrain.statistics import collect, find_consumers
 from graphprune.runtime.sessions import run, session
@@ -147,6 +152,7 @@ def main() -> int:
         "--errors", action="store_true",
         help="per-layer reconstruction error on calibration vs held-out statistics",
     )  # fmt: skip
+    parser.add_argument("--sequential", action="store_true", help="layer-by-layer statistics")
     args = parser.parse_args()
     if args.quick:
         args.criteria, args.damps = ["l2", "flap"], [0.01, "auto"]
@@ -212,8 +218,47 @@ def main() -> int:
             print(f"{'damp':<8} " + " ".join(f"{c:>10}" for c in columns))
             for damp, cells in layer_errors(analysis, plans[criterion], stats, held, args.damps):
                 print(f"{damp!s:<8} " + " ".join(f"{cells[c]:>10.4f}" for c in columns))
+        if args.sequential:
+            criterion, damp = args.criteria[-1], args.damps[0]
+            print(f"\nsequential calibration ({criterion}, lsq {damp}): after each layer")
+            pruned = model
+            for index, cells in sequential(pruned, data, args.ratio, criterion, damp):
+                scores = []
+                for name in names:
+                    cosine = (embed(cells, evaluation[name]) * dense[name]).sum(1)
+                    scores.append(f"{cosine.mean():>7.4f} {cosine.min():>7.4f}")
+                print(f"{'layer ' + str(index):<28} " + " ".join(scores))
         print(f"total time {time.perf_counter() - started:.0f} s")
     return 0
+
+
+def sequential(model, data, ratio: float, criterion: str, damp):
+    """Yield (layer, model) with MLP layers 0..layer pruned one at a time: each layer's
+    statistics come from the model whose earlier layers are already pruned (their removed
+    channels masked, the oracle of the rewrite) and repaired."""
+    record: dict = {"groups": []}
+    for index in range(len(_mlp(gp.analyze(model)))):
+        analysis = gp.analyze(model)
+        group = _mlp(analysis)[index]
+        consumers = find_consumers(analysis, [group.id])
+        folds = FOLDS if damp == "auto" else 0
+        stats = collect(analysis, data, consumers=consumers, batch=32, scatter=True, folds=folds)
+        options = gp.PlanOptions(ratio=ratio, criterion=criterion, only=("mlp",))
+        chosen = next(c for c in gp.plan(analysis, options, stats=stats).choices
+                      if c.group == group.id)  # fmt: skip
+        entry = {"name": group.name, "sources": group.sources, "channels": group.channels,
+                 "removed": chosen.removed}  # fmt: skip
+        plan = gp.plan_from_json(analysis, {"groups": [entry]})
+        dense, _ = compensated_model(analysis, plan.keep_atom(analysis), stats, method="lsq",
+                                     damp=damp)  # fmt: skip
+        again = gp.analyze(dense)
+        record["groups"].append(entry)
+        model = gp.mask(again, gp.plan_from_json(again, record))
+        yield index, model
+
+
+def _mlp(analysis) -> list:
+    return [g for g in analysis.prunable_groups if g.kind == "mlp"]
 
 
 def _short(damp) -> str:

@@ -5,8 +5,10 @@ Kinds (each a different register, from a different place on disk):
 
 - "docstrings": the prose of the docstrings in numpy's, scipy's and torch's sources (read
   with `ast`, nothing imported): API documentation ("Return the indices of ...").
-- "licenses": the licence files of the installed distributions (`*.dist-info`), each
-  distinct sentence once: legal prose ("THE SOFTWARE IS PROVIDED AS IS ...").
+- "licenses": Python's own LICENSE.txt and the licence files of a fixed list of
+  distributions from graphprune's dependency tree (`LICENSE_DISTRIBUTIONS`, those
+  installed), each distinct sentence once: legal prose ("THE SOFTWARE IS PROVIDED AS IS
+  ..."). A fixed list, so that installing an unrelated package changes nothing.
 - "reference": the Python language reference and library topics that `pydoc` ships
   (`pydoc_data.topics`): technical narrative about a language.
 
@@ -31,6 +33,14 @@ import numpy as np
 
 KINDS = ("docstrings", "licenses", "reference")
 DOCSTRING_PACKAGES = ("numpy", "scipy", "torch")
+LICENSE_DISTRIBUTIONS = (
+    "attrs", "certifi", "charset_normalizer", "click", "filelock", "fsspec",
+    "huggingface_hub", "idna", "iniconfig", "jinja2", "jsonschema", "markupsafe", "ml_dtypes",
+    "mpmath", "msgpack", "networkx", "numpy", "onnx", "onnx_graphsurgeon", "onnx_ir",
+    "onnxscript", "packaging", "pillow", "pluggy", "protobuf", "pytest", "pyyaml", "ray",
+    "regex", "requests", "ruff", "safetensors", "scipy", "sympy", "timm", "torch",
+    "torchvision", "tqdm", "transformers", "typing_extensions", "urllib3",
+)  # fmt: skip
 MIN_WORDS, MAX_WORDS = 6, 48
 
 # A sentence ends at . ! or ? followed by space and a capital, not after "e.g." or "i.e.".
@@ -148,14 +158,25 @@ def _docstrings() -> Iterator[str]:
 
 
 def _licenses() -> Iterator[str]:
+    python = Path(sysconfig.get_paths()["stdlib"]) / "LICENSE.txt"
+    paths = [python] if python.is_file() else []
     site = Path(sysconfig.get_paths()["purelib"])
-    names = ("LICENSE*", "LICENCE*", "COPYING*", "licenses/*")
-    for info in sorted(site.glob("*.dist-info")):
-        for path in sorted({p for pattern in names for p in info.glob(pattern) if p.is_file()}):
-            try:
-                yield path.read_text(encoding="utf-8")
-            except (UnicodeDecodeError, OSError):
-                continue
+    infos = {_distribution(p.name): p for p in site.glob("*.dist-info")}
+    patterns = ("LICENSE*", "LICENCE*", "COPYING*", "licenses/*")
+    for name in LICENSE_DISTRIBUTIONS:
+        info = infos.get(name)
+        if info is not None:
+            paths += sorted({p for pattern in patterns for p in info.glob(pattern) if p.is_file()})
+    for path in paths:
+        try:
+            yield path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+
+
+def _distribution(folder: str) -> str:
+    """numpy-2.4.6.dist-info -> numpy (names normalised as in wheel folder names)."""
+    return re.sub(r"-[^-]*\.dist-info$", "", folder).lower().replace("-", "_").replace(".", "_")
 
 
 def _reference() -> Iterator[str]:
