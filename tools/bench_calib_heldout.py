@@ -52,18 +52,27 @@ from graphprune.runtime.sessions import run, session
 MAX_TOKENS = 256  # sentence-transformers' max_seq_length for this model
 
 
-def texts(calib: int, held_out: int, long: int) -> dict[str, list[str]]:
-    docs_calib, docs = text_corpus.split("docstrings", [calib, held_out], seed=0)
-    (licenses,) = text_corpus.split("licenses", [held_out], seed=0)
-    (reference,) = text_corpus.split("reference", [held_out], seed=0)
-    passages = text_corpus.paragraphs("reference", long, words=120, seed=0)
-    return {
-        "calib": docs_calib,
-        "docs": docs,
-        "licenses": licenses,
-        "reference": reference,
-        "long": passages,
-    }
+def texts(calib: int, held_out: int, long: int, kinds=("docstrings",)) -> dict[str, list[str]]:
+    """The calibration sentences (`calib` split evenly over `kinds`) and the evaluation
+    sets: held-out sentences of every kind (disjoint from the calibration ones) and long
+    passages of another kind (and length): reference text, or licences when the reference
+    is calibrated on."""
+    sets: dict[str, list[str]] = {"calib": []}
+    for kind in text_corpus.KINDS:
+        if kind in kinds:
+            share = calib // len(kinds) + (kinds.index(kind) < calib % len(kinds))
+            part, sets[_NAMES[kind]] = text_corpus.split(kind, [share, held_out], seed=0)
+            sets["calib"] += part
+        else:
+            (sets[_NAMES[kind]],) = text_corpus.split(kind, [held_out], seed=0)
+    other = next((k for k in ("reference", "licenses", "docstrings") if k not in kinds), None)
+    if other is None:
+        raise SystemExit("--calib-kinds: leave one kind out for the held-out sets")
+    sets["long"] = text_corpus.paragraphs(other, long, words=120, seed=0)
+    return sets
+
+
+_NAMES = {"docstrings": "docs", "licenses": "licenses", "reference": "reference"}
 
 
 def tokenize(tokenizer, batch: list[str]) -> dict[str, np.ndarray]:
@@ -149,6 +158,20 @@ def main() -> int:
     parser.add_argument("--damps", nargs="+", type=parse_damp, default=[0.01, 0.1, 1.0, "auto"])
     parser.add_argument("--ratio", type=float, default=0.5)
     parser.add_argument(
+        "--calib-kinds",
+        nargs="+",
+        default=["docstrings"],
+        choices=text_corpus.KINDS,
+        help="text kinds calibrated on (mixed)",
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=["none", "bias", "lsq"],
+        choices=("none", "bias", "lsq"),
+        help="compensations to compare",
+    )
+    parser.add_argument(
         "--errors", action="store_true",
         help="per-layer reconstruction error on calibration vs held-out statistics",
     )  # fmt: skip
@@ -157,7 +180,7 @@ def main() -> int:
     if args.quick:
         args.criteria, args.damps = ["l2", "flap"], [0.01, "auto"]
     started = time.perf_counter()
-    sets = texts(args.calib, args.held_out, args.long)
+    sets = texts(args.calib, args.held_out, args.long, tuple(args.calib_kinds))
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         tokenizer = export(folder / "minilm.onnx", args.exporter)
@@ -176,8 +199,7 @@ def main() -> int:
         summary = stats.summary()
         padding = summary.get("padding_positions", 0)
         tokens = {
-            name: int(sum(f["attention_mask"].sum() for f in fs))
-            for name, fs in evaluation.items()
+            name: int(sum(f["attention_mask"].sum() for f in fs)) for name, fs in evaluation.items()
         }
         print(f"MiniLM-L6 ({args.exporter} export): {len(mlp)} MLP groups, ratio {args.ratio}; "
               f"calibration {args.layout}: {stats.samples} sentences, {calib_s:.1f} s, "
@@ -193,7 +215,9 @@ def main() -> int:
         for criterion in args.criteria:
             options = gp.PlanOptions(ratio=args.ratio, criterion=criterion, only=("mlp",))
             plans[criterion] = plan = gp.plan(analysis, options, stats=stats)
-            variants = [("none", 0.0), ("bias", 0.0), *(("lsq", d) for d in args.damps)]
+            variants = [(m, 0.0) for m in args.methods if m != "lsq"]
+            if "lsq" in args.methods:
+                variants += [("lsq", d) for d in args.damps]
             for method, damp in variants:
                 damping: list[dict] = []
                 pruned = gp.compensate(analysis, plan, stats, method=method, damp=damp,
@@ -203,9 +227,8 @@ def main() -> int:
                     cosine = (embed(pruned, evaluation[name]) * dense[name]).sum(1)
                     cells.append(f"{cosine.mean():>7.4f} {cosine.min():>7.4f}")
                 label = method if method != "lsq" else f"lsq {damp}"
-                if damping:
-                    label += " (" + ",".join(_short(c["damp"]) for c in damping) + ")"
-                print(f"{criterion:<11} {label:<16} " + " ".join(cells))
+                chosen = " ".join(_short(c["damp"]) for c in damping)  # auto, per layer
+                print(f"{criterion:<11} {label:<16} " + " ".join(cells) + f"  {chosen}".rstrip())
         if args.errors:
             held = {}
             for name, path in _held_out_files(tokenizer, sets, folder).items():
