@@ -11,14 +11,18 @@ docstrings of numpy/scipy/torch; evaluation sets, each compared with the dense m
   reference  sentences of the Python language reference (pydoc topics; another kind)
   long       passages of >= 120 words of the language reference (another kind and length)
 
+`--calib-kinds docstrings reference` calibrates on a mix (the count split evenly; each
+kind's held-out set stays disjoint from its calibration part); then only the licences are
+of another kind, and the long passages are taken from them.
+
 The calibration NPZ is what a user writes: the sentences tokenized together, padded to the
 longest (`--layout padded`, attention_mask 0 on padding), or one NPZ per token length
 (`--layout by-length`, no padding at all). Metric: cosine similarity of the mean-pooled,
 normalised sentence embeddings (the model's use), mean and minimum over each set.
 
 Every MLP 1536 -> 768 (`--only mlp --ratio 0.5`) with each criterion and compensation
-(none, bias, lsq at each `--damps` value; "auto" chooses per layer by k-fold held-out
-error on the calibration data, the chosen damps in brackets). With `--errors`, the
+(`--methods`: none, bias, lsq at each `--damps` value; "auto" chooses per layer by k-fold held-out
+error on the calibration data, the chosen damps after the row). With `--errors`, the
 relative reconstruction error of the lsq-repaired layers (last criterion) on the
 calibration statistics, on their k-fold held-out split and on statistics of each
 evaluation set. With `--sequential`, the last criterion and the first damp again, but
@@ -154,7 +158,8 @@ def main() -> int:
     parser.add_argument("--calib", type=int, default=128, help="calibration sentences")
     parser.add_argument("--held-out", type=int, default=300, help="sentences per held-out set")
     parser.add_argument("--long", type=int, default=64, help="long passages")
-    parser.add_argument("--criteria", nargs="+", default=["l2", "activation", "wanda", "flap"])
+    criteria = ["l2", "activation", "wanda", "flap", "obs"]
+    parser.add_argument("--criteria", nargs="+", default=criteria)
     parser.add_argument("--damps", nargs="+", type=parse_damp, default=[0.01, 0.1, 1.0, "auto"])
     parser.add_argument("--ratio", type=float, default=0.5)
     parser.add_argument(
