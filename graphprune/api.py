@@ -1,11 +1,11 @@
 """The public verbs, one per stage, each a thin call into its subpackage.
 
-    model = load("model.onnx")
-    analysis = analyze(model)
-    chosen = plan(analysis, 0.5)                      # or PlanOptions(...)
-    pruned = prune(analysis, chosen)
-    validate(model, pruned)
-    save(pruned, "model.pruned.onnx")
+model = load("model.onnx")
+analysis = analyze(model)
+chosen = plan(analysis, 0.5)                      # or PlanOptions(...)
+pruned = prune(analysis, chosen)
+validate(model, pruned)
+save(pruned, "model.pruned.onnx")
 """
 
 from __future__ import annotations
@@ -103,13 +103,18 @@ def calibrate(
     *,
     batch: int = 32,
     scatter: bool = False,
+    folds: int = 0,
     blocks: bool = False,
     progress: bool = False,
 ) -> CalibrationStats:
     """Running statistics of every input of the prunable channels' consumers over the
-    calibration data (`scatter=True` adds X^T X for least-squares compensation;
-    `blocks=True` the Block Influence of every block group)."""
-    return collect(analysis, data, batch=batch, scatter=scatter, blocks=blocks, progress=progress)
+    calibration data (`scatter=True` adds X^T X for least-squares compensation, `folds=k`
+    in k parts for `compensate(damp="auto")`; `blocks=True` the Block Influence of every
+    block group)."""
+    return collect(
+        analysis, data, batch=batch, scatter=scatter, folds=folds, blocks=blocks,
+        progress=progress,
+    )  # fmt: skip
 
 
 def compensate(
@@ -118,18 +123,20 @@ def compensate(
     stats: CalibrationStats,
     *,
     method: str = "lsq",
-    damp: float = 0.01,
+    damp: float | str = 0.01,
     check: bool = True,
     notes: list[str] | None = None,
+    damping: list[dict] | None = None,
 ) -> onnx.ModelProto:
     """Like `prune`, with the consumers of removed channels compensated in closed form
     ("bias" or "lsq", see `graphprune.posttrain.compensation`); what could not be
-    compensated is appended to `notes` when given.
+    compensated is appended to `notes` when given. `damp="auto"` needs statistics
+    collected with folds (`calibrate(folds=...)`) and appends its choices to `damping`.
 
     The compensated dense model is analysed again and the same channels (by group name and
     index) are removed from it, so the rewrite is the ordinary one."""
     dense, found = compensated_model(
-        analysis, plan.keep_atom(analysis), stats, method=method, damp=damp
+        analysis, plan.keep_atom(analysis), stats, method=method, damp=damp, damping=damping
     )
     if notes is not None:
         notes.extend(found)
@@ -155,18 +162,19 @@ def compensate_layerwise(
     data: CalibrationData,
     *,
     method: str = "lsq",
-    damp: float = 0.01,
+    damp: float | str = 0.01,
     batch: int = 8,
     check: bool = True,
     progress: bool = False,
     notes: list[str] | None = None,
+    damping: list[dict] | None = None,
 ) -> Compensated:
     """Like `compensate`, with each layer's statistics taken from the layers before it as
     already pruned and repaired, one layer's session at a time
-    (`graphprune.posttrain.sequential`)."""
+    (`graphprune.posttrain.sequential`); `damp="auto"` folds each layer's statistics."""
     dense, found = repair_sequential(
         analysis, plan.keep_atom(analysis), data, method=method, damp=damp, batch=batch,
-        progress=progress,
+        progress=progress, damping=damping,
     )  # fmt: skip
     if notes is not None:
         notes.extend(found)

@@ -31,8 +31,9 @@ from .io.loading import load_input
 from .planning.budget import Budget
 from .planning.plan import Plan, PlanOptions, plan_from_json
 from .planning.target import LatencyTarget, plan_to_latency
-from .posttrain.compensation import METHODS
+from .posttrain.compensation import DEFAULT_DAMP, METHODS, check_damp
 from .posttrain.criteria import CALIBRATED
+from .posttrain.damping import FOLDS
 from .posttrain.data import CalibrationData, describe
 from .posttrain.sequential import collect_sequential
 from .posttrain.statistics import CalibrationStats, collect
@@ -57,6 +58,7 @@ class CalibrationOptions:
     batch: int = 32
     mode: str = "auto"  # "whole", "sequential" (layer by layer), "auto": sequential when
     # the model's onnxruntime session does not fit in memory
+    mask: str = "auto"  # the padding-mask input (`posttrain.data.padding_input`)
 
     def __post_init__(self) -> None:
         if self.path is not None and self.random is not None:
@@ -88,7 +90,7 @@ class PruneOptions:
     block_unit: str = "layer"
     calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
     compensate: str = "none"
-    damp: float = 0.01
+    damp: float | str = DEFAULT_DAMP  # "auto": per layer by held-out error (`damping`)
     inputs: str | None = None
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     seed: int = 0
@@ -103,6 +105,7 @@ class PruneOptions:
             raise GraphpruneError(
                 f"unknown compensation {self.compensate!r} (choose from {', '.join(METHODS)})"
             )
+        check_damp(self.damp)
 
     @property
     def needs_statistics(self) -> bool:
@@ -237,20 +240,22 @@ def prune_model(options: PruneOptions) -> PruneResult:
 
     compensation_notes: list[str] = []
     repaired: list[Compensated] = []  # the layer-by-layer repair's dense model (its oracle)
+    damping: list[dict] = []
 
     def build(chosen: Plan) -> onnx.ModelProto:
         # Checked once below, against the input as given (not the folded model).
+        del damping[:]  # the latency loop builds several times; the last one counts
         if stats is not None and options.compensate != "none" and layerwise:
             repaired[:] = [compensate_layerwise(
                 analysis, chosen, _calibration_data(options, shapes), method=options.compensate,
                 damp=options.damp, batch=options.calibration.batch, progress=options.progress,
-                notes=compensation_notes, check=False,
+                notes=compensation_notes, damping=damping, check=False,
             )]  # fmt: skip
             return repaired[0].model
         if stats is not None and options.compensate != "none":
             return compensate(
                 analysis, chosen, stats, method=options.compensate, damp=options.damp,
-                notes=compensation_notes, check=False,
+                notes=compensation_notes, damping=damping, check=False,
             )  # fmt: skip
         return prune(analysis, chosen, check=False)
 
@@ -322,6 +327,7 @@ def prune_model(options: PruneOptions) -> PruneResult:
         report["calibration"] = {"data": describe(data), **stats.summary()}
         report["compensation"] = {
             "method": options.compensate, "damp": options.damp, "notes": compensation_notes,
+            **({"damping": damping} if damping else {}),
         }  # fmt: skip
     if chosen.budget is not None:
         report["budget"] = chosen.budget
@@ -411,7 +417,7 @@ def _statistics(
             )
         return collect_sequential(
             analysis, _calibration_data(options, shapes), batch=options.calibration.batch,
-            progress=options.progress,
+            scatter=options.plan.criterion == "obs", progress=options.progress,
         )  # fmt: skip
     return collect(
         analysis,
@@ -419,7 +425,9 @@ def _statistics(
         # Only the Block Influence pass runs when no channel criterion needs statistics.
         consumers=None if options.needs_channel_statistics else [],
         batch=options.calibration.batch,
-        scatter=options.compensate == "lsq",
+        # X^T X: for least squares, and for the OBS saliency (the repair it assumes).
+        scatter=options.compensate == "lsq" or options.plan.criterion == "obs",
+        folds=FOLDS if options.compensate == "lsq" and options.damp == "auto" else 0,
         blocks=options.needs_block_influence,
         progress=options.progress,
     )
@@ -431,6 +439,7 @@ def _calibration_data(options: PruneOptions, shapes) -> CalibrationData:
         random=options.calibration.random,
         shapes={name: tuple(shape[1:]) for name, shape in shapes.items()},
         seed=options.seed,
+        mask=options.calibration.mask,
     )
 
 

@@ -204,3 +204,21 @@ def test_a_model_whose_session_does_not_fit_is_calibrated_and_validated_by_layer
     assert data["validation"]["mode"].startswith("layer by layer against the masked original")
     assert data["validation"]["outputs"][0]["max_rel"] < 1e-4
     assert "layer by layer" in capsys.readouterr().out
+
+
+def test_auto_damping_is_chosen_per_layer_by_sequential_repair(tiny, tmp_path, capsys):
+    """`--damp auto` with layer-by-layer repair: each layer's statistics are kept in folds
+    and every compensated consumer gets its held-out choice, as in the whole-model repair."""
+    reports = {}
+    for mode in ("whole", "sequential"):
+        out, report = tmp_path / f"{mode}.onnx", tmp_path / f"{mode}.json"
+        code = main(["prune", tiny, "-o", str(out), "--ratio", "0.5", "--only", "mlp",
+                     "--criterion", "wanda", "--compensate", "lsq", "--damp", "auto",
+                     "--calib-random", "16", "--calib-batch", "4", "--calib-mode", mode,
+                     "--report", str(report), "--quiet"])  # fmt: skip
+        assert code == 0, capsys.readouterr().err
+        reports[mode] = json.loads(report.read_text())["compensation"]
+    whole, layers = (reports[m]["damping"] for m in ("whole", "sequential"))
+    assert [row["node"] for row in layers] == [row["node"] for row in whole]
+    assert len(layers) == 2  # the two MLP down projections
+    assert not any("too few calibration samples" in note for note in reports["sequential"]["notes"])

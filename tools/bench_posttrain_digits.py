@@ -9,7 +9,8 @@ Torch-Pruning's MagnitudePruner (group L2, uniform per layer as its default, and
 prunes the same torch model to the same MACs (ratio found by bisection, MACs counted by
 graphprune on the ONNX export of its result), also without fine-tuning.
 
-Run: python tools/bench_posttrain_digits.py   (or /root/tp-venv/bin/python ... for TP)
+Run: python tools/bench_posttrain_digits.py [--damps 0.01 auto]   (or /root/tp-venv/bin/python
+... for TP). With several --damps, one lsq row per damping.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from torch import nn
 
 import graphprune as gp
 from graphprune.core.metrics import count_macs
+from graphprune.posttrain.damping import FOLDS
 from graphprune.runtime.sessions import run, session
 
 SHAPES = {"image": (1, 1, 8, 8)}
@@ -124,6 +126,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target-macs", type=float, default=0.5)
     parser.add_argument("--calib-samples", type=int, default=512)
+    parser.add_argument(
+        "--damps", nargs="+", type=lambda t: t if t == "auto" else float(t), default=[0.01],
+        help="lsq dampings, or auto (held-out folds of the calibration images): a row each",
+    )  # fmt: skip
     args = parser.parse_args()
     started = time.perf_counter()
     x_train, x_test, y_train, y_test = data()
@@ -140,19 +146,23 @@ def main() -> int:
               f"{accuracy(model, x_test, y_test):.4f}")  # fmt: skip
         analysis = gp.analyze(model)
         data_source = gp.CalibrationData(path=str(folder / "calib.npz"))
-        stats = gp.calibrate(analysis, data_source, batch=128, scatter=True)
+        folds = FOLDS if "auto" in args.damps else 0
+        stats = gp.calibrate(analysis, data_source, batch=128, scatter=True, folds=folds)
         budget = gp.Budget("macs", args.target_macs, SHAPES)
         rows = []
-        for criterion in ("random", "l1", "l2", "activation", "wanda", "flap"):
+        variants = [("none", 0.0), ("bias", 0.0), *(("lsq", d) for d in args.damps)]
+        for criterion in ("random", "l1", "l2", "activation", "wanda", "flap", "obs"):
             options = gp.PlanOptions(criterion=criterion, budget=budget)
             plan = gp.plan(analysis, options, stats=stats)
-            for method in ("none", "bias", "lsq"):
-                pruned = gp.compensate(analysis, plan, stats, method=method)
+            for method, damp in variants:
+                pruned = gp.compensate(analysis, plan, stats, method=method, damp=damp)
                 kept = count_macs(pruned, SHAPES) / macs_dense
                 score = accuracy(pruned, x_test, y_test)
-                rows.append((f"graphprune {criterion}", method, kept, score))
+                label = method if method != "lsq" or len(args.damps) == 1 else f"lsq {damp}"
+                rows.append((f"graphprune {criterion}", label, kept, score))
         rows += torch_pruning_rows(torch_model, x_test, y_test, macs_dense, folder)
-    print(f"\ntarget: keep {args.target_macs:.0%} of MACs; {args.calib_samples} calibration images")
+    print(f"\ntarget: keep {args.target_macs:.0%} of MACs; {args.calib_samples} calibration "
+          f"images; lsq damp {' '.join(map(str, args.damps))}")  # fmt: skip
     print(f"{'method':<34} {'compensate':<10} {'MACs kept':>9} {'test acc':>8}")
     for name, method, kept, acc in rows:
         print(f"{name:<34} {method:<10} {kept:>9.3f} {acc:>8.4f}")

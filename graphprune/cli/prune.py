@@ -28,7 +28,7 @@ from ..planning.budget import Budget
 from ..planning.depth import BLOCK_CRITERIA
 from ..planning.importance import CRITERIA, NORMALIZATIONS, REDUCTIONS
 from ..planning.plan import PlanOptions
-from ..posttrain.compensation import METHODS
+from ..posttrain.compensation import DEFAULT_DAMP, METHODS
 from ..runtime.sessions import DEFAULT_RUN_TIMEOUT_S, limit_runs
 from .common import (
     APPROXIMATE_DYNAMIC_QUANT_HELP,
@@ -116,8 +116,12 @@ def add_parser(commands) -> None:
     p.add_argument("--report", help="write a JSON report here")
     p.add_argument("--html", metavar="REPORT.html", help="write an HTML diff of the pruned pair")
     p.add_argument("--bench", action="store_true", help="time both models in onnxruntime")
-    p.add_argument("--no-validate", dest="validate", action="store_false",
-                   help="run neither model in onnxruntime (ONNX checker and interface only)")
+    p.add_argument(
+        "--no-validate",
+        dest="validate",
+        action="store_false",
+        help="run neither model in onnxruntime (ONNX checker and interface only)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--run-timeout", type=float, default=DEFAULT_RUN_TIMEOUT_S, help=RUN_TIMEOUT_HELP
@@ -147,8 +151,15 @@ def add_parser(commands) -> None:
         help="adjust the consumers of removed channels: bias (FLAP) or least squares (OBS)",
     )  # fmt: skip
     calib.add_argument(
-        "--damp", type=float, default=0.01, help="least-squares damping, x mean(diag X^T X)"
-    )
+        "--damp", type=_damp, default=DEFAULT_DAMP, metavar="D|auto",
+        help="least-squares damping, x mean(diag X^T X); auto: per layer, the least error "
+        "on held-out folds of the calibration data",
+    )  # fmt: skip
+    calib.add_argument(
+        "--calib-mask", default="auto", metavar="INPUT|auto|none",
+        help="input whose zeros mark padding positions, left out of the statistics "
+        "(auto: attention_mask, if the model has it)",
+    )  # fmt: skip
     calib.add_argument("--target-macs", type=float, metavar="F", help="fraction of MACs to keep")
     calib.add_argument(
         "--target-params", type=float, metavar="F", help="fraction of parameters to keep"
@@ -205,8 +216,11 @@ def options_from(args: argparse.Namespace) -> PruneOptions:
         approximate_dynamic_quant=args.approximate_dynamic_quant,
         prune_outputs=args.prune_outputs,
         calibration=CalibrationOptions(
-            path=args.calib, random=args.calib_random, batch=args.calib_batch,
+            path=args.calib,
+            random=args.calib_random,
+            batch=args.calib_batch,
             mode=args.calib_mode,
+            mask=args.calib_mask,
         ),
         compensate=args.compensate,
         damp=args.damp,
@@ -227,9 +241,20 @@ def _check_numbers(args: argparse.Namespace) -> None:
     check_number("--max-group-ratio", args.max_group_ratio, 0.0, 1.0)
     check_number("--calib-random", args.calib_random, 1)
     check_number("--calib-batch", args.calib_batch, 1)
-    check_number("--damp", args.damp, 0.0)
+    if args.damp != "auto":
+        check_number("--damp", args.damp, 0.0)
     check_number("--seed", args.seed, 0)
     check_number("--drop-blocks", args.drop_blocks, 0)
+
+
+def _damp(text: str) -> float | str:
+    """--damp: a number, or "auto"."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number or 'auto': {text!r}") from None
 
 
 def _plan_record(path: str) -> dict:
@@ -270,8 +295,10 @@ def run(args: argparse.Namespace) -> int:
     # The file as written must pass the checks its input passed, or nothing is written.
     check = result.checks
     writes = [
-        (args.output, lambda: save_model(
-            result.model, args.output, progress=options.progress, check=check)),
+        (
+            args.output,
+            lambda: save_model(result.model, args.output, progress=options.progress, check=check),
+        ),
         (args.report, lambda: write_text_atomically(args.report, report)),
         (args.html, lambda: write_text_atomically(args.html, html)),
     ]

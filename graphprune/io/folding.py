@@ -65,9 +65,7 @@ def fold_constants(model: onnx.ModelProto) -> int:
 def _fold_pass(model: onnx.ModelProto) -> int:
     graph = model.graph
     known: dict[str, np.ndarray] = {
-        t.name: to_array(t)
-        for t in graph.initializer
-        if element_count(t.dims) <= _SMALL
+        t.name: to_array(t) for t in graph.initializer if element_count(t.dims) <= _SMALL
     }
     partial: dict[str, list[int | None]] = {}
     shapes = None

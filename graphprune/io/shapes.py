@@ -167,6 +167,7 @@ def _symbolic_shape_infer():
     spec.loader.exec_module(module)
     return module
 
+
 # onnxruntime's symbolic inference repeats a pass while it guesses new dims; real models
 # settle in a few.
 _SYMBOLIC_PASSES = 16

@@ -41,9 +41,11 @@ from ..core.graph import GraphView
 from ..errors import GraphpruneError, first_line
 from ..io.external import to_array
 from ..io.protos import node_attribute, unique_name
+from .damping import choose_damp
 from .statistics import CalibrationStats, Consumer
 
 METHODS = ("none", "bias", "lsq")
+DEFAULT_DAMP = 0.01  # --damp without "auto" (and where held-out damping cannot run)
 
 
 def compensated_model(
@@ -52,17 +54,19 @@ def compensated_model(
     stats: CalibrationStats,
     *,
     method: str = "lsq",
-    damp: float = 0.01,
+    damp: float | str = 0.01,
+    damping: list[dict] | None = None,
     into: onnx.ModelProto | None = None,
 ) -> tuple[onnx.ModelProto, list[str]]:
     """A copy of the model whose consumers of removed channels (atoms not in `keep_atom`)
     are compensated, with notes on what was not; the rewrite then removes the channels.
-    `into`: write into this model (the analysed one, or one compensated before for other
-    consumers, as layer-by-layer repair does) instead of a copy."""
+    `damp="auto"` chooses each consumer's damp by held-out error on the folds of `stats`
+    (`damping`); the choices are appended to `damping` when given. `into`: write into this
+    model (the analysed one, or one compensated before for other consumers, as
+    layer-by-layer repair does) instead of a copy."""
+    check_damp(damp)
     if method not in METHODS:
         raise GraphpruneError(f"unknown compensation {method!r} (choose from {METHODS})")
-    if not 0 <= damp < math.inf:
-        raise GraphpruneError(f"--damp must be non-negative and finite, got {damp}")
     model = into
     if model is None:
         model = onnx.ModelProto()
@@ -79,18 +83,47 @@ def compensated_model(
         if moments is None:
             notes.append(f"'{consumer.node}' ({consumer.op}): not compensated")
             continue
-        weight, from_matrix = _as_matrix(analysis, consumer)
+        weight, from_matrix = weight_matrix(analysis, consumer)
         size = consumer.geometry.size if consumer.geometry is not None else 1
         kept = np.repeat(keep, size)
         if method == "lsq" and moments.scatter is None:
             notes.append(f"'{consumer.node}': no X^T X kept, bias compensation only")
-        if method == "lsq" and moments.scatter is not None:
-            delta, shift = least_squares(moments.covariance, moments.mean, weight, kept, damp)
+        chosen = damp
+        if method == "lsq" and moments.scatter is not None and damp == "auto":
+            chosen = _auto_damp(stats, consumer, weight, kept, notes, damping)
+        if method == "lsq" and moments.scatter is not None and not math.isinf(chosen):
+            delta, shift = least_squares(moments.covariance, moments.mean, weight, kept, chosen)
             writer.set_weight(consumer.node, from_matrix(weight + delta))
         else:
             shift = moments.mean[~kept] @ weight[~kept]
         writer.add_bias(consumer, shift)
     return writer.finish(), notes
+
+
+def check_damp(damp: float | str) -> None:
+    if damp == "auto":
+        return
+    if isinstance(damp, str) or not 0 <= damp < math.inf:
+        raise GraphpruneError(f"--damp must be 'auto' or non-negative and finite, got {damp}")
+
+
+def _auto_damp(stats, consumer, weight, kept, notes, damping) -> float:
+    """The held-out choice for one consumer (`damping`), DEFAULT_DAMP without folds."""
+    folds = stats.folds.get(consumer.feature_key)
+    choice = None if folds is None else choose_damp(folds, weight, kept)
+    if choice is None:
+        notes.append(
+            f"'{consumer.node}': too few calibration samples for held-out damping, "
+            f"damp {DEFAULT_DAMP}"
+        )
+        return DEFAULT_DAMP
+    if damping is not None:
+        damping.append({
+            "node": consumer.node,
+            "damp": "bias" if math.isinf(choice.damp) else choice.damp,
+            "heldout_error": round(choice.error, 6),
+        })  # fmt: skip
+    return choice.damp
 
 
 def _lstsq(system: np.ndarray, rhs: np.ndarray) -> np.ndarray:
@@ -123,7 +156,7 @@ def least_squares(
     return delta, shift
 
 
-def _as_matrix(analysis: Analysis, consumer: Consumer):
+def weight_matrix(analysis: Analysis, consumer: Consumer):
     """The consumer's weight as a float64 (features, outputs) matrix, and the inverse map."""
     view = analysis.view
     node = view.nodes[consumer.node]

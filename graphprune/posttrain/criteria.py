@@ -17,6 +17,15 @@ slice that multiplies it (all outputs, all kernel positions):
   layer ((s - mean) / std) before ranking all layers together; the planner's "standard"
   normalization does that and is the default for "flap".
 
+- "obs": the Optimal Brain Surgeon saliency of the class (Hassibi & Stork 1993; per
+  structure as ZipLM, Kurtic et al. 2023, and SlimGPT, Ling et al. 2024, rank it): the
+  output error left when the class's features go and the rest repair it by least squares,
+  tr(W_c^T [(C + lambda I)^-1]_cc^-1 W_c) with C the features' covariance (`lsq`'s repair,
+  whose bias absorbs the mean). A channel the others predict well is cheap to remove even
+  if it is large, which is what the least-squares compensation then exploits; with the
+  covariance taken diagonal it is flap's score. Needs X^T X statistics (as lsq does);
+  consumers without them (grouped Convs, patches too wide) score by flap.
+
 A class touching several consumers (a residual stream read by many convs) sums their
 scores (`reduction` "mean" or "max" as for the magnitude criteria); positions of one
 class (the features a Flatten makes of one channel) are summed.
@@ -28,12 +37,15 @@ routing frequency x gate x output norm, EASY-EP-style (`graphprune.posttrain.rou
 from __future__ import annotations
 
 import numpy as np
+import scipy.linalg
 
 from ..core.analysis import Analysis
 from ..errors import GraphpruneError
-from .statistics import CalibrationStats, Consumer
+from .compensation import weight_matrix
+from .statistics import CalibrationStats, Consumer, Moments
 
-CALIBRATED = ("activation", "wanda", "flap")
+CALIBRATED = ("activation", "wanda", "flap", "obs")
+OBS_DAMP = 0.01  # the damping of the saliency's inverse, x mean(diag C) (lsq's default)
 
 
 def calibrated_scores(
@@ -102,11 +114,39 @@ def _position_scores(
         raise GraphpruneError(
             f"calibration statistics of '{consumer.node}' do not match its weight"
         )
-    if criterion == "flap":
+    features = stats.features(consumer)
+    if criterion == "obs" and features is not None and features.scatter is not None:
+        return obs_scores(analysis, consumer, features)
+    if criterion in ("flap", "obs"):
         return moments.variance * columns
     if criterion == "wanda":
         return moments.rms * columns
     return moments.rms * np.sqrt(columns)
+
+
+def obs_scores(analysis: Analysis, consumer: Consumer, features: Moments) -> np.ndarray:
+    """The OBS saliency of each class, shared out evenly over its positions."""
+    weight, _ = weight_matrix(analysis, consumer)
+    covariance = features.covariance
+    scale = float(np.mean(np.diag(covariance)))
+    system = covariance + OBS_DAMP * (scale if scale > 0 else 1e-12) * np.eye(len(covariance))
+    try:
+        inverse = scipy.linalg.inv(system)
+    except (np.linalg.LinAlgError, scipy.linalg.LinAlgError, ValueError) as error:
+        raise GraphpruneError(f"'{consumer.node}': obs saliency failed: {error}") from None
+    classes = analysis.class_of[consumer.positions.ravel()]
+    size = consumer.geometry.size if consumer.geometry is not None else 1
+    if size == 1 and np.unique(classes).size == classes.size:  # one feature per class
+        return np.einsum("ij,ij->i", weight, weight) / np.diag(inverse)
+    of_feature = np.repeat(classes, size)
+    scores = np.zeros(classes.size)
+    for value in np.unique(classes):
+        rows = np.nonzero(of_feature == value)[0]
+        block = weight[rows]
+        saliency = np.trace(block.T @ scipy.linalg.solve(inverse[np.ix_(rows, rows)], block))
+        positions = classes == value
+        scores[positions] = saliency / positions.sum()
+    return scores
 
 
 def standardize(values: np.ndarray) -> np.ndarray:

@@ -25,12 +25,14 @@ from ..runtime.inputs import id_ranges, random_array, read_npz, shapes_text
 @dataclass(frozen=True)
 class CalibrationData:
     """Where calibration batches come from: `path` (an NPZ or a directory of them) or
-    `random` samples shaped like `shapes` (batch dim excluded), generated from `seed`."""
+    `random` samples shaped like `shapes` (batch dim excluded), generated from `seed`.
+    `mask` names the input whose zeros mark padding positions (`padding_input`)."""
 
     path: str | None = None
     random: int | None = None
     shapes: dict[str, tuple[int, ...]] | None = None
     seed: int = 0
+    mask: str = "auto"
 
     def files(self) -> list[Path]:
         if self.path is None:
@@ -103,6 +105,52 @@ def _read(path: Path, inputs: dict[str, np.dtype]) -> dict[str, np.ndarray]:
             f"calibration file {shown(path.name)}: arrays must share a non-empty sample axis 0"
         )
     return {name: arrays[name].astype(dtype, copy=False) for name, dtype in inputs.items()}
+
+
+AUTO_MASK = "attention_mask"  # the name tokenizers and exporters give the padding mask
+
+
+def padding_input(model: onnx.ModelProto, data: CalibrationData) -> str | None:
+    """The input whose zeros mark padding: `data.mask` by name, none for "none", and for
+    "auto" an input named attention_mask when the samples come from files (the padding
+    a tokenizer wrote; random masks are noise, not padding)."""
+    inputs = model_inputs(model)
+    if data.mask == "none":
+        return None
+    if data.mask == "auto":
+        return AUTO_MASK if AUTO_MASK in inputs and data.path is not None else None
+    if data.mask not in inputs:
+        raise GraphpruneError(
+            f"--calib-mask {data.mask!r} is no model input (inputs: {', '.join(inputs)})"
+        )
+    return data.mask
+
+
+def padding_mask(feeds: dict[str, np.ndarray], name: str | None) -> np.ndarray | None:
+    """True at the real (not padding) positions of a batch, [batch, sequence]."""
+    if name is None:
+        return None
+    mask = feeds[name]
+    if mask.ndim != 2:
+        raise GraphpruneError(
+            f"padding mask {name!r} must be [batch, sequence], got shape {list(mask.shape)} "
+            "(--calib-mask none counts every position)"
+        )
+    return mask != 0
+
+
+def real_positions(lead: tuple[int, ...], mask: np.ndarray) -> np.ndarray | None:
+    """Which rows of a tensor whose leading dims (all but the channel axis) are `lead` are
+    real positions: [batch, sequence], [sequence, batch] (when they differ) or the two
+    flattened batch-major; None when the layout is none of these (all rows count)."""
+    batch, sequence = mask.shape
+    if lead == (batch, sequence):
+        return mask
+    if lead == (sequence, batch) and batch != sequence:
+        return mask.T
+    if lead == (batch * sequence,):
+        return mask.reshape(-1)
+    return None
 
 
 def describe(data: CalibrationData) -> str:

@@ -27,7 +27,6 @@ memory, spilled to a private file (`io.external.spill`) for one whose weights ar
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
 
 import numpy as np
 import onnx
@@ -39,8 +38,17 @@ from ..io.external import is_external, spill, to_array
 from ..runtime.sessions import execution_provider
 from ..runtime.stages import Split, StagedRun, split_layers
 from .compensation import compensated_model
-from .data import CalibrationData, batches
-from .statistics import CalibrationStats, Consumer, Moments, find_consumers, fold_values
+from .damping import FOLDS
+from .data import CalibrationData, batches, padding_input
+from .statistics import (
+    CalibrationStats,
+    Consumer,
+    Moments,
+    Places,
+    find_consumers,
+    fold_values,
+    merge_folds,
+)
 
 _SPILL_BYTES = 2**20  # repaired weights from this size on go to disk (models on disk)
 
@@ -57,21 +65,21 @@ def collect_sequential(
     """Statistics of every consumer of the dense model, gathered one layer at a time."""
     split = split_layers(analysis.view)
     consumers = find_consumers(analysis)
-    stats = _empty_stats(consumers, scatter, provider)
+    model = analysis.view.model
+    stats = _empty_stats(consumers, scatter, provider, mask=padding_input(model, data))
     stats.batch = batch
     stats.notes.append(f"calibrated layer by layer ({split.stages - 1} layers)")
-    staged = StagedRun(analysis.view.model, split, provider=stats.provider, progress=progress)
-    counter = _Counter()
+    staged = StagedRun(model, split, provider=stats.provider, progress=progress)
+    places = Places(stats)
     try:
-        staged.feed(counter.count(batches(analysis.view.model, data, batch)))
-        stats.samples = counter.samples
+        staged.feed(places.track(batches(model, data, batch)))
         by_stage = _by_stage(consumers, split)
         for stage in range(split.stages):
             tensors = {c.tensor for c in by_stage.get(stage, [])}
             staged.run_stage(
                 stage, expose=sorted(tensors), advance=stage < split.stages - 1,
-                inspect=lambda _b, values, t=tensors: fold_values(
-                    stats, {k: v for k, v in values.items() if k in t}),
+                inspect=lambda b, values, t=tensors: fold_values(
+                    stats, {k: v for k, v in values.items() if k in t}, places.batches[b]),
             )  # fmt: skip
     finally:
         staged.close()
@@ -84,13 +92,15 @@ def repair_sequential(
     data: CalibrationData,
     *,
     method: str = "lsq",
-    damp: float = 0.01,
+    damp: float | str = 0.01,
     batch: int = 8,
     provider: str | None = None,
     progress: bool = False,
+    damping: list[dict] | None = None,
 ) -> tuple[onnx.ModelProto, list[str]]:
     """The dense model with every consumer of removed channels compensated layer by layer
-    from the pruned layers' outputs (see the module doc), and notes on what was not."""
+    from the pruned layers' outputs (see the module doc), and notes on what was not;
+    `damp="auto"`'s choices are appended to `damping`."""
     model = analysis.view.model
     on_disk = any(is_external(t) for t in model.graph.initializer)
     working = onnx.ModelProto()
@@ -102,21 +112,26 @@ def repair_sequential(
     notes: list[str] = []
     staged = StagedRun(working, split, provider=provider or execution_provider(),
                        progress=progress)  # fmt: skip
+    mask = padding_input(model, data)
+    folds = FOLDS if method == "lsq" and damp == "auto" else 0
+    places = Places(_empty_stats([], False, staged.provider, mask=mask))
     try:
-        staged.feed(batches(model, data, batch))
+        staged.feed(places.track(batches(model, data, batch)))
         for stage in range(split.stages):
             mine = by_stage.get(stage, [])
             if mine and method != "none":
-                stats = _empty_stats(mine, method == "lsq", staged.provider)
+                stats = _empty_stats(mine, method == "lsq", staged.provider, mask, folds)
                 tensors = {c.tensor for c in mine}
                 staged.run_stage(
                     stage, working, expose=sorted(tensors), advance=False,
-                    inspect=lambda _b, values, t=tensors, s=stats: fold_values(
-                        s, {k: v for k, v in values.items() if k in t}),
+                    inspect=lambda b, values, t=tensors, s=stats: fold_values(
+                        s, {k: v for k, v in values.items() if k in t}, places.batches[b]),
                 )  # fmt: skip
+                merge_folds(stats)
                 working, found = compensated_model(
-                    analysis, keep_atom, stats, method=method, damp=damp, into=working
-                )
+                    analysis, keep_atom, stats, method=method, damp=damp, damping=damping,
+                    into=working,
+                )  # fmt: skip
                 notes += found
                 if on_disk:
                     _spill_written(working)
@@ -129,18 +144,12 @@ def repair_sequential(
     return working, notes
 
 
-class _Counter:
-    def __init__(self) -> None:
-        self.samples = 0
-
-    def count(self, feeds) -> Iterator[dict[str, np.ndarray]]:
-        for values in feeds:
-            self.samples += next(iter(values.values())).shape[0]
-            yield values
-
-
-def _empty_stats(consumers: list[Consumer], scatter: bool, provider) -> CalibrationStats:
-    stats = CalibrationStats(consumers, {}, provider=provider or execution_provider())
+def _empty_stats(
+    consumers: list[Consumer], scatter: bool, provider, mask: str | None = None, folds: int = 0
+) -> CalibrationStats:
+    """Moments to fold into (as `statistics.collect` sets them up), `folds` parts of the
+    X^T X kept for `--damp auto`, padding positions of input `mask` left out."""
+    stats = CalibrationStats(consumers, {}, provider=provider or execution_provider(), mask=mask)
     for consumer in consumers:
         stats.moments.setdefault(consumer.channel_key, Moments())
         key = consumer.feature_key
@@ -150,6 +159,8 @@ def _empty_stats(consumers: list[Consumer], scatter: bool, provider) -> Calibrat
             stats.moments.setdefault(key, Moments(scatter=scatter))
         elif scatter:
             stats.moments[key].keep_scatter = True
+        if folds > 1 and stats.moments[key].keep_scatter and key not in stats.folds:
+            stats.folds[key] = [Moments(scatter=True) for _ in range(folds)]
     return stats
 
 

@@ -16,6 +16,7 @@ not depend on the batch size beyond rounding and the variance does not cancel.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,7 +30,15 @@ from ..io.protos import node_attribute
 from ..io.shapes import infer_shapes
 from ..runtime.sessions import execution_provider, run, session
 from .batching import choose_batch, relax_batch
-from .data import CalibrationData, batches, model_inputs, sample_shapes
+from .data import (
+    CalibrationData,
+    batches,
+    model_inputs,
+    padding_input,
+    padding_mask,
+    real_positions,
+    sample_shapes,
+)
 from .influence import block_influence
 from .patches import ConvGeometry, conv_geometry, im2col
 from .routing import RoutingTap, find_routing, routing_scores
@@ -84,21 +93,40 @@ class Moments:
         if rows.shape[0] == 0:
             return
         rows = rows.astype(np.float64, copy=False)
-        n_b = rows.shape[0]
-        mean_b = rows.mean(axis=0)
-        centred = rows - mean_b
-        m2_b = np.einsum("ij,ij->j", centred, centred)
-        scatter_b = centred.T @ centred if self.keep_scatter else None
-        if self.n == 0:
-            self.n, self.mean, self.m2, self.scatter = n_b, mean_b, m2_b, scatter_b
+        batch = Moments(self.keep_scatter)
+        batch.n = rows.shape[0]
+        batch.mean = rows.mean(axis=0)
+        centred = rows - batch.mean
+        batch.m2 = np.einsum("ij,ij->j", centred, centred)
+        batch.scatter = centred.T @ centred if self.keep_scatter else None
+        self.merge(batch, adopt=True)
+
+    def merge(self, other: Moments, *, adopt: bool = False) -> None:
+        """Fold another set of moments in (Chan et al.); `adopt`: take its arrays as they
+        are when this one is empty (they are not used elsewhere)."""
+        if other.n == 0:
             return
+        if self.n == 0:
+            take = (lambda a: a) if adopt else (lambda a: None if a is None else a.copy())
+            self.n, self.mean, self.m2 = other.n, take(other.mean), take(other.m2)
+            self.scatter = take(other.scatter) if self.keep_scatter else None
+            return
+        n_b, mean_b = other.n, other.mean
         n = self.n + n_b
         delta = mean_b - self.mean
         self.mean = self.mean + delta * (n_b / n)
-        self.m2 = self.m2 + m2_b + delta**2 * (self.n * n_b / n)
+        self.m2 = self.m2 + other.m2 + delta**2 * (self.n * n_b / n)
         if self.keep_scatter:
-            self.scatter += scatter_b + np.outer(delta, delta) * (self.n * n_b / n)
+            self.scatter += other.scatter + np.outer(delta, delta) * (self.n * n_b / n)
         self.n = n
+
+    @staticmethod
+    def merged(parts: list[Moments]) -> Moments:
+        """The moments of all parts together."""
+        total = Moments(scatter=all(p.keep_scatter for p in parts))
+        for part in parts:
+            total.merge(part)
+        return total
 
     @property
     def variance(self) -> np.ndarray:
@@ -131,6 +159,14 @@ class CalibrationStats:
     taps: list[RoutingTap] = field(default_factory=list)  # routers (`routing`)
     routing: dict[str, np.ndarray] = field(default_factory=dict)  # router -> expert scores
     block_influence: dict[str, float] = field(default_factory=dict)  # block group -> BI
+    # Feature key -> the moments of k disjoint parts of the samples (sample i in part
+    # i % k), for choosing the damping by held-out error (`damping`); their merge is
+    # `moments[key]`.
+    folds: dict[str, list[Moments]] = field(default_factory=dict)
+    mask: str | None = None  # the input whose zeros mark padding positions, left out
+    padding: int = 0  # positions left out as padding (mask 0)
+    positions: int = 0  # positions of the mask in all
+    unmasked: set[str] = field(default_factory=set)  # consumers whose positions were all kept
 
     def channels(self, consumer: Consumer) -> Moments:
         return self.moments[consumer.channel_key]
@@ -140,6 +176,8 @@ class CalibrationStats:
         return None if key is None else self.moments.get(key)
 
     def summary(self) -> dict:
+        padding = {"padding_mask": self.mask, "padding_positions": self.padding,
+                   "positions": self.positions} if self.mask else {}  # fmt: skip
         return {
             "samples": self.samples,
             "batch": self.batch,
@@ -148,6 +186,8 @@ class CalibrationStats:
             "tensors": len({c.tensor for c in self.consumers}),
             "execution_provider": self.provider,
             "runs_per_batch": self.chunks,
+            **padding,
+            **({"folds": len(next(iter(self.folds.values())))} if self.folds else {}),
             "notes": self.notes,
         }
 
@@ -209,6 +249,7 @@ def collect(
     consumers: list[Consumer] | None = None,
     batch: int = 32,
     scatter: bool = False,
+    folds: int = 0,
     provider: str | None = None,
     chunk_bytes: int = CHUNK_BYTES,
     progress: bool = False,
@@ -216,7 +257,9 @@ def collect(
 ) -> CalibrationStats:
     """Stream the calibration data through the model and reduce every consumer input to
     running moments (`scatter=True` adds X^T X of the features, for least squares;
-    `blocks=True` adds the Block Influence of every block group, in a pass of its own)."""
+    `folds=k` keeps those in k parts, for choosing the damping by held-out error;
+    `blocks=True` adds the Block Influence of every block group, in a pass of its own).
+    Positions where the padding mask (`data.mask`, `padding_input`) is 0 are left out."""
     model = analysis.view.model
     consumers = find_consumers(analysis) if consumers is None else consumers
     provider = provider or execution_provider()
@@ -232,6 +275,7 @@ def collect(
             stats.batch, stats.batch_note = chosen.size, chosen.note
     if not consumers and not taps:
         return stats
+    stats.mask = padding_input(model, data)
     for consumer in consumers:
         stats.moments.setdefault(consumer.channel_key, Moments())
         key = consumer.feature_key
@@ -247,6 +291,8 @@ def collect(
             stats.moments.setdefault(key, Moments(scatter=keep))
         elif scatter:
             stats.moments[key].keep_scatter = True
+        if folds > 1 and stats.moments[key].keep_scatter and key not in stats.folds:
+            stats.folds[key] = [Moments(scatter=True) for _ in range(folds)]
     chosen = choose_batch(model, data, batch, provider)
     stats.batch, stats.batch_note = chosen.size, chosen.note
     per_sample = _bytes_per_sample(model, data, consumers)
@@ -256,16 +302,34 @@ def collect(
     stats.chunks = len(chunks)
     dtypes = _dtypes(analysis, consumers)
     dtypes.update({t: onnx.TensorProto.UNDEFINED for tap in taps for t in tap.tensors})
-    for chunk in chunks:
+    for index, chunk in enumerate(chunks):
         exposed = _exposing(model, chunk, dtypes, chosen.relax)
-        stats.samples = _run_chunk(stats, exposed, chunk, data, chosen.size, provider, progress)
+        stats.samples = _run_chunk(
+            stats, exposed, chunk, data, chosen.size, provider, progress, count=index == 0
+        )
     if stats.samples == 0:
         raise GraphpruneError("the calibration data holds no samples")
+    merge_folds(stats)
+    for node in sorted(stats.unmasked):
+        stats.notes.append(
+            f"'{node}': input not laid out [batch, sequence, ...]; its padding positions count"
+        )
     return stats
 
 
-def _run_chunk(stats, model, chunk, data, batch, provider, progress) -> int:
-    """One pass over the data with `chunk`'s tensors exposed; returns the sample count."""
+@dataclass(frozen=True)
+class _Batch:
+    """Where a batch sits in the data: its index, first sample, size and padding mask."""
+
+    index: int
+    first: int
+    size: int
+    mask: np.ndarray | None  # [batch, sequence], True where a position is real
+
+
+def _run_chunk(stats, model, chunk, data, batch, provider, progress, count) -> int:
+    """One pass over the data with `chunk`'s tensors exposed; returns the sample count
+    (`count`: the padding positions are counted in this pass)."""
     fed = set(model_inputs(model))
     exposed = [t for t in chunk if t not in fed]
     sess = session(model, provider)
@@ -273,37 +337,73 @@ def _run_chunk(stats, model, chunk, data, batch, provider, progress) -> int:
     # A with-block closes the bar on errors too, so no half-drawn line stays on stderr.
     with tqdm(batches(model, data, batch), desc="calibrate", disable=not progress,
               leave=False) as bar:  # fmt: skip
-        for feeds in bar:
+        for index, feeds in enumerate(bar):
+            size = next(iter(feeds.values())).shape[0]
+            mask = padding_mask(feeds, stats.mask)
+            if count and mask is not None:
+                stats.positions += mask.size
+                stats.padding += int(mask.size - mask.sum())
+            where = _Batch(index, samples, size, mask)
             values = dict(zip(exposed, run(sess, feeds), strict=True))
             values.update({name: feeds[name] for name in chunk if name in fed})
             done: set[str] = set()
             for consumer in stats.consumers:
                 if consumer.tensor in values:
-                    _fold(stats, consumer, values[consumer.tensor], done)
+                    _fold(stats, consumer, values[consumer.tensor], done, where)
             for tap in stats.taps:
                 if all(t in values for t in tap.tensors):
                     scores = routing_scores(tap, values)
                     stats.routing[tap.router] = stats.routing.get(tap.router, 0) + scores
-            samples += next(iter(feeds.values())).shape[0]
+            samples += size
     return samples
 
 
-def _fold(stats: CalibrationStats, consumer: Consumer, value: np.ndarray, done: set[str]):
+def _fold(stats: CalibrationStats, consumer: Consumer, value: np.ndarray, done: set[str],
+          where: _Batch) -> None:  # fmt: skip
     """Update the moments of one consumer input with one batch (each key once per batch)."""
     for key in (consumer.channel_key, consumer.feature_key):
         if key is None or key in done:
             continue
         done.add(key)
-        moments = stats.moments[key]
-        if key == consumer.channel_key:
-            rows = np.moveaxis(value, consumer.channel_axis, -1)
-            moments.update(rows.reshape(-1, rows.shape[-1]))
-            continue
-        # im2col rows in blocks, so a batch never materialises all patches at once.
-        per_sample = max(1, int(np.prod(value.shape[1:])) * consumer.geometry.size)
-        step = max(1, ROW_BLOCK_FLOATS // per_sample)
-        for start in range(0, value.shape[0], step):
-            moments.update(im2col(value[start : start + step], consumer.geometry))
+        for moments, part, mask in _parts(stats, key, consumer, value, where):
+            if key == consumer.channel_key:
+                _fold_channels(stats, moments, consumer, part, mask)
+                continue
+            # im2col rows in blocks, so a batch never materialises all patches at once.
+            per_sample = max(1, int(np.prod(part.shape[1:])) * consumer.geometry.size)
+            step = max(1, ROW_BLOCK_FLOATS // per_sample)
+            for start in range(0, part.shape[0], step):
+                moments.update(im2col(part[start : start + step], consumer.geometry))
+
+
+def _parts(stats: CalibrationStats, key: str, consumer: Consumer, value: np.ndarray,
+           where: _Batch):  # fmt: skip
+    """(moments, values, mask) to fold: the whole batch, or with folds the samples of each
+    fold (by sample index when axis 0 is the batch, else the whole batch by its index)."""
+    folds = stats.folds.get(key)
+    if folds is None:
+        yield stats.moments[key], value, where.mask
+        return
+    k = len(folds)
+    batch_axis = value.ndim > 0 and value.shape[0] == where.size
+    if not batch_axis or consumer.channel_axis % value.ndim == 0:
+        yield folds[where.index % k], value, where.mask
+        return
+    fold_of = (where.first + np.arange(where.size)) % k
+    for fold in range(k):
+        picked = np.nonzero(fold_of == fold)[0]
+        if picked.size:
+            mask = None if where.mask is None else where.mask[picked]
+            yield folds[fold], value[picked], mask
+
+
+def _fold_channels(stats: CalibrationStats, moments: Moments, consumer: Consumer,
+                   value: np.ndarray, mask: np.ndarray | None) -> None:  # fmt: skip
+    rows = np.moveaxis(value, consumer.channel_axis, -1)
+    keep = None if mask is None else real_positions(rows.shape[:-1], mask)
+    if mask is not None and keep is None:
+        stats.unmasked.add(consumer.node)
+    moments.update(rows[keep] if keep is not None else rows.reshape(-1, rows.shape[-1]))
 
 
 def _exposing(model: onnx.ModelProto, tensors: list[str], dtypes: dict[str, int], relax: bool):
@@ -365,10 +465,38 @@ def _feature_count(analysis: Analysis, consumer: Consumer) -> int:
     return int(np.prod(shape[1:]))
 
 
-def fold_values(stats: CalibrationStats, values: dict[str, np.ndarray]) -> None:
+def fold_values(stats: CalibrationStats, values: dict[str, np.ndarray], where: _Batch) -> None:
     """Fold one batch of consumer inputs (by tensor name) into `stats`, for callers that
-    run the model themselves (`graphprune.posttrain.sequential`: one layer at a time)."""
+    run the model themselves (`graphprune.posttrain.sequential`: one layer at a time);
+    `where` is the batch's place in the data (`Places`)."""
     done: set[str] = set()
     for consumer in stats.consumers:
         if consumer.tensor in values:
-            _fold(stats, consumer, values[consumer.tensor], done)
+            _fold(stats, consumer, values[consumer.tensor], done, where)
+
+
+class Places:
+    """The place in the data (`_Batch`: index, first sample, size, padding mask) of every
+    batch that `track` passes on, for callers that feed the batches once and fold their
+    values later, layer by layer; counts the samples and padding positions into `stats`."""
+
+    def __init__(self, stats: CalibrationStats) -> None:
+        self.stats = stats
+        self.batches: list[_Batch] = []
+
+    def track(self, feeds: Iterable[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
+        for values in feeds:
+            size = next(iter(values.values())).shape[0]
+            mask = padding_mask(values, self.stats.mask)
+            if mask is not None:
+                self.stats.positions += mask.size
+                self.stats.padding += int(mask.size - mask.sum())
+            self.batches.append(_Batch(len(self.batches), self.stats.samples, size, mask))
+            self.stats.samples += size
+            yield values
+
+
+def merge_folds(stats: CalibrationStats) -> None:
+    """Each folded key's moments become the merge of its folds (all the samples)."""
+    for key, parts in stats.folds.items():
+        stats.moments[key] = Moments.merged(parts)

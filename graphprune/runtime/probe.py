@@ -75,9 +75,7 @@ def choose_inputs(
     )
 
 
-def check_inputs(
-    model: onnx.ModelProto, feeds: dict[str, np.ndarray], source: str
-) -> ProbedInputs:
+def check_inputs(model: onnx.ModelProto, feeds: dict[str, np.ndarray], source: str) -> ProbedInputs:
     """The user's inputs, once the original model has run on them."""
     provider = execution_provider()
     shapes = {name: tuple(value.shape) for name, value in feeds.items()}

@@ -78,8 +78,10 @@ def execution_provider() -> str:
     finally:
         ort.set_default_logger_severity(_QUIET)
     used = session.get_providers()
-    return "CUDAExecutionProvider" if used and used[0] == "CUDAExecutionProvider" else (
-        "CPUExecutionProvider"
+    return (
+        "CUDAExecutionProvider"
+        if used and used[0] == "CUDAExecutionProvider"
+        else ("CPUExecutionProvider")
     )
 
 
@@ -133,9 +135,7 @@ def too_big_to_run(model: onnx.ModelProto, provider: str | None = None) -> str |
     )
 
 
-def session(
-    model: onnx.ModelProto, provider: str | None = None, threads: int | None = None
-):
+def session(model: onnx.ModelProto, provider: str | None = None, threads: int | None = None):
     """An onnxruntime session; `threads` fixes intra-op threads for timing (sequential,
     threads that sleep instead of spinning between runs).
     A model whose session would not fit in memory is refused in one line (onnxruntime

@@ -128,5 +128,3 @@ def deviation(expected: np.ndarray, actual: np.ndarray) -> Deviation:
     scale = float(finite.max()) if finite.size else 0.0
     max_abs = float(diff.max()) if diff.size else 0.0
     return {"max_abs": max_abs, "max_rel": max_abs / scale if scale > 0 else max_abs}
-
-
