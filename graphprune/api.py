@@ -11,6 +11,7 @@ save(pruned, "model.pruned.onnx")
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +21,7 @@ from .core.analysis import Analysis, AnalysisOptions, analyze_view
 from .core.graph import GraphView
 from .core.rewrite import masked, rewrite
 from .io.checks import CheckLevel, check_model
-from .io.interface import interface_of
+from .io.interface import interface_of, resized
 from .io.loading import load_model
 from .io.saving import save_model
 from .planning.plan import Plan, PlanOptions, make_plan, plan_from_json
@@ -44,6 +45,7 @@ def analyze(
     approximate_dynamic_quant: bool = False,
     prune_outputs: bool = False,
     blocks: str | None = None,
+    prune_cache: bool = False,
     progress: bool = False,
 ) -> Analysis:
     """Find every group of coupled channels, and why the unprunable ones are.
@@ -54,10 +56,12 @@ def analyze(
     that a DynamicQuantizeLinear quantizes together (`quantize_dynamic`: the kept channels
     are requantized on their own range; inexact, marked the same way);
     `prune_outputs=True` lets model outputs lose channels;
-    `blocks="layer"` (or "branch") adds the residual blocks, groups of kind "blocks"."""
+    `blocks="layer"` (or "branch") adds the residual blocks, groups of kind "blocks";
+    `prune_cache=True` lets a KV cache the caller feeds and reads (onnxruntime-genai's
+    past_key_values / present) lose the removed heads (`Analysis.cache_ports`)."""
     options = AnalysisOptions(
         approximate_norms=approximate_norms, approximate_dynamic_quant=approximate_dynamic_quant,
-        prune_outputs=prune_outputs, blocks=blocks,
+        prune_outputs=prune_outputs, blocks=blocks, prune_cache=prune_cache,
     )  # fmt: skip
     return analyze_view(GraphView(model), options=options, progress=progress)
 
@@ -77,19 +81,20 @@ def plan(
 
 def prune(analysis: Analysis, plan: Plan, *, check: bool = True) -> onnx.ModelProto:
     """The pruned model; the plan is recorded in its metadata ("graphprune.plan")."""
-    pruned = rewrite(analysis, plan.keep_atom(analysis), plan.to_json(analysis))
+    keep = plan.keep_atom(analysis)
+    pruned = rewrite(analysis, keep, plan.to_json(analysis))
     if check:
-        _gate(analysis, pruned)
+        _gate(analysis, pruned, keep)
     return pruned
 
 
-def _gate(analysis: Analysis, pruned: onnx.ModelProto) -> None:
+def _gate(analysis: Analysis, pruned: onnx.ModelProto, keep: np.ndarray) -> None:
     """The checks a pruned model passes before anyone runs it: the ONNX checker as strict
-    as the analysed model passes, and the analysed model's interface."""
+    as the analysed model passes, and the analysed model's interface (its KV cache
+    narrowed to the kept heads with --prune-kv-cache)."""
     check_model(pruned, original=analysis.view.model)
-    check_interface(
-        interface_of(analysis.view.model), pruned, shapes_may_change=analysis.prune_outputs
-    )
+    interface = resized(interface_of(analysis.view.model), analysis.cache_sizes(keep))
+    check_interface(interface, pruned, shapes_may_change=analysis.prune_outputs)
 
 
 def mask(analysis: Analysis, plan: Plan) -> onnx.ModelProto:
@@ -191,7 +196,7 @@ def _pruned_from(analysis, plan, dense, method, *, check: bool) -> Compensated:
         same = plan_from_json(again, record)
     pruned = rewrite(again, same.keep_atom(again), record)
     if check:
-        _gate(analysis, pruned)
+        _gate(analysis, pruned, plan.keep_atom(analysis))
     return Compensated(pruned, again, same)
 
 
@@ -202,10 +207,13 @@ def validate(
     inputs: dict[str, np.ndarray] | None = None,
     shapes: dict[str, tuple[int, ...]] | None = None,
     seed: int = 0,
+    cache: Mapping[str, tuple[int, np.ndarray]] | None = None,
 ) -> Validation:
-    """Run both models in onnxruntime on the same inputs (seeded random unless given)."""
+    """Run both models in onnxruntime on the same inputs (seeded random unless given);
+    `cache`: `Analysis.cache_positions` of a prune with `prune_cache` (the pruned model
+    is fed, and compared at, the kept heads of its KV cache)."""
     feeds = inputs or random_inputs(original, input_shapes(original, shapes), seed)
-    return compare(original, pruned, feeds)
+    return compare(original, pruned, feeds, cache=cache)
 
 
 def save(

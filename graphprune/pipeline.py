@@ -25,7 +25,7 @@ from .errors import GraphpruneError
 from .inspect.report import BarrierRow, GroupRow, barrier_rows, groups_json, params_removed_by_kind
 from .io.checks import CheckLevel, check_model
 from .io.external import data_length, is_external
-from .io.interface import Interface
+from .io.interface import Interface, resized
 from .io.large import weight_bytes
 from .io.loading import load_input
 from .planning.budget import Budget
@@ -87,6 +87,7 @@ class PruneOptions:
     approximate_norms: bool = False
     approximate_dynamic_quant: bool = False
     prune_outputs: bool = False
+    prune_kv_cache: bool = False  # a KV cache the caller feeds loses heads with them
     block_unit: str = "layer"
     calibration: CalibrationOptions = field(default_factory=CalibrationOptions)
     compensate: str = "none"
@@ -229,6 +230,7 @@ def prune_model(options: PruneOptions) -> PruneResult:
             approximate_dynamic_quant=options.approximate_dynamic_quant
             or recorded.get("approximate_dynamic_quant", False),
             prune_outputs=options.prune_outputs or recorded.get("prune_outputs", False),
+            prune_cache=options.prune_kv_cache or recorded.get("prune_kv_cache", False),
             # Residual blocks are looked for only when depth is asked for (or recorded).
             blocks=options.block_unit if plan_options.drop_blocks else recorded.get("blocks"),
             progress=options.progress,
@@ -286,10 +288,17 @@ def prune_model(options: PruneOptions) -> PruneResult:
 
     with timings.stage("check"):
         check_model(pruned, level=given.checks)
+    keep = chosen.keep_atom(analysis)
+    interface = resized(given.interface, analysis.cache_sizes(keep))  # --prune-kv-cache
     with timings.stage("validate"):
         validation: Validation | None = None
         if options.validate and (probed.unrun is not None or layerwise):
-            check_interface(given.interface, pruned, shapes_may_change=analysis.prune_outputs)
+            check_interface(interface, pruned, shapes_may_change=analysis.prune_outputs)
+            if analysis.cache_ports:
+                raise GraphpruneError(
+                    "a pruned KV cache is validated on the whole model, not layer by layer "
+                    "(use --calib-mode whole)"
+                )
             reference = repaired[0].reference() if repaired else mask(analysis, chosen)
             try:
                 validation = _layer_by_layer(reference, pruned, analysis, probed, options)
@@ -298,13 +307,14 @@ def prune_model(options: PruneOptions) -> PruneResult:
                     raise
         if validation is None and probed.unrun is not None:
             validation = skipped(  # checked by the ONNX checker and the interface only
-                probed.provider, probed.unrun, interface=given.interface, pruned=pruned,
+                probed.provider, probed.unrun, interface=interface, pruned=pruned,
                 shapes_may_change=analysis.prune_outputs,
             )  # fmt: skip
         elif validation is None:
             validation = compare(
                 model, pruned, feeds, shapes_may_change=analysis.prune_outputs,
                 expected=probed.expected, interface=given.interface,
+                cache=analysis.cache_positions(keep),
             )  # fmt: skip
 
     report: PruneReport = {

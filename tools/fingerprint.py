@@ -117,7 +117,7 @@ def extra_cases():
 
     from models import moe_zoo
 
-    for name in fused_models.FUSED:
+    for name in (n for n, e in fused_models.FUSED.items() if not e.cache):  # cache: own feeds
         for label, options in FUSED_OPTIONS.items():
             yield f"fused-{name}", label, lambda n=name: fused_models.cached(n), options
     for name, entry in moe_zoo.MOE.items():

@@ -66,6 +66,7 @@ class FusedEntry:
     hidden: int
     packed: bool = False  # genai: one packed QKV projection, rotation inside attention
     options: tuple[str, ...] = ()  # FusionOptions flags set (use_multi_head_attention, ...)
+    cache: bool = False  # genai: the KV cache as graph inputs and outputs (decoding)
 
     @property
     def has_mask(self) -> bool:
@@ -82,6 +83,7 @@ FUSED: dict[str, FusedEntry] = {
     "minilm": FusedEntry("minilm", "bert", 384),
     "llama_gqa": FusedEntry("llama", "genai", 64),
     "qwen2_gqa_packed": FusedEntry("qwen2", "genai", 64, packed=True),
+    "llama_gqa_cache": FusedEntry("llama", "genai", 64, cache=True),
     "bert_ort": FusedEntry("bert", "ort", 64),
     "gpt2_ort": FusedEntry("gpt2", "ort", 64),
     "llama_ort": FusedEntry("llama", "ort", 64),
@@ -129,7 +131,8 @@ def fuse(name: str) -> onnx.ModelProto:
 
     entry = FUSED[name]
     if entry.model_type == "genai":
-        return genai_decoder(decoder(entry.base, entry.packed), packed=entry.packed)
+        model = decoder(entry.base, entry.packed)
+        return genai_decoder(model, packed=entry.packed, cache=entry.cache)
     if entry.model_type == "ort":
         return session_optimized(zoo_cached(entry.base, "dynamo"))
     for logger in ("onnxruntime.transformers", "fusion_base", "onnx_model"):
@@ -190,8 +193,11 @@ class _Graph:
         return names[0] if outputs == 1 else names
 
 
-def genai_decoder(model: torch.nn.Module, packed: bool) -> onnx.ModelProto:
-    """input ids, attention mask -> last hidden state, in the builder's fused ops."""
+def genai_decoder(model: torch.nn.Module, packed: bool, cache: bool = False) -> onnx.ModelProto:
+    """input ids, attention mask -> last hidden state, in the builder's fused ops. With
+    `cache`, as the builder writes a decoder: inputs past_key_values.N.key/value [batch,
+    KV heads, past, head size] too, the mask covers past and new tokens, the positions
+    are the new tokens' (the mask's last columns), and outputs present.N.key/value."""
     import numpy as np
 
     config, g = model.config, _Graph()
@@ -203,6 +209,11 @@ def genai_decoder(model: torch.nn.Module, packed: bool) -> onnx.ModelProto:
     length = g.op("Gather", [g.op("Shape", ["mask"], "mask_shape"), one], "total", axis=0)
     total = g.op("Cast", [length], "total_sequence_length", to=6)
     positions = g.op("Sub", [g.op("CumSum", ["mask", one], "cumsum"), one], "position_ids")
+    if cache:  # the new tokens' positions: the mask's last `sequence` columns
+        new = g.op("Gather", [g.op("Shape", ["input"], "input_shape"), one], "new", axis=0)
+        start = g.op("Neg", [g.op("Unsqueeze", [new, g.const("axis0", np.array([0]))], "s")], "-s")
+        end = g.const("end", np.array([np.iinfo(np.int64).max]))
+        positions = g.op("Slice", [positions, start, end, "axis1"], "new_positions")
     inv_freq = 1.0 / (config.rope_parameters["rope_theta"] ** (np.arange(0, size, 2) / size))
     angles = np.arange(config.max_position_embeddings)[:, None] * inv_freq[None]
     cos = g.const("cos_cache", np.cos(angles).astype(np.float32))
@@ -244,10 +255,14 @@ def genai_decoder(model: torch.nn.Module, packed: bool) -> onnx.ModelProto:
                     num_heads=count,
                 )  # fmt: skip
             rotary, caches = {}, []
+        past = [f"past_key_values.{index}.{kind}" for kind in ("key", "value")]
         y = g.op(
-            "GroupQueryAttention", [*qkv, "", "", seqlens, total, *caches], f"{name}.gqa",
-            num_heads=heads, kv_num_heads=kv_heads, **rotary,
-        )  # fmt: skip
+            "GroupQueryAttention", [*qkv, *(past if cache else ["", ""]), seqlens, total, *caches],
+            f"{name}.gqa", outputs=3, num_heads=heads, kv_num_heads=kv_heads, **rotary,
+        )[0]  # fmt: skip
+        del g.nodes[-1].output[1:]  # the present key and value: graph outputs, or none
+        if cache:
+            g.nodes[-1].output.extend(f"present.{index}.{kind}" for kind in ("key", "value"))
         x = g.op("MatMul", [y, g.const(f"{name}.o", attn.o_proj.weight.T)], f"{name}.o")
         norm = g.const(f"layers.{index}.post_layernorm", layer.post_attention_layernorm.weight)
         x, _, _, residual = g.op(
@@ -270,7 +285,20 @@ def genai_decoder(model: torch.nn.Module, packed: bool) -> onnx.ModelProto:
     out = onnx.helper.make_tensor_value_info(
         "output", onnx.TensorProto.FLOAT, ["batch", "sequence", config.hidden_size]
     )
-    graph = onnx.helper.make_graph(g.nodes, "decoder", text, [out], g.initializers)
+    inputs, outputs = text, [out]
+    if cache:
+        total_dims = {"past": "past_sequence", "present": "total_sequence"}
+        for prefix, names in (("past", inputs), ("present", outputs)):
+            dims = ["batch", kv_heads, total_dims[prefix], size]
+            stem = "past_key_values" if prefix == "past" else "present"
+            names.extend(
+                onnx.helper.make_tensor_value_info(f"{stem}.{i}.{kind}", 1, dims)  # float
+                for i in range(len(layers)) for kind in ("key", "value")
+            )  # fmt: skip
+        inputs[1] = onnx.helper.make_tensor_value_info(
+            "mask", onnx.TensorProto.INT64, ["batch", "total_sequence"]
+        )
+    graph = onnx.helper.make_graph(g.nodes, "decoder", inputs, outputs, g.initializers)
     opsets = [onnx.helper.make_opsetid("", OPSET), onnx.helper.make_opsetid(MS, 1)]
     return onnx.helper.make_model(graph, opset_imports=opsets, ir_version=8)
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 from ..core.blocks import UNITS
 from ..core.channels import KINDS
 from ..errors import GraphpruneError
 from ..inspect.diff import diff_models
 from ..inspect.html import diff_html
+from ..io.genai import genai_config
 from ..io.saving import save_model, write_text_atomically
 from ..pipeline import (
     CALIB_MODES,
@@ -56,7 +59,8 @@ def add_parser(commands) -> None:
         "--normalization",
         choices=NORMALIZATIONS,
         default=None,
-        help="per-group score normalization (default: standard for flap, mean otherwise)",
+        help="score normalization: mean/max/sum divide each group's scores, standard "
+        "standardises each layer's channel scores (default: standard for flap, mean otherwise)",
     )
     p.add_argument(
         "--global",
@@ -99,6 +103,18 @@ def add_parser(commands) -> None:
         action="store_true",
         help="let model outputs lose channels too (their shapes change)",
     )
+    p.add_argument(
+        "--prune-kv-cache",
+        action="store_true",
+        help="let a KV cache the caller feeds and reads (past_key_values.N.key/value in, "
+        "present.N.key/value out) lose the heads the attention loses: the cache's head dim "
+        "changes, the rest of the interface does not",
+    )
+    p.add_argument(
+        "--genai-config", metavar="genai_config.json",
+        help="onnxruntime-genai's config of the input: written beside the output with the "
+        "kept head counts and the output's file name (layers must keep equal counts)",
+    )  # fmt: skip
     p.add_argument(
         "--ignore", nargs="+", default=[], metavar="NAME",
         help="node or initializer names (glob patterns) to leave untouched",
@@ -215,6 +231,7 @@ def options_from(args: argparse.Namespace) -> PruneOptions:
         approximate_norms=args.approximate_norms,
         approximate_dynamic_quant=args.approximate_dynamic_quant,
         prune_outputs=args.prune_outputs,
+        prune_kv_cache=args.prune_kv_cache,
         calibration=CalibrationOptions(
             path=args.calib,
             random=args.calib_random,
@@ -292,6 +309,7 @@ def run(args: argparse.Namespace) -> int:
         return NOTHING_PRUNED
     report = json.dumps(result.report, indent=2) + "\n"
     html = _html(args, result) if args.html else ""
+    genai = _genai(args, result) if args.genai_config else None
     # The file as written must pass the checks its input passed, or nothing is written.
     check = result.checks
     writes = [
@@ -301,10 +319,29 @@ def run(args: argparse.Namespace) -> int:
         ),
         (args.report, lambda: write_text_atomically(args.report, report)),
         (args.html, lambda: write_text_atomically(args.html, html)),
+        *([genai] if genai else []),
     ]
     write_all([(path, write) for path, write in writes if path])
     _print_summary(result.report)
     return 0
+
+
+def _genai(args: argparse.Namespace, result: PruneResult) -> tuple[str, Callable[[], None]]:
+    """genai_config.json beside the output, rewritten (never over the input's)."""
+    source = Path(args.genai_config)
+    if not args.output:
+        raise GraphpruneError("--genai-config needs -o (it is written beside the model)")
+    target = Path(args.output).parent / "genai_config.json"
+    if target.resolve() == source.resolve():
+        raise GraphpruneError(
+            f"--genai-config would overwrite {source}: write the model to another folder"
+        )
+    try:
+        text = source.read_text()
+    except OSError as error:
+        raise GraphpruneError(f"cannot read {source}: {error.strerror}") from None
+    config = genai_config(text, result.model, Path(args.output).name)
+    return str(target), lambda: write_text_atomically(str(target), config)
 
 
 def _html(args: argparse.Namespace, result: PruneResult) -> str:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from ..errors import GraphpruneError
 from .blocks import UNITS, Block, find_blocks, units
-from .channels import Bypass, Edit, Kind, MaskInput, Reason
+from .channels import Bypass, CachePort, Edit, Kind, MaskInput, Reason
 from .coupling import components, coupling_graph
 from .graph import GraphView
 from .rules import Context, Recorder, apply_rule
@@ -40,12 +40,15 @@ class AnalysisOptions:
     `graphprune.core.blocks`). `approximate_dynamic_quant` lets channels go through a
     DynamicQuantizeLinear (onnxruntime's `quantize_dynamic`): its scale is the range of
     the whole tensor, so the kept channels are requantized on the kept channels' range
-    (approximate, `graphprune.core.rules.quantized`)."""
+    (approximate, `graphprune.core.rules.quantized`). `prune_cache` lets a KV cache that
+    is a graph input (onnxruntime-genai's past_key_values.N.key/value) lose heads, and
+    the present outputs that carry the same heads with it (`Analysis.cache_ports`)."""
 
     approximate_norms: bool = False
     approximate_dynamic_quant: bool = False
     prune_outputs: bool = False
     blocks: str | None = None
+    prune_cache: bool = False
 
     def __post_init__(self) -> None:
         if self.blocks is not None and self.blocks not in UNITS:
@@ -93,6 +96,7 @@ class Analysis:
     minimums: list[tuple[np.ndarray, int]] = field(default_factory=list)  # keep >= n of atoms
     experts: list[tuple[str, np.ndarray]] = field(default_factory=list)  # (router, atoms)
     blocks: dict[str, Block] = field(default_factory=dict)  # residual Add -> its block
+    cache_ports: list[CachePort] = field(default_factory=list)  # --prune-kv-cache
     coupling: nx.MultiGraph = field(default_factory=nx.MultiGraph)  # see core.coupling
 
     @property
@@ -110,6 +114,15 @@ class Analysis:
     @property
     def prunable_groups(self) -> list[Group]:
         return [g for g in self.groups if g.prunable]
+
+    def cache_positions(self, keep_atom: np.ndarray) -> dict[str, tuple[int, np.ndarray]]:
+        """Each KV cache input and output: its head axis and the positions that stay."""
+        return {port.name: (port.axis, port.kept(keep_atom)) for port in self.cache_ports}
+
+    def cache_sizes(self, keep_atom: np.ndarray) -> dict[str, tuple[int, int]]:
+        """Each KV cache input and output: its head axis and how many heads stay."""
+        return {name: (axis, int(kept.size))
+                for name, (axis, kept) in self.cache_positions(keep_atom).items()}  # fmt: skip
 
     def group(self, group_id: int) -> Group:
         return self.groups[group_id]
@@ -141,12 +154,21 @@ def analyze_view(
                 node,
                 approximate_norms=options.approximate_norms,
                 approximate_dynamic_quant=options.approximate_dynamic_quant,
+                prune_cache=options.prune_cache,
             )
             apply_rule(context)
+    cached = {int(a) for port in recorder.cache_ports for a in port.atoms}
     for name in [] if options.prune_outputs else view.graph_outputs:
-        if name in recorder.layouts:
-            reason = Reason(f"reaches model output '{name}'", option="--prune-outputs")
-            recorder.freeze(recorder.layouts[name].atoms, reason)
+        layout = recorder.layouts.get(name)
+        if layout is None:
+            continue
+        plain = not (layout.tiled or layout.count or layout.index)
+        if plain and cached and cached.issuperset(layout.atoms.ravel().tolist()):
+            # A present output holding the heads of a cache input: they change together.
+            recorder.cache_ports.append(CachePort(name, layout.axis, layout.atoms, output=True))
+            continue
+        reason = Reason(f"reaches model output '{name}'", option="--prune-outputs")
+        recorder.freeze(layout.atoms, reason)
     blocks = _record_blocks(view, recorder, options.blocks) if options.blocks else []
     analysis = _group(view, recorder, options, {b.add for b in blocks})
     analysis.blocks = {b.add: b for b in blocks}
@@ -238,6 +260,7 @@ def _group(view: GraphView, recorder: Recorder, options: AnalysisOptions, blocks
         minimums=recorder.minimums,
         experts=recorder.experts,
         coupling=graph,
+        cache_ports=recorder.cache_ports,
     )
 
 

@@ -182,3 +182,19 @@ Edit = SliceConstant | SliceGroupedInput | SetCount | MaskInput | Bypass
 def edit_node(edit: Edit) -> str:
     """The node an edit changes."""
     return edit.target.node if isinstance(edit, SetCount) else edit.node
+
+
+@dataclass(frozen=True)
+class CachePort:
+    """A graph input or output of a KV cache (`--prune-kv-cache`): `axis` holds one head
+    per position (`atoms`), so the cache loses the heads its attention loses; the caller
+    feeds and reads the cache at the kept heads' width (the contract changes here alone)."""
+
+    name: str
+    axis: int
+    atoms: np.ndarray
+    output: bool
+
+    def kept(self, keep_atom: np.ndarray) -> np.ndarray:
+        """The positions of `axis` that stay."""
+        return np.flatnonzero(keep_atom[self.atoms])

@@ -168,7 +168,9 @@ def _edited(analysis: Analysis, keep_atom, edits_to_apply, apply, plan_json, wei
     # The caller's view of the model is the original's (io.interface); outputs that may
     # lose channels take their new dims from inference.
     shapes = infer_shapes(model) if analysis.prune_outputs else None
-    restore_interface(model, view.model, output_shapes=shapes)
+    # Removal narrows the KV cache the caller feeds and reads (masking keeps it).
+    cache = analysis.cache_sizes(keep_atom) if apply is apply_edit else None
+    restore_interface(model, view.model, output_shapes=shapes, cache=cache)
     return model
 
 

@@ -22,6 +22,8 @@ defaults following their (sliced) initializers.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import onnx
@@ -232,13 +234,15 @@ def restore_interface(
     original: onnx.ModelProto,
     *,
     output_shapes: dict[str, tuple[Dim, ...]] | None = None,
+    cache: Mapping[str, tuple[int, int]] | None = None,
 ) -> None:
     """Give `model`, a rewrite of `original`, the original's graph inputs and outputs as
     declared (graphsurgeon exports neither faithfully: it drops initializer-backed inputs,
     and an output whose value_info has no shape loses its shape). Defaults follow their
     initializer: its element type and (sliced) dims, or gone with it. `output_shapes`
     (inferred on `model`) update the outputs' static dims when outputs may lose channels;
-    a static dim inference does not know becomes unknown, symbols stay."""
+    a static dim inference does not know becomes unknown, symbols stay. `cache` (name ->
+    axis, kept heads) narrows the KV cache inputs and outputs (`resized`)."""
     original_defaults = {tensor.name for tensor in original.graph.initializer}
     initializers = {tensor.name: tensor for tensor in model.graph.initializer}
     inputs = []
@@ -256,6 +260,34 @@ def restore_interface(
         output.CopyFrom(info)
         if output_shapes is not None:
             _update_dims(output, output_shapes.get(info.name))
+    for info in [*model.graph.input, *model.graph.output]:
+        if cache and info.name in cache and info.type.WhichOneof("value") == "tensor_type":
+            axis, count = cache[info.name]
+            dim = info.type.tensor_type.shape.dim[axis]
+            if dim.HasField("dim_value"):
+                dim.dim_value = count
+
+
+def resized(interface: Interface, cache: Mapping[str, tuple[int, int]]) -> Interface:
+    """The interface a prune with --prune-kv-cache keeps: the original's, with each KV
+    cache input's and output's static head dim (name -> axis, kept heads) narrowed. The
+    cache is the one place the caller's contract changes, and only with the heads."""
+    if not cache:
+        return interface
+
+    def port(p: Port) -> Port:
+        if p.name not in cache or p.dims is None:
+            return p
+        axis, count = cache[p.name]
+        dims = list(p.dims)
+        dims[axis] = count if isinstance(dims[axis], int) else dims[axis]
+        return dataclasses.replace(p, dims=tuple(dims))
+
+    return dataclasses.replace(
+        interface,
+        required=tuple(map(port, interface.required)),
+        outputs=tuple(map(port, interface.outputs)),
+    )
 
 
 def _update_dims(info: onnx.ValueInfoProto, shape: tuple[Dim, ...] | None) -> None:

@@ -9,6 +9,10 @@ Slimming, ICCV 2017); exporters usually fold BatchNorm into Conv, and groups wit
 fall back to "l2". "random" is the usual sanity baseline. "activation", "wanda" and
 "flap" weigh the consumers' weights by calibration statistics (`graphprune.criteria`);
 classes no calibrated consumer reads fall back to "l2".
+
+Normalizations make groups comparable: "mean", "max" and "sum" divide a group's class
+scores by that statistic; "standard" (FLAP's) standardises each layer's channel scores
+before they are reduced, and a class takes the mean of its channels' (`LayerReduction`).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from ..core.analysis import Analysis
 from ..core.channels import Quantized, SliceConstant, SliceGroupedInput
 from ..core.dequantize import dequantize
 from ..errors import GraphpruneError
-from ..posttrain.criteria import CALIBRATED, LayerReduction, calibrated_scores, standardize
+from ..posttrain.criteria import CALIBRATED, LayerReduction, calibrated_scores
 
 CRITERIA = ("l1", "l2", "bn", "random", *CALIBRATED)
 REDUCTIONS = ("sum", "mean", "max")
@@ -50,28 +54,34 @@ def class_scores(
     if criterion == "random":
         return np.random.default_rng(seed).random(n_classes), []
     fallback: list[int] = []
+    # "standard" standardises each layer's position scores (FLAP), not the class scores.
+    per_layer = normalization == "standard"
     if criterion in ("bn", *CALIBRATED):
         if criterion == "bn":
-            scores = _reduce(analysis, {"bn_scale"}, p=1, reduction=reduction)
+            scores = _reduce(analysis, {"bn_scale"}, 1, reduction, standardize=per_layer)
         else:
-            scores = calibrated_scores(analysis, stats, criterion, reduction)
+            scores = calibrated_scores(
+                analysis, stats, criterion, reduction, standardize=per_layer
+            )
         has_bn = np.zeros(len(analysis.groups), dtype=bool)
         covered = ~np.isnan(scores)
         has_bn[np.unique(analysis.group_of_class[covered & (analysis.group_of_class >= 0)])] = True
         fallback = [g.id for g in analysis.groups if g.prunable and not has_bn[g.id]]
         if fallback:
-            l2 = _reduce(analysis, {"weight"}, p=2, reduction=reduction)
+            l2 = _reduce(analysis, {"weight"}, 2, reduction, standardize=per_layer)
             use_l2 = np.isin(analysis.group_of_class, fallback)
             scores = np.where(use_l2, l2, scores)
     else:
         power = 1 if criterion == "l1" else 2
-        scores = _reduce(analysis, {"weight"}, p=power, reduction=reduction)
+        scores = _reduce(analysis, {"weight"}, power, reduction, standardize=per_layer)
     scores = np.nan_to_num(scores, nan=0.0)
     return _normalize(analysis, scores, normalization), fallback
 
 
-def _reduce(analysis: Analysis, roles: set[str], p: int, reduction: str) -> np.ndarray:
-    layers = LayerReduction(analysis)
+def _reduce(
+    analysis: Analysis, roles: set[str], p: int, reduction: str, *, standardize: bool = False
+) -> np.ndarray:
+    layers = LayerReduction(analysis, standardize=standardize)
     for edit in analysis.edits:
         if not isinstance(edit, SliceConstant | SliceGroupedInput) or edit.role not in roles:
             continue
@@ -117,15 +127,12 @@ def _position_norms(value: np.ndarray, p: int) -> np.ndarray:
 
 
 def _normalize(analysis: Analysis, scores: np.ndarray, normalization: str) -> np.ndarray:
-    if normalization == "none":
+    if normalization in ("none", "standard"):  # "standard": per layer, while reducing
         return scores
     out = scores.copy()
     for group in analysis.groups:
         values = scores[group.classes]
         if not values.size:  # a group of no channels (a zero-sized dim): nothing to scale
-            continue
-        if normalization == "standard":
-            out[group.classes] = standardize(values)
             continue
         scale = {"mean": values.mean(), "max": values.max(), "sum": values.sum()}[normalization]
         if scale > 0:

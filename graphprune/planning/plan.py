@@ -54,6 +54,7 @@ class Plan:
                 **dynamic,
                 "prune_outputs": analysis.prune_outputs,
                 **({"blocks": analysis.options.blocks} if analysis.options.blocks else {}),
+                **({"prune_kv_cache": True} if analysis.options.prune_cache else {}),
             },
             "groups": [
                 {

@@ -13,9 +13,13 @@ slice that multiplies it (all outputs, all kernel positions):
 - "flap": Var(X_j) * ||W_:,j||_2^2, the fluctuation metric of FLAP (An et al.,
   "Fluctuation-based Adaptive Structured Pruning for Large Language Models", AAAI 2024):
   what bias compensation cannot recover is the *fluctuation* of X_j around its mean, so a
-  channel that is nearly constant is cheap to remove. FLAP standardises the scores of each
-  layer ((s - mean) / std) before ranking all layers together; the planner's "standard"
-  normalization does that and is the default for "flap".
+  channel that is nearly constant is cheap to remove. FLAP standardises the channel scores
+  of each layer ((s - mean) / std over the layer's input channels) before ranking all
+  layers together, and a head scores by the mean of its channels' standardised scores;
+  the planner's "standard" normalization does that and is the default for "flap".
+  Standardising the head scores themselves instead (3 KV heads a layer in SmolLM2) puts
+  the lowest head of every layer near -1.2 whatever it carries, below most MLP channels,
+  so a budget took a third of the attention of nearly every layer first.
 
 - "obs": the Optimal Brain Surgeon saliency of the class (Hassibi & Stork 1993; per
   structure as ZipLM, Kurtic et al. 2023, and SlimGPT, Ling et al. 2024, rank it): the
@@ -49,14 +53,20 @@ OBS_DAMP = 0.01  # the damping of the saliency's inverse, x mean(diag C) (lsq's 
 
 
 def calibrated_scores(
-    analysis: Analysis, stats: CalibrationStats | None, criterion: str, reduction: str = "sum"
+    analysis: Analysis,
+    stats: CalibrationStats | None,
+    criterion: str,
+    reduction: str = "sum",
+    *,
+    standardize: bool = False,
 ) -> np.ndarray:
-    """Scores indexed by class id; NaN for classes no calibrated consumer reads."""
+    """Scores indexed by class id; NaN for classes no calibrated consumer reads.
+    `standardize`: each consumer's position scores are standardised (`LayerReduction`)."""
     if stats is None:
         raise GraphpruneError(
             f"criterion {criterion!r} needs calibration data (--calib FILE or --calib-random N)"
         )
-    layers = LayerReduction(analysis)
+    layers = LayerReduction(analysis, standardize=standardize)
     for consumer in stats.consumers:
         layers.add(consumer.positions, _position_scores(analysis, stats, consumer, criterion))
     for tap in stats.taps:
@@ -67,9 +77,15 @@ def calibrated_scores(
 
 class LayerReduction:
     """Per-layer contributions to each class's score, reduced across the layers of a group
-    (DepGraph's group reduction): "sum", "mean" or "max"; NaN where no layer contributed."""
+    (DepGraph's group reduction): "sum", "mean" or "max"; NaN where no layer contributed.
 
-    def __init__(self, analysis: Analysis) -> None:
+    A layer's positions of one class sum; with `standardize` (FLAP's normalization) each
+    layer's position scores are standardised first and a class takes their mean, so a
+    class's score says how it stands among the channels of that layer, whatever the
+    number of positions a class spans (a head's 64 to 192 against an MLP unit's one)."""
+
+    def __init__(self, analysis: Analysis, *, standardize: bool = False) -> None:
+        self.standardize = standardize
         self.class_of = analysis.class_of
         n_classes = analysis.group_of_class.shape[0]
         self.total = np.zeros(n_classes)
@@ -80,8 +96,13 @@ class LayerReduction:
         """One layer: the score of each position of `atoms` (positions of one class sum)."""
         classes = self.class_of[atoms.ravel()]
         n_classes = self.total.shape[0]
+        if self.standardize:
+            per_position = standardize(np.asarray(per_position, dtype=np.float64))
         per_class = np.bincount(classes, weights=per_position, minlength=n_classes)
-        touched = np.bincount(classes, minlength=n_classes) > 0
+        positions = np.bincount(classes, minlength=n_classes)
+        touched = positions > 0
+        if self.standardize:
+            per_class = np.where(touched, per_class / np.maximum(positions, 1), 0.0)
         self.total += per_class
         self.count += touched
         self.peak = np.where(touched, np.maximum(self.peak, per_class), self.peak)
@@ -150,6 +171,6 @@ def obs_scores(analysis: Analysis, consumer: Consumer, features: Moments) -> np.
 
 
 def standardize(values: np.ndarray) -> np.ndarray:
-    """(s - mean) / std within one group (FLAP's per-layer standardisation)."""
+    """(s - mean) / std within one layer (FLAP's per-layer standardisation)."""
     spread = values.std()
     return (values - values.mean()) / spread if spread > 0 else values - values.mean()

@@ -4,13 +4,14 @@ original's required ones, and their outputs are compared."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TypedDict
 
 import numpy as np
 import onnx
 
 from ..errors import GraphpruneError
-from ..io.interface import Interface, interface_of, interface_problem
+from ..io.interface import Interface, interface_of, interface_problem, resized
 from .sessions import execution_provider, run, session
 
 
@@ -71,13 +72,21 @@ def compare(
     shapes_may_change: bool = False,
     expected: list[np.ndarray] | None = None,
     interface: Interface | None = None,
+    cache: Mapping[str, tuple[int, np.ndarray]] | None = None,
 ) -> Validation:
     """Check the interface (`interface`: the original's as the user gave it, by default
     read from `original`), then run both models on the same inputs, exactly the
     original's required ones (the original only when its outputs are not `expected`
     already: `probe` ran it); raise if the pruned outputs change shape, unless the user
-    asked to prune output channels (then the deviation is not defined: None)."""
-    interface = interface or interface_of(original)
+    asked to prune output channels (then the deviation is not defined: None).
+
+    `cache` (name -> axis, kept positions): the KV cache inputs and outputs that lost
+    heads (--prune-kv-cache). The pruned model is fed each cache input at the kept heads
+    and its cache outputs are compared with the original's at the kept heads; its
+    interface must be the original's with exactly those dims narrowed."""
+    cache = dict(cache or {})
+    sizes = {name: (axis, int(kept.size)) for name, (axis, kept) in cache.items()}
+    interface = resized(interface or interface_of(original), sizes)
     check_interface(interface, pruned, shapes_may_change=shapes_may_change)
     unfed = set(interface.required_names) - set(feeds)
     if unfed:  # a feed for each required input: no input the pruned model wants more
@@ -85,10 +94,16 @@ def compare(
     provider = execution_provider()
     if expected is None:
         expected = run(session(original, provider), feeds)
-    actual = run(session(pruned, provider), feeds)
+    narrowed = {
+        name: np.take(value, cache[name][1], axis=cache[name][0]) if name in cache else value
+        for name, value in feeds.items()
+    }  # fmt: skip
+    actual = run(session(pruned, provider), narrowed)
     names = [output.name for output in original.graph.output]
     outputs: list[OutputDeviation] = []
     for name, a, b in zip(names, expected, actual, strict=True):
+        if name in cache:  # the original's cache at the heads that stay
+            a = np.take(a, cache[name][1], axis=cache[name][0])
         if a.shape == b.shape:
             found = deviation(a, b)
             if found["max_abs"] is None:

@@ -186,9 +186,11 @@ def group_query_attention(ctx: Context) -> None:
     in the raw graphs' repeat_kv); the output holds the query heads. num_heads and
     kv_num_heads count the heads that stay. The KV cache ([B, kv_num_heads, T, D]) loses
     the removed KV heads on axis 1: a constant cache is sliced, the present_key/value
-    outputs carry the KV heads; a cache that is a graph input cannot change, so it stops
-    the heads. cos/sin caches and q/k norm weights are per position within a head: they
-    stay. A per-head attention bias, head sink or per-channel KV scale is sliced."""
+    outputs carry the KV heads; a cache that is a graph input (onnxruntime-genai's
+    past_key_values.N.key/value) stops the heads, unless --prune-kv-cache lets the
+    cache inputs and outputs lose them together (`_cache_input`). cos/sin caches and q/k
+    norm weights are per position within a head: they stay. A per-head attention bias,
+    head sink or per-channel KV scale is sliced."""
     heads, kv_heads = int(ctx.attr("num_heads", 0)), int(ctx.attr("kv_num_heads", 0))
     tracked = dict(ctx.tracked())
     packed = not ctx.node.input[1:2] or not ctx.node.input[1]
@@ -241,11 +243,34 @@ def _slice_per_head(ctx: Context, index: int, axis: int, heads: np.ndarray) -> b
     shape = ctx.input_shape(index)
     if shape is not None and (len(shape) <= axis or shape[axis] == 1):
         return True
+    if index in (_PAST_KEY, _PAST_VALUE) and name in ctx.view.graph_inputs:
+        return _cache_input(ctx, index, axis, heads, name)
     if shape is None or ctx.constant(index) is None:
         source = "a graph input" if name in ctx.view.graph_inputs else "computed at runtime"
         ctx.block(f"per-head input {name!r} is {source}: its heads cannot be removed")
         return False
     ctx.slice(index, axis, heads)
+    return True
+
+
+def _cache_input(ctx: Context, index: int, axis: int, heads: np.ndarray, name: str) -> bool:
+    """A KV cache the caller feeds (onnxruntime-genai's past_key_values.N.key/value): with
+    --prune-kv-cache it loses the removed heads, and so do the present outputs that
+    carry them (`graphprune.core.analysis`); the caller's cache is that much narrower."""
+    if not ctx.prune_cache:
+        ctx.block(
+            f"KV cache {name!r} is a graph input: its heads go only with the cache",
+            option="--prune-kv-cache",
+        )
+        return False
+    shape = ctx.input_shape(index)
+    others = [node.name for node, _ in ctx.view.consumers(name) if node is not ctx.node]
+    size = None if shape is None or len(shape) <= axis else shape[axis]
+    if others or shape is None or (isinstance(size, int) and size != heads.size):
+        why = f"also read by '{others[0]}'" if others else "not one entry per KV head"
+        ctx.block(f"KV cache {name!r} is {why}")
+        return False
+    ctx.cache_input(index, axis, heads)
     return True
 
 

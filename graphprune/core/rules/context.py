@@ -13,6 +13,7 @@ state channel flow with its verbs:
 - `slice_upstream(index, constant, axis, atoms, ...)`: so does one of its producer's;
 - `slice_at(node, constant, axis, atoms)`: so does a node's further upstream;
 - `slice_grouped_input(index, atoms)`: a grouped Conv's input channels;
+- `cache_input(index, axis, atoms)`: a graph input, a KV cache, loses heads (opt-in);
 - `set_count(target, atoms)`: an integer (attribute or shape entry) becomes the kept count;
 - `mask_input(index, axis, atoms, fill=0.0)`: for the oracle, `fill` equals removal here;
 - `equal_blocks(atoms)`, `nonempty(atoms)`, `keep_at_least(atoms, count)`: planning constraints;
@@ -31,6 +32,7 @@ import onnx
 
 from ...io.protos import outer_scope_reads
 from ..channels import (
+    CachePort,
     Edit,
     Layout,
     MaskInput,
@@ -78,6 +80,7 @@ class Recorder:
     embeddings: list[np.ndarray] = field(default_factory=list)
     experts: list[tuple[str, np.ndarray]] = field(default_factory=list)  # (router node, atoms)
     minimums: list[tuple[np.ndarray, int]] = field(default_factory=list)
+    cache_ports: list[CachePort] = field(default_factory=list)  # --prune-kv-cache
     without_rule: dict[str, int] = field(default_factory=dict)  # op -> nodes, tracked or not
 
     def new_atoms(self, count: int, source: str | None) -> np.ndarray:
@@ -110,8 +113,10 @@ class Context:
         *,
         approximate_norms: bool = False,
         approximate_dynamic_quant: bool = False,
+        prune_cache: bool = False,
     ) -> None:
         self._recorder = recorder
+        self.prune_cache = prune_cache
         self.view = view
         self.node = node
         self.approximate_norms = approximate_norms
@@ -312,6 +317,13 @@ class Context:
         edit = MaskInput(self.node.name, index, axis, atoms, rank, fill)
         self._recorder.edits.append(edit)
 
+    def cache_input(self, index: int, axis: int, atoms: np.ndarray) -> None:
+        """Input `index` is a graph input, a KV cache with one head per position of `axis`:
+        the caller feeds it at the kept heads' width (`CachePort`)."""
+        name = self.view.input(self.node, index)
+        port = CachePort(name, axis, np.asarray(atoms).ravel(), output=False)
+        self._recorder.cache_ports.append(port)
+
     def set_count(self, target: Target, atoms: np.ndarray) -> None:
         self._recorder.edits.append(SetCount(target, atoms))
 
@@ -352,6 +364,7 @@ class Context:
         return Context(
             self._recorder, self.view, node, approximate_norms=self.approximate_norms,
             approximate_dynamic_quant=self.approximate_dynamic_quant,
+            prune_cache=self.prune_cache,
         )  # fmt: skip
 
     def layout_of(self, tensor: str) -> Layout | None:
