@@ -32,6 +32,7 @@ from .posttrain.compensation import METHODS
 from .posttrain.criteria import CALIBRATED
 from .posttrain.data import CalibrationData, describe
 from .posttrain.statistics import CalibrationStats, collect
+from .recovery.options import FinetuneOptions
 from .runtime.inputs import check_given_shapes, load_inputs
 from .runtime.latency import Latency, bench
 from .runtime.probe import ProbedInputs, check_inputs, choose_inputs, unrun_inputs
@@ -83,6 +84,7 @@ class PruneOptions:
     output: str | None = None
     progress: bool = False
     latency: LatencyTarget | None = None  # plan to a measured latency instead
+    recover: FinetuneOptions | None = None  # distil on the calibration data after pruning
 
     def __post_init__(self) -> None:
         if self.compensate not in METHODS:
@@ -129,6 +131,7 @@ class PruneReport(TypedDict, total=False):
     budget: dict
     blocks: list[dict]  # with --drop-blocks: every residual unit, its score, dropped or not
     latency: dict
+    recovery: dict  # with `recover`: graphprune.recovery's report of the training
     bench: Latency
     timings: dict[str, float]
 
@@ -247,6 +250,11 @@ def prune_model(options: PruneOptions) -> PruneResult:
             pruned = build(chosen)
             timings.details["rewrite"] = _weights_text(pruned)
 
+    recovery = None
+    if options.recover is not None:
+        with timings.stage("recover"):
+            pruned, recovery = _recover(options, model, pruned, shapes)
+
     with timings.stage("validate"):
         if probed.unrun is not None:  # checked by the ONNX checker and shape inference only
             validation = skipped(probed.provider, probed.unrun)
@@ -282,6 +290,8 @@ def prune_model(options: PruneOptions) -> PruneResult:
         report["blocks"] = chosen.blocks
     if latency is not None:
         report["latency"] = latency.summary
+    if recovery is not None:
+        report["recovery"] = recovery
     if options.bench and probed.unrun is None:
         report["bench"] = bench(model, pruned, feeds)
     report["timings"] = {k: round(v, 4) for k, v in timings.items()}
@@ -325,6 +335,26 @@ def _statistics(
         blocks=options.needs_block_influence,
         progress=options.progress,
     )
+
+
+def _recover(options: PruneOptions, original, pruned, shapes) -> tuple[onnx.ModelProto, dict]:
+    """The pruned model distilled towards the original on the calibration data."""
+    if not options.calibration.given:
+        raise GraphpruneError(
+            "--recover trains on calibration data: give --calib or --calib-random"
+        )
+    from .recovery import require_torch
+
+    require_torch()
+    from .recovery.data import TrainingData
+    from .recovery.distill import finetune  # imports torch
+
+    data = TrainingData(
+        path=options.calibration.path, random=options.calibration.random,
+        shapes={name: tuple(shape[1:]) for name, shape in shapes.items()}, seed=options.seed,
+    )  # fmt: skip
+    result = finetune(pruned, original, data, options.recover)
+    return result.model, result.report
 
 
 def _calibration_data(options: PruneOptions, shapes) -> CalibrationData:
