@@ -123,7 +123,7 @@ def evaluate(model: onnx.ModelProto, feeds: dict[str, np.ndarray], o2t) -> dict:
 
 def _lowering(model, feeds, expected, tolerance) -> dict:
     try:
-        lowered = LoweredModel(model)
+        lowered = LoweredModel(model, "all")
         names = [o.name for o in model.graph.output]
         got = lowered(feeds_to_torch(feeds, torch.device("cpu")), names)
         rel = _rel(expected, [g.detach().numpy() for g in got])

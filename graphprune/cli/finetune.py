@@ -50,8 +50,9 @@ def add_parser(commands) -> None:
                        help="distil the outputs only, not the corresponding inner tensors")
     train.add_argument("--feature-weight", type=float, default=1.0)
     train.add_argument("--label-weight", type=float, default=1.0)
-    train.add_argument("--train", dest="trainable", choices=TRAINABLE, default="all",
-                       help="which weights train (norm-bias: 1-D weights only)")  # fmt: skip
+    train.add_argument("--train", dest="trainable", choices=TRAINABLE, default="weights",
+                       help="which weights train: all but embedding tables (default), all, "
+                       "or norm-bias (1-D weights only)")  # fmt: skip
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     train.add_argument("--device", choices=DEVICES, default="auto")

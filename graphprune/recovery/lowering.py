@@ -7,8 +7,10 @@ Initializers that are weights become `nn.Parameter`s: float ones as float32 mast
 (half precision computes in float32), integer ones behind a DequantizeLinear (QDQ) as
 float masters whose codes round straight through (`ops_quant`). What a weight is comes from
 where it is read (`registry.OpSpec`): statistics, scales and shapes stay constants, and so
-do scalar constants outside weight slots (GELU's 0.5). `trainable="norm-bias"` trains only
-1-D weights (biases, norm scales), the cheap recovery of PERP.
+do scalar constants outside weight slots (GELU's 0.5). `trainable` says which train:
+"weights" all of them but lookup tables (token and position embeddings: a few thousand
+samples update only the rows they use, and held-out text reads the others), "all" those
+too, "norm-bias" only 1-D weights (biases, norm scales), the cheap recovery of PERP.
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ def stored_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     return found
 
 
-def find_weights(model: onnx.ModelProto, trainable: str = "all") -> list[Weight]:
+def find_weights(model: onnx.ModelProto, trainable: str = "weights") -> list[Weight]:
     """The stored constants that train, in a fixed order (see the module doc)."""
     if trainable not in TRAINABLE:
         raise GraphpruneError(f"unknown --train {trainable!r} (choose from {', '.join(TRAINABLE)})")
@@ -107,7 +109,8 @@ def find_weights(model: onnx.ModelProto, trainable: str = "all") -> list[Weight]
             continue
         if tensor.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
                                 onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE):  # fmt: skip
-            if _float_weight(tensor, reads):
+            tables = all(spec is not None and slot in spec.tables for _, slot, spec in reads)
+            if _float_weight(tensor, reads) and not (tables and trainable == "weights"):
                 found.append(Weight(name, tensor.data_type))
         elif tensor.data_type in _INT_WEIGHTS:
             quantized = _quantized(tensor, reads, stored)
@@ -164,7 +167,7 @@ def _same(a: QuantizedWeight, b: QuantizedWeight) -> bool:
 class LoweredModel(torch.nn.Module):
     """The model as a torch module: `forward(feeds, outputs)` -> the named tensors."""
 
-    def __init__(self, model: onnx.ModelProto, trainable: str = "all") -> None:
+    def __init__(self, model: onnx.ModelProto, trainable: str = "weights") -> None:
         super().__init__()
         check_supported(model)
         self.graph = model.graph
@@ -255,7 +258,8 @@ class LoweredModel(torch.nn.Module):
                 inputs.append(value)
             while inputs and inputs[-1] is None:
                 inputs.pop()
-            node.run_graph = lambda body, values, env=env: self._run_body(body, env, values)
+            if proto.op_type in ("If", "Loop"):  # bodies read this scope's values
+                node.run_graph = lambda body, values, env=env: self._run_body(body, env, values)
             try:
                 out = spec.fn(node, *inputs)
             except (GraphpruneError, KeyboardInterrupt, MemoryError):
@@ -324,10 +328,6 @@ def _master(array: np.ndarray, quantized: QuantizedWeight | None) -> torch.Tenso
     zero = along(None if quantized.zero_point is None else torch.from_numpy(
         quantized.zero_point.astype(np.float32)), quantized.axis, rank)  # fmt: skip
     return (torch.from_numpy(array.astype(np.float32)) - zero) * scale
-
-
-def lower(model: onnx.ModelProto, trainable: str = "all") -> LoweredModel:
-    return LoweredModel(model, trainable)
 
 
 def feeds_to_torch(feeds: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:

@@ -56,7 +56,7 @@ def skip_simplified_layer_norm(node, x, skip, gamma, bias=None):
     return (out, None, inv, total)[: node.outputs()] if node.outputs() > 1 else out
 
 
-@op("EmbedLayerNormalization", domain=MS, scalar_weights=True)
+@op("EmbedLayerNormalization", domain=MS, scalar_weights=True, tables=(2, 3, 4))
 def embed_layer_norm(node, ids, segments, words, positions, segment_table, gamma, beta,
                      mask=None, position_ids=None):  # fmt: skip
     ids = ids.long()

@@ -166,7 +166,7 @@ def _positive(indices, dim):
     return torch.where(indices < 0, indices + dim, indices)
 
 
-@op("Gather", scalar_weights=True)
+@op("Gather", scalar_weights=True, tables=(0,))
 def gather(node, data, indices):
     axis = node.attr("axis", 0) % data.dim()
     picks = _positive(indices.long(), data.shape[axis])
@@ -174,13 +174,13 @@ def gather(node, data, indices):
     return out.reshape([*data.shape[:axis], *indices.shape, *data.shape[axis + 1 :]])
 
 
-@op("GatherElements", scalar_weights=True)
+@op("GatherElements", scalar_weights=True, tables=(0,))
 def gather_elements(node, data, indices):
     axis = node.attr("axis", 0) % data.dim()
     return torch.gather(data, axis, _positive(indices.long(), data.shape[axis]))
 
 
-@op("GatherND", scalar_weights=True)
+@op("GatherND", scalar_weights=True, tables=(0,))
 def gather_nd(node, data, indices):
     batch = node.attr("batch_dims", 0)
     indices = indices.long()

@@ -11,7 +11,7 @@ from ..errors import GraphpruneError
 LOSSES = ("mse", "kl", "cosine")
 SCHEDULES = ("cosine", "linear", "constant")
 DEVICES = ("auto", "cpu", "cuda")
-TRAINABLE = ("all", "norm-bias")
+TRAINABLE = ("weights", "all", "norm-bias")
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class FinetuneOptions:
     features: bool = True
     feature_weight: float = 1.0
     label_weight: float = 1.0
-    trainable: str = "all"
+    trainable: str = "weights"
     seed: int = 0
     threads: int | None = None
     device: str = "auto"

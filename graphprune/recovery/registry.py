@@ -9,7 +9,8 @@ node's inputs as torch tensors (None for an absent optional input) and returns o
 or a tuple, one per output. `frozen` lists input slots whose constants are never trained
 (running statistics, quantization scales, resize scales); `scalar_weights` lets a
 one-element constant in the other slots train (a one-channel bias) -- elsewhere a scalar
-constant is part of the function (GELU's 0.5, attention's 1/sqrt(d)) and stays as it is.
+constant is part of the function (GELU's 0.5, attention's 1/sqrt(d)) and stays as it is;
+`tables` are slots read by index (embedding tables), which train only when asked for.
 """
 
 from __future__ import annotations
@@ -30,17 +31,19 @@ class OpSpec:
     fn: Callable[..., Any]
     frozen: tuple[int, ...] = ()
     scalar_weights: bool = False
+    tables: tuple[int, ...] = ()
 
 
 REGISTRY: dict[tuple[str, str], OpSpec] = {}
 
 
-def op(*names: str, domain: str = "", frozen: tuple[int, ...] = (), scalar_weights=False):
+def op(*names: str, domain: str = "", frozen: tuple[int, ...] = (), scalar_weights=False,
+       tables: tuple[int, ...] = ()):  # fmt: skip
     """Register the decorated function for the ops `names` of `domain`."""
 
     def register(fn):
         for name in names:
-            REGISTRY[(domain, name)] = OpSpec(fn, frozen, scalar_weights)
+            REGISTRY[(domain, name)] = OpSpec(fn, frozen, scalar_weights, tables)
         return fn
 
     return register
