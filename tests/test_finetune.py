@@ -271,6 +271,22 @@ def test_an_op_without_a_rule_is_refused_by_name(tmp_path):
         LoweredModel(model)
 
 
+def test_lookup_tables_train_only_when_asked():
+    """A Gather's table (token embeddings) stays by default: a few thousand samples would
+    move only the rows they read. `--train all` trains it; the matrix after it always."""
+    table = numpy_helper.from_array(np.ones((10, 4), np.float32), "table")
+    weight = numpy_helper.from_array(np.ones((4, 3), np.float32), "weight")
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["rows"]),
+         helper.make_node("MatMul", ["rows", "weight"], ["y"])], "lookup",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [2, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5, 3])], [table, weight],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    assert [w.name for w in LoweredModel(model).weights] == ["weight"]
+    assert sorted(w.name for w in LoweredModel(model, "all").weights) == ["table", "weight"]
+
+
 # Distillation on a real pruned model.
 
 
