@@ -108,7 +108,7 @@ def main() -> int:
     parser.add_argument("--pruned", type=Path, help="read the pruned model here if it exists "
                         "(else prune and write it): skips the latency search on a rerun")
     parser.add_argument("--held-out", type=int, default=500)
-    parser.add_argument("--epochs", type=float, default=5)
+    parser.add_argument("--epochs", type=float, default=9)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--loss", default="mse")
