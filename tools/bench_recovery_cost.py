@@ -1,12 +1,13 @@
 """What recovery costs by model size: steps/s and peak memory of `graphprune finetune`.
 
 Each model is pruned by half (`graphprune prune --ratio 0.5`, L2, no calibration) and
-distilled towards the original for `--steps` steps of `--batch` seeded random samples
+distilled towards the original for `--steps` steps of its batch of seeded random samples
 (`--data-random`), one torch thread, through the command line, each in a process of its
 own so that peak memory (the process's maximum resident set: onnxruntime's teacher, the
 lowered student, its gradients and AdamW's two moments) is that model's alone. Models:
-the zoo's ResNet-18 and VGG (classic exports, 1x3x224x224 random images), and LLaMA-shaped
-language models of `tools/make_llm.py` at three sizes (batch of sequences of 64 tokens).
+the zoo's ResNet-tiny, ResNet-18 and VGG (classic exports, their 3x32x32 and 3x64x64
+random images, batch 32), and LLaMA-shaped language models of `tools/make_llm.py` at three
+sizes (batches of 8 sequences of 64 tokens).
 
     python tools/bench_recovery_cost.py
     python tools/bench_recovery_cost.py --only resnet18 --steps 5    # a quick look
@@ -36,8 +37,8 @@ LLMS = {
     "llama-35M": (512, 8, 8, 8, 1408, 8000),
     "llama-130M": (1024, 8, 16, 16, 2816, 16000),
 }
-MODELS = {"resnet_tiny": ("input", (3, 32, 32), 32), "resnet18": ("input", (3, 224, 224), 8),
-          "vgg": ("input", (3, 224, 224), 8)}  # fmt: skip
+MODELS = {"resnet_tiny": ("input", (3, 32, 32), 32), "resnet18": ("input", (3, 64, 64), 32),
+          "vgg": ("input", (3, 64, 64), 32)}  # fmt: skip
 MODELS.update({name: ("input_ids", (64,), 8) for name in LLMS})
 
 
