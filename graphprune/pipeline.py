@@ -37,6 +37,7 @@ from .posttrain.damping import FOLDS
 from .posttrain.data import CalibrationData, describe
 from .posttrain.sequential import collect_sequential
 from .posttrain.statistics import CalibrationStats, collect
+from .recovery.options import FinetuneOptions
 from .runtime.inputs import check_given_shapes, load_inputs
 from .runtime.latency import Latency, bench
 from .runtime.probe import ProbedInputs, check_inputs, choose_inputs, unrun_inputs
@@ -56,17 +57,15 @@ class CalibrationOptions:
     path: str | None = None
     random: int | None = None
     batch: int = 32
-    mode: str = "auto"  # "whole", "sequential" (layer by layer), "auto": sequential when
-    # the model's onnxruntime session does not fit in memory
+    mode: str = "auto"  # "whole", "sequential" (by layer), "auto" (by layer if too big to run)
     mask: str = "auto"  # the padding-mask input (`posttrain.data.padding_input`)
 
     def __post_init__(self) -> None:
         if self.path is not None and self.random is not None:
             raise GraphpruneError("give --calib or --calib-random, not both")
         if self.mode not in CALIB_MODES:
-            raise GraphpruneError(
-                f"unknown calibration mode {self.mode!r} (choose from {', '.join(CALIB_MODES)})"
-            )
+            modes = ", ".join(CALIB_MODES)
+            raise GraphpruneError(f"unknown calibration mode {self.mode!r} (choose from {modes})")
 
     @property
     def given(self) -> bool:
@@ -100,6 +99,7 @@ class PruneOptions:
     output: str | None = None
     progress: bool = False
     latency: LatencyTarget | None = None  # plan to a measured latency instead
+    recover: FinetuneOptions | None = None  # distil on the calibration data after pruning
 
     def __post_init__(self) -> None:
         if self.compensate not in METHODS:
@@ -107,6 +107,8 @@ class PruneOptions:
                 f"unknown compensation {self.compensate!r} (choose from {', '.join(METHODS)})"
             )
         check_damp(self.damp)
+        if self.recover is not None and not self.calibration.given:
+            raise GraphpruneError("--recover trains on calibration data: --calib or --calib-random")
 
     @property
     def needs_statistics(self) -> bool:
@@ -148,6 +150,7 @@ class PruneReport(TypedDict, total=False):
     budget: dict
     blocks: list[dict]  # with --drop-blocks: every residual unit, its score, dropped or not
     latency: dict
+    recovery: dict  # with `recover`: graphprune.recovery's report of the training
     bench: Latency
     timings: dict[str, float]
 
@@ -290,9 +293,15 @@ def prune_model(options: PruneOptions) -> PruneResult:
         check_model(pruned, level=given.checks)
     keep = chosen.keep_atom(analysis)
     interface = resized(given.interface, analysis.cache_sizes(keep))  # --prune-kv-cache
+    recovery = None
+    if options.recover is not None:  # weights only: the graph checked above stays
+        with timings.stage("recover"):
+            pruned, recovery = _recover(options, model, pruned, shapes)
+
     with timings.stage("validate"):
         validation: Validation | None = None
-        if options.validate and (probed.unrun is not None or layerwise):
+        # Trained weights have no masked oracle: compared with the original as a whole.
+        if options.validate and (probed.unrun is not None or layerwise) and recovery is None:
             check_interface(interface, pruned, shapes_may_change=analysis.prune_outputs)
             if analysis.cache_ports:
                 raise GraphpruneError(
@@ -345,6 +354,8 @@ def prune_model(options: PruneOptions) -> PruneResult:
         report["blocks"] = chosen.blocks
     if latency is not None:
         report["latency"] = latency.summary
+    if recovery is not None:
+        report["recovery"] = recovery
     if options.bench and probed.unrun is None:
         report["bench"] = bench(model, pruned, feeds)
     report["timings"] = {k: round(v, 4) for k, v in timings.items()}
@@ -441,6 +452,22 @@ def _statistics(
         blocks=options.needs_block_influence,
         progress=options.progress,
     )
+
+
+def _recover(options: PruneOptions, original, pruned, shapes) -> tuple[onnx.ModelProto, dict]:
+    """The pruned model distilled towards the original on the calibration data."""
+    from .recovery import require_torch
+
+    require_torch()
+    from .recovery.data import TrainingData
+    from .recovery.distill import finetune  # imports torch
+
+    data = TrainingData(
+        path=options.calibration.path, random=options.calibration.random,
+        shapes={name: tuple(shape[1:]) for name, shape in shapes.items()}, seed=options.seed,
+    )  # fmt: skip
+    result = finetune(pruned, original, data, options.recover)
+    return result.model, result.report
 
 
 def _calibration_data(options: PruneOptions, shapes) -> CalibrationData:

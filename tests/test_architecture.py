@@ -34,9 +34,10 @@ PACKAGE = Path(__file__).resolve().parent.parent / "graphprune"
 
 # Layers of the package, lowest first. The tree reads as the pipeline: errors shared by all,
 # then model I/O, graph analysis and rewriting (core), running models (runtime), calibration
-# (posttrain), pruning plans (planning), reports and diffs (inspect), the programmatic entry
-# points, the command line, and the package's own __init__/__main__ on top. A stage depends only
-# on earlier stages, so a module may import from its own layer or lower ones, never higher.
+# (posttrain), pruning plans (planning), recovery by distillation (recovery), reports and diffs
+# (inspect), the programmatic entry points, the command line, and the package's own
+# __init__/__main__ on top. A stage depends only on earlier stages, so a module may import
+# from its own layer or lower ones, never higher.
 # Names in one tuple share a layer. Each name is a top-level module or subpackage of graphprune.
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "version"),
@@ -45,6 +46,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("runtime",),
     ("posttrain",),
     ("planning",),
+    ("recovery",),
     ("inspect",),
     ("api",),
     ("pipeline",),

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import GraphpruneError, InternalError, first_line
 from ..version import __version__
-from . import analyze, diff, profile, prune, sweep
+from . import analyze, diff, finetune, profile, prune, sweep
 
 INTERNAL_ERROR = 70  # EX_SOFTWARE
 
@@ -52,6 +52,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"graphprune {__version__}")
     parser.add_argument("--debug", action="store_true", help="tracebacks for internal errors")
     commands = parser.add_subparsers(dest="command", required=True)
-    for command in (analyze, diff, prune, profile, sweep):
+    for command in (analyze, diff, prune, finetune, profile, sweep):
         command.add_parser(commands)
     return parser

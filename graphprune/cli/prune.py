@@ -32,6 +32,7 @@ from ..planning.depth import BLOCK_CRITERIA
 from ..planning.importance import CRITERIA, NORMALIZATIONS, REDUCTIONS
 from ..planning.plan import PlanOptions
 from ..posttrain.compensation import DEFAULT_DAMP, METHODS
+from ..recovery.options import FinetuneOptions
 from ..runtime.sessions import DEFAULT_RUN_TIMEOUT_S, limit_runs
 from .common import (
     APPROXIMATE_DYNAMIC_QUANT_HELP,
@@ -180,6 +181,12 @@ def add_parser(commands) -> None:
     calib.add_argument(
         "--target-params", type=float, metavar="F", help="fraction of parameters to keep"
     )
+    recover = p.add_argument_group("recovery (graphprune finetune, on the calibration data)")
+    recover.add_argument(
+        "--recover", type=int, metavar="STEPS",
+        help="distil the pruned model towards the original for STEPS steps (needs torch)",
+    )  # fmt: skip
+    recover.add_argument("--recover-lr", type=float, default=1e-4, help="its learning rate")
     add_latency_options(p)
     p.set_defaults(run=run)
 
@@ -250,7 +257,15 @@ def options_from(args: argparse.Namespace) -> PruneOptions:
         # Bars redraw a line with carriage returns: only a terminal shows that cleanly.
         progress=not args.quiet and sys.stderr.isatty(),
         latency=latency,
+        recover=_recover_options(args),
     )
+
+
+def _recover_options(args: argparse.Namespace) -> FinetuneOptions | None:
+    if args.recover is None:
+        return None
+    return FinetuneOptions(steps=args.recover, lr=args.recover_lr, batch=args.calib_batch,
+                           seed=args.seed, progress=not args.quiet and sys.stderr.isatty())
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
@@ -398,6 +413,11 @@ def _print_summary(report: PruneReport) -> None:
             + ("" if lat["within_tolerance"] else f", outside ±{lat['tolerance']:.0%}")
             + ")"
         )
+    if "recovery" in report:
+        r = report["recovery"]
+        print(f"recovered: {r['steps']} steps of distillation, loss "
+              f"{r['loss_before']['total']:.4g} -> {r['loss_after']['total']:.4g} "
+              f"({r['train_s']:.1f} s on {r['device']})")  # fmt: skip
     if "bench" in report:
         b = report["bench"]
         print(

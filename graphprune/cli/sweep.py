@@ -39,6 +39,7 @@ from ..planning.plan import PlanOptions
 from ..planning.target import LatencyTarget
 from ..posttrain.compensation import METHODS
 from ..posttrain.criteria import CALIBRATED
+from ..recovery.options import FinetuneOptions
 from ..runtime.inputs import check_given_shapes, load_inputs
 from ..runtime.latency import bench
 from ..runtime.probe import check_inputs, choose_inputs
@@ -83,6 +84,7 @@ class Shared:
     profile: ProfileOptions
     repeats: int
     run_timeout: float
+    recover: int | None = None  # distillation steps after each prune (graphprune.recovery)
 
 
 def add_parser(commands) -> None:
@@ -96,6 +98,11 @@ def add_parser(commands) -> None:
     p.add_argument("--calib", metavar="NPZ_OR_DIR", help="calibration samples (as prune)")
     p.add_argument("--calib-random", type=int, metavar="N")
     p.add_argument("--compensate", choices=METHODS, default="none")
+    p.add_argument(
+        "--recover", type=int, metavar="STEPS",
+        help="distil each pruned model towards the original for STEPS steps on the "
+        "calibration data before it is scored and timed (needs torch)",
+    )  # fmt: skip
     p.add_argument(
         "--eval", metavar="CMD",
         help="scores a pruned model: {model} becomes its path (else appended); the last line "
@@ -123,9 +130,12 @@ def run_sweep(args: argparse.Namespace) -> int:
     check_number("--jobs", args.jobs, 1, 256)
     limit_runs(args.run_timeout)
     options = _profile_options(args)
+    check_number("--recover", args.recover, 1)
     calibrated = any(c in CALIBRATED for c in args.criteria) or args.compensate != "none"
-    if calibrated and args.calib is None and args.calib_random is None:
-        raise GraphpruneError("calibrated criteria and --compensate need --calib or --calib-random")
+    if (calibrated or args.recover) and args.calib is None and args.calib_random is None:
+        raise GraphpruneError(
+            "calibrated criteria, --compensate and --recover need --calib or --calib-random"
+        )
     ratios = args.ratios or ([] if args.target_latency else [0.25, 0.5])
     configs = [Config(c, ratio=r) for c, r in itertools.product(args.criteria, ratios)]
     configs += [Config(c, target_latency=t)
@@ -148,14 +158,15 @@ def run_sweep(args: argparse.Namespace) -> int:
     shared = Shared(
         CalibrationOptions(path=args.calib, random=args.calib_random), args.compensate,
         probed.shapes, probed.feeds, table, options,
-        max(2 * options.repeats, 10), args.run_timeout,
+        max(2 * options.repeats, 10), args.run_timeout, args.recover,
     )  # fmt: skip
     results = _dispatch(model.SerializeToString(), configs, shared, args.jobs, args.ray)
     runs = _measure(model, results, shared, options, args.eval)
     sweep = {
         "graphprune": __version__,
         "model": str(args.model),
-        "quality": f"--eval {args.eval}" if args.eval else "output cosine to the original",
+        "quality": (f"--eval {args.eval}" if args.eval else "output cosine to the original")
+        + (f", after {args.recover} steps of recovery" if args.recover else ""),
         "latency_on": f"{options.provider}, {options.resolved_threads} threads, {machine_id()}",
         "runs": runs,
     }
@@ -191,9 +202,10 @@ def prune_config(model: bytes, config: Config, shared: Shared) -> dict:
         )  # fmt: skip
     plan = PlanOptions(ratio=config.ratio or 0.0, criterion=config.criterion,
                        budget=Budget("latency", 1.0) if latency else None)  # fmt: skip
+    recover = FinetuneOptions(steps=shared.recover) if shared.recover else None
     options = PruneOptions(
         model=proto, plan=plan, calibration=shared.calibration, compensate=shared.compensate,
-        input_shapes=shared.shapes, latency=latency,
+        input_shapes=shared.shapes, latency=latency, recover=recover,
     )  # fmt: skip
     try:
         result = prune_model(options)
@@ -205,6 +217,7 @@ def prune_config(model: bytes, config: Config, shared: Shared) -> dict:
         "max_rel_deviation": max((o["max_rel"] or 0.0 for o in report["validation"]["outputs"]),
                                  default=0.0),
         "latency_target": report.get("latency"),
+        "recovery": report.get("recovery"),
     }  # fmt: skip
 
 
@@ -272,9 +285,15 @@ def _measure(original: onnx.ModelProto, results: list[dict], shared: Shared, opt
                 "latency_fraction": timing["paired_fraction"],
                 "max_rel_deviation": result["max_rel_deviation"],
                 "latency_target": result["latency_target"],
+                **({"recovery": _recovery_row(result["recovery"])} if result["recovery"] else {}),
                 **_sizes(pruned, shapes, params, macs),
             })  # fmt: skip
     return runs
+
+
+def _recovery_row(recovery: dict) -> dict:
+    return {key: recovery[key] for key in ("steps", "loss_before", "loss_after",
+                                           "deviation_before", "deviation_after", "train_s")}
 
 
 def _sizes(model, shapes, params, macs) -> dict:

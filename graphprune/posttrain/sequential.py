@@ -70,9 +70,12 @@ def collect_sequential(
     stats.batch = batch
     stats.notes.append(f"calibrated layer by layer ({split.stages - 1} layers)")
     staged = StagedRun(model, split, provider=stats.provider, progress=progress)
-    places = Places(stats)
+    places = Places(stats.mask)
     try:
         staged.feed(places.track(batches(model, data, batch)))
+        stats.samples, stats.positions, stats.padding = (
+            places.samples, places.positions, places.padding
+        )
         by_stage = _by_stage(consumers, split)
         for stage in range(split.stages):
             tensors = {c.tensor for c in by_stage.get(stage, [])}
@@ -114,7 +117,7 @@ def repair_sequential(
                        progress=progress)  # fmt: skip
     mask = padding_input(model, data)
     folds = FOLDS if method == "lsq" and damp == "auto" else 0
-    places = Places(_empty_stats([], False, staged.provider, mask=mask))
+    places = Places(mask)
     try:
         staged.feed(places.track(batches(model, data, batch)))
         for stage in range(split.stages):

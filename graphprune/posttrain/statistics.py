@@ -333,17 +333,12 @@ def _run_chunk(stats, model, chunk, data, batch, provider, progress, count) -> i
     fed = set(model_inputs(model))
     exposed = [t for t in chunk if t not in fed]
     sess = session(model, provider)
-    samples = 0
+    places = Places(stats.mask)
     # A with-block closes the bar on errors too, so no half-drawn line stays on stderr.
-    with tqdm(batches(model, data, batch), desc="calibrate", disable=not progress,
-              leave=False) as bar:  # fmt: skip
-        for index, feeds in enumerate(bar):
-            size = next(iter(feeds.values())).shape[0]
-            mask = padding_mask(feeds, stats.mask)
-            if count and mask is not None:
-                stats.positions += mask.size
-                stats.padding += int(mask.size - mask.sum())
-            where = _Batch(index, samples, size, mask)
+    with tqdm(places.track(batches(model, data, batch)), desc="calibrate",
+              disable=not progress, leave=False) as bar:  # fmt: skip
+        for feeds in bar:
+            where = places.batches[-1]
             values = dict(zip(exposed, run(sess, feeds), strict=True))
             values.update({name: feeds[name] for name in chunk if name in fed})
             done: set[str] = set()
@@ -354,8 +349,9 @@ def _run_chunk(stats, model, chunk, data, batch, provider, progress, count) -> i
                 if all(t in values for t in tap.tensors):
                     scores = routing_scores(tap, values)
                     stats.routing[tap.router] = stats.routing.get(tap.router, 0) + scores
-            samples += size
-    return samples
+    if count:
+        stats.positions, stats.padding = places.positions, places.padding
+    return places.samples
 
 
 def _fold(stats: CalibrationStats, consumer: Consumer, value: np.ndarray, done: set[str],
@@ -476,23 +472,24 @@ def fold_values(stats: CalibrationStats, values: dict[str, np.ndarray], where: _
 
 
 class Places:
-    """The place in the data (`_Batch`: index, first sample, size, padding mask) of every
-    batch that `track` passes on, for callers that feed the batches once and fold their
-    values later, layer by layer; counts the samples and padding positions into `stats`."""
+    """The place in the data (`_Batch`: index, first sample, size, padding mask of input
+    `mask`) of every batch that `track` passes on, and the samples and padding positions
+    counted (callers that feed the batches once fold their values later, layer by layer)."""
 
-    def __init__(self, stats: CalibrationStats) -> None:
-        self.stats = stats
+    def __init__(self, mask: str | None) -> None:
+        self.mask = mask
         self.batches: list[_Batch] = []
+        self.samples = self.positions = self.padding = 0
 
     def track(self, feeds: Iterable[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
         for values in feeds:
             size = next(iter(values.values())).shape[0]
-            mask = padding_mask(values, self.stats.mask)
+            mask = padding_mask(values, self.mask)
             if mask is not None:
-                self.stats.positions += mask.size
-                self.stats.padding += int(mask.size - mask.sum())
-            self.batches.append(_Batch(len(self.batches), self.stats.samples, size, mask))
-            self.stats.samples += size
+                self.positions += mask.size
+                self.padding += int(mask.size - mask.sum())
+            self.batches.append(_Batch(len(self.batches), self.samples, size, mask))
+            self.samples += size
             yield values
 
 
