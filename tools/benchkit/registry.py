@@ -81,7 +81,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
       no_quick="exports the real all-MiniLM-L6-v2 and prunes it 14 times: over a minute at "
       "the smallest (`--sentences 16 --seeds 1`)"),
     B("calib-memory", "bench_calib_memory", "peak memory of streamed calibration",
-      "Calibration memory", quick=("--samples", "8", "--batch", "8")),
+      "Calibration memory", quick=("--samples", "2", "--batch", "2")),
     B("fingerprint", "fingerprint", "hashes of every output, to show a refactor changed none",
       "Refactor check: outputs unchanged (issue 8)", quick=("--only", "resnet_tiny")),
     B("scale", "bench_scale", "load/analyze/prune/validate at 0.5B-7B parameters",
