@@ -15,6 +15,7 @@ from oracle import assert_same_outputs, outputs, prune_and_check
 
 import graphprune as gp
 from graphprune.planning.importance import CRITERIA, NORMALIZATIONS, REDUCTIONS, class_scores
+from graphprune.posttrain.criteria import CALIBRATED
 from graphprune.runtime.inputs import input_shapes, random_inputs
 
 
@@ -42,8 +43,8 @@ def test_a_layer_of_no_channels_is_a_group_that_says_why():
 def test_every_criterion_scores_around_an_empty_group(criterion):
     model = gp.load(attention_net(hidden=0))
     analysis = gp.analyze(model)
-    stats = gp.calibrate(analysis, _calibration(model)) if criterion in (
-        "activation", "wanda", "flap") else None  # fmt: skip
+    stats = gp.calibrate(analysis, _calibration(model), scatter=criterion == "obs") if (
+        criterion in CALIBRATED) else None  # fmt: skip
     for reduction in REDUCTIONS:
         for normalization in NORMALIZATIONS:
             scores, _ = class_scores(analysis, criterion, reduction, normalization, stats=stats)

@@ -172,5 +172,7 @@ def obs_scores(analysis: Analysis, consumer: Consumer, features: Moments) -> np.
 
 def standardize(values: np.ndarray) -> np.ndarray:
     """(s - mean) / std within one layer (FLAP's per-layer standardisation)."""
+    if not values.size:  # a layer of no positions (a zero-sized dim)
+        return values
     spread = values.std()
     return (values - values.mean()) / spread if spread > 0 else values - values.mean()
