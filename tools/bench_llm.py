@@ -9,8 +9,9 @@ every R of `--ratios` and every method:
 
 - magnitude: `--criterion l2` (data-free);
 - wanda-sp: `--criterion wanda` (|W| x ||X||, structured);
-- flap: `--criterion flap --compensate bias` (fluctuation x ||W||^2, standardised per
-  group so the budget allocates adaptively across layers, bias compensation);
+- flap: `--criterion flap --compensate bias` (fluctuation x ||W||^2, each layer's channel
+  scores standardised, a head the mean of its channels', so one global threshold
+  allocates adaptively across layers and between attention and MLP; bias compensation);
 - flap-lsq: `--criterion flap --compensate lsq` (least-squares repair of every consumer,
   one shot from the dense model's statistics);
 - flap-seq: the same with `--calib-mode sequential` (statistics layer by layer from the
