@@ -121,6 +121,20 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     B("calib-heldout", "bench_calib_heldout", "MiniLM: calibration vs held-out other text",
       "all-MiniLM-L6-v2, MLP halved: calibration vs held-out text of other kinds (issue 18)",
       no_quick="the real all-MiniLM-L6-v2 calibrated on hundreds of sentences: minutes at least"),
+    B("recovery-coverage", "bench_recovery_coverage",
+      "which engine trains the corpus: our lowering vs onnx2torch",
+      "Recovery: fine-tuning by distillation (issue 20)",
+      quick=("--sources", "zoo", "--match", "resnet_tiny")),
+    B("recovery-digits", "bench_recovery_digits",
+      "digits CNN at 25% of MACs recovered, against Torch-Pruning",
+      "Digits CNN at 25% of MACs, against Torch-Pruning + the same fine-tuning",
+      no_quick="trains the digits CNN and fine-tunes four prunes: minutes"),
+    B("recovery-minilm", "bench_recovery_minilm",
+      "real MiniLM at half its latency, distilled on 5,000 sentences",
+      "all-MiniLM-L6-v2 at half its measured CPU latency",
+      no_quick="the real all-MiniLM-L6-v2, an 11-minute latency search and 5,000 sentences"),
+    B("recovery-cost", "bench_recovery_cost", "finetune's steps/s and peak memory by size",
+      "Recovery cost by model size", quick=("--only", "resnet_tiny", "--steps", "2")),
 )  # fmt: skip
 
 
