@@ -94,20 +94,28 @@ def torch_pruning_rows(model: nn.Module, x, y, macs_dense: int, folder: Path) ->
         return []
     rows = []
     for global_pruning in (False, True):
-        low, high, best = 0.0, 0.95, None
-        for _ in range(14):
-            ratio = (low + high) / 2
-            pruned = _tp_prune(tp, model, ratio, global_pruning)
-            export(pruned, folder / "tp.onnx")
-            onnx_model = gp.load(folder / "tp.onnx")
-            kept = count_macs(onnx_model, SHAPES) / macs_dense
-            if kept <= 0.5:
-                high, best = ratio, (kept, accuracy(onnx_model, x, y))
-            else:
-                low = ratio
+        pruned, kept = tp_bisect(tp, model, global_pruning, macs_dense, 0.5, folder)
+        export(pruned, folder / "tp.onnx")
         name = "TP magnitude L2, " + ("global" if global_pruning else "uniform")
-        rows.append((name, "none", *best))
+        rows.append((name, "none", kept, accuracy(gp.load(folder / "tp.onnx"), x, y)))
     return rows
+
+
+def tp_bisect(tp, model: nn.Module, global_pruning: bool, macs_dense: int, target: float,
+              folder: Path) -> tuple[nn.Module, float]:  # fmt: skip
+    """Torch-Pruning's magnitude pruner at the largest ratio (14 bisection steps) whose
+    export keeps at most `target` of the dense MACs: the pruned module and the kept share."""
+    low, high, best = 0.0, 0.95, None
+    for _ in range(14):
+        ratio = (low + high) / 2
+        pruned = _tp_prune(tp, model, ratio, global_pruning)
+        export(pruned, folder / "tp.onnx")
+        kept = count_macs(gp.load(folder / "tp.onnx"), SHAPES) / macs_dense
+        if kept <= target:
+            high, best = ratio, (pruned, kept)
+        else:
+            low = ratio
+    return best
 
 
 def _tp_prune(tp, model: nn.Module, ratio: float, global_pruning: bool) -> nn.Module:

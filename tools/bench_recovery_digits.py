@@ -23,7 +23,6 @@ Torch-Pruning is not a graphprune dependency: run the peer's rows from a venv th
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import sys
 import tempfile
@@ -37,7 +36,7 @@ for _path in (REPO, REPO / "tools"):
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from bench_posttrain_digits import accuracy, data, export, train  # noqa: E402
+from bench_posttrain_digits import accuracy, data, export, tp_bisect, train  # noqa: E402
 from torch import nn  # noqa: E402
 
 import graphprune as gp  # noqa: E402
@@ -90,17 +89,7 @@ def torch_pruning_rows(folder: Path, model: nn.Module, macs_dense: int, x_train,
         return []
     rows = []
     for global_pruning in (False, True):
-        low, high, best = 0.0, 0.95, None
-        for _ in range(14):
-            ratio = (low + high) / 2
-            pruned = _tp_prune(tp, model, ratio, global_pruning)
-            export(pruned, folder / "tp.onnx")
-            kept = count_macs(gp.load(folder / "tp.onnx"), SHAPES) / macs_dense
-            if kept <= args.target_macs:
-                high, best = ratio, (pruned, kept)
-            else:
-                low = ratio
-        pruned, kept = best
+        pruned, kept = tp_bisect(tp, model, global_pruning, macs_dense, args.target_macs, folder)
         export(pruned, folder / "tp.onnx")
         before = accuracy(gp.load(folder / "tp.onnx"), x_test, y_test)
         started = time.perf_counter()
@@ -111,16 +100,6 @@ def torch_pruning_rows(folder: Path, model: nn.Module, macs_dense: int, x_train,
         name = "Torch-Pruning L2, " + ("global" if global_pruning else "uniform")
         rows.append((name, kept, before, after, seconds, steps))
     return rows
-
-
-def _tp_prune(tp, model: nn.Module, ratio: float, global_pruning: bool) -> nn.Module:
-    copy_ = copy.deepcopy(model).eval()
-    pruner = tp.pruner.MagnitudePruner(
-        copy_, torch.zeros(1, 1, 8, 8), importance=tp.importance.GroupMagnitudeImportance(p=2),
-        pruning_ratio=ratio, ignored_layers=[copy_.classifier[-1]], global_pruning=global_pruning,
-    )  # fmt: skip
-    pruner.step()
-    return copy_
 
 
 def _torch_finetune(student: nn.Module, teacher: nn.Module, x, y, args) -> int:
