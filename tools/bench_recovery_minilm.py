@@ -75,7 +75,6 @@ def prune(model, folder: Path, feeds, options, args, started: float):
     """The latency-targeted prune (`--criterion`, `--compensate` from the distillation text)."""
     analysis = gp.analyze(model)
     shapes = {k: tuple(v.shape) for k, v in feeds.items()}
-    table = profile(analysis, shapes, feeds, options)
     stats = None
     if args.compensate != "none" or args.criterion not in ("l1", "l2", "random"):
         stats = gp.calibrate(analysis, gp.CalibrationData(path=str(folder / "fit")),
@@ -86,6 +85,13 @@ def prune(model, folder: Path, feeds, options, args, started: float):
             return gp.compensate(analysis, plan, stats, method=args.compensate)
         return gp.prune(analysis, plan)
 
+    if args.mlp_ratio is not None:  # a fixed share of every MLP instead of a latency target
+        chosen = gp.plan(analysis, gp.PlanOptions(ratio=args.mlp_ratio, criterion=args.criterion,
+                                                  only=("mlp",)), stats=stats)  # fmt: skip
+        print(f"pruned every MLP by {args.mlp_ratio:g} ({args.criterion}, compensate "
+              f"{args.compensate}) in {time.perf_counter() - started:.0f} s")
+        return build(chosen)
+    table = profile(analysis, shapes, feeds, options)
     budget = gp.Budget("latency", args.target, shapes=shapes, table=table)
     aware = plan_to_latency(
         analysis, gp.PlanOptions(criterion=args.criterion, budget=budget), build, feeds,
@@ -101,6 +107,8 @@ def prune(model, folder: Path, feeds, options, args, started: float):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", type=float, default=0.5, help="fraction of the latency")
+    parser.add_argument("--mlp-ratio", type=float, help="prune this share of every MLP "
+                        "instead of planning to --target (issue 18's MLP-halved setting)")
     parser.add_argument("--criterion", default="flap")
     parser.add_argument("--compensate", default="lsq", choices=("none", "bias", "lsq"))
     parser.add_argument("--sentences", type=int, default=5000)
