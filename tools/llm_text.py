@@ -25,6 +25,7 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+from text_corpus import docstrings_under
 
 SOURCES = ("docstrings", "readmes")
 MIN_CHARS = 200  # shorter docstrings and READMEs are mostly signatures and badges
@@ -33,21 +34,9 @@ MIN_CHARS = 200  # shorter docstrings and READMEs are mostly signatures and badg
 def docstrings() -> list[str]:
     """Docstrings of the standard library (top-level modules and packages, no tests)."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    texts: list[str] = []
-    for path in sorted(root.rglob("*.py")):
-        parts = path.relative_to(root).parts
-        if any(p in ("test", "tests", "idlelib", "site-packages", "lib2to3") for p in parts):
-            continue
-        try:
-            tree = ast.parse(path.read_text(encoding="utf-8"))
-        except (SyntaxError, UnicodeDecodeError, ValueError):
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
-                text = ast.get_docstring(node)
-                if text and len(text) >= MIN_CHARS:
-                    texts.append(text)
-    return texts
+    skip = ("test", "tests", "idlelib", "site-packages", "lib2to3")
+    nodes = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+    return [text for text in docstrings_under(root, skip, nodes) if len(text) >= MIN_CHARS]
 
 
 def readmes() -> list[str]:

@@ -138,23 +138,29 @@ def _package_dir(name: str) -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def docstrings_under(root: Path, skip: tuple[str, ...], nodes: tuple[type, ...]) -> Iterator[str]:
+    """The docstrings of the `nodes` (modules, classes, functions) of every .py file under
+    `root`, in path order, files under a folder named in `skip` left out."""
+    for path in sorted(root.rglob("*.py")):
+        if any(part in skip for part in path.relative_to(root).parts):
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, nodes):
+                doc = ast.get_docstring(node)
+                if doc:
+                    yield doc
+
+
 def _docstrings() -> Iterator[str]:
     for package in DOCSTRING_PACKAGES:
         root = _package_dir(package)
-        if root is None:
-            continue
-        for path in sorted(root.rglob("*.py")):
-            if "tests" in path.relative_to(root).parts:
-                continue
-            try:
-                tree = ast.parse(path.read_text(encoding="utf-8"))
-            except (SyntaxError, UnicodeDecodeError, ValueError):
-                continue
-            for node in ast.walk(tree):
-                if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef):
-                    doc = ast.get_docstring(node)
-                    if doc:
-                        yield doc
+        if root is not None:
+            nodes = (ast.Module, ast.ClassDef, ast.FunctionDef)
+            yield from docstrings_under(root, ("tests",), nodes)
 
 
 def _licenses() -> Iterator[str]:
