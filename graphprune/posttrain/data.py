@@ -9,7 +9,7 @@ with the number of samples.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,3 +158,35 @@ def describe(data: CalibrationData) -> str:
         shapes = shapes_text({k: (1, *v) for k, v in (data.shapes or {}).items()})
         return f"{data.random} random samples of {shapes} (seed {data.seed})"
     return os.fspath(data.path)
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a batch sits in the data: its index, first sample, size and padding mask."""
+
+    index: int
+    first: int
+    size: int
+    mask: np.ndarray | None  # [batch, sequence], True where a position is real
+
+
+class Places:
+    """The place in the data (`Place`: index, first sample, size, padding mask of input
+    `mask`) of every batch that `track` passes on, and the samples and padding positions
+    counted (callers that feed the batches once fold their values later, layer by layer)."""
+
+    def __init__(self, mask: str | None) -> None:
+        self.mask = mask
+        self.batches: list[Place] = []
+        self.samples = self.positions = self.padding = 0
+
+    def track(self, feeds: Iterable[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
+        for values in feeds:
+            size = next(iter(values.values())).shape[0]
+            mask = padding_mask(values, self.mask)
+            if mask is not None:
+                self.positions += mask.size
+                self.padding += int(mask.size - mask.sum())
+            self.batches.append(Place(len(self.batches), self.samples, size, mask))
+            self.samples += size
+            yield values

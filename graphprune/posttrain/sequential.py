@@ -39,12 +39,11 @@ from ..runtime.sessions import execution_provider
 from ..runtime.stages import Split, StagedRun, split_layers
 from .compensation import compensated_model
 from .damping import FOLDS
-from .data import CalibrationData, batches, padding_input
+from .data import CalibrationData, Places, batches, padding_input
 from .statistics import (
     CalibrationStats,
     Consumer,
-    Moments,
-    Places,
+    add_moments,
     find_consumers,
     fold_values,
     merge_folds,
@@ -66,7 +65,7 @@ def collect_sequential(
     split = split_layers(analysis.view)
     consumers = find_consumers(analysis)
     model = analysis.view.model
-    stats = _empty_stats(consumers, scatter, provider, mask=padding_input(model, data))
+    stats = _empty_stats(analysis, consumers, scatter, provider, mask=padding_input(model, data))
     stats.batch = batch
     stats.notes.append(f"calibrated layer by layer ({split.stages - 1} layers)")
     staged = StagedRun(model, split, provider=stats.provider, progress=progress)
@@ -74,7 +73,9 @@ def collect_sequential(
     try:
         staged.feed(places.track(batches(model, data, batch)))
         stats.samples, stats.positions, stats.padding = (
-            places.samples, places.positions, places.padding
+            places.samples,
+            places.positions,
+            places.padding,
         )
         by_stage = _by_stage(consumers, split)
         for stage in range(split.stages):
@@ -123,7 +124,7 @@ def repair_sequential(
         for stage in range(split.stages):
             mine = by_stage.get(stage, [])
             if mine and method != "none":
-                stats = _empty_stats(mine, method == "lsq", staged.provider, mask, folds)
+                stats = _empty_stats(analysis, mine, method == "lsq", staged.provider, mask, folds)
                 tensors = {c.tensor for c in mine}
                 staged.run_stage(
                     stage, working, expose=sorted(tensors), advance=False,
@@ -148,22 +149,13 @@ def repair_sequential(
 
 
 def _empty_stats(
-    consumers: list[Consumer], scatter: bool, provider, mask: str | None = None, folds: int = 0
-) -> CalibrationStats:
-    """Moments to fold into (as `statistics.collect` sets them up), `folds` parts of the
-    X^T X kept for `--damp auto`, padding positions of input `mask` left out."""
+    analysis: Analysis, consumers: list[Consumer], scatter: bool, provider,
+    mask: str | None = None, folds: int = 0,
+) -> CalibrationStats:  # fmt: skip
+    """Moments to fold into, as `statistics.collect` sets them up (`add_moments`), padding
+    positions of input `mask` left out."""
     stats = CalibrationStats(consumers, {}, provider=provider or execution_provider(), mask=mask)
-    for consumer in consumers:
-        stats.moments.setdefault(consumer.channel_key, Moments())
-        key = consumer.feature_key
-        if key is None:
-            continue
-        if consumer.geometry is not None:
-            stats.moments.setdefault(key, Moments(scatter=scatter))
-        elif scatter:
-            stats.moments[key].keep_scatter = True
-        if folds > 1 and stats.moments[key].keep_scatter and key not in stats.folds:
-            stats.folds[key] = [Moments(scatter=True) for _ in range(folds)]
+    add_moments(stats, analysis, scatter=scatter, folds=folds)
     return stats
 
 

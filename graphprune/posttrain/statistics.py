@@ -16,7 +16,6 @@ not depend on the batch size beyond rounding and the variance does not cancel.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,10 +31,11 @@ from ..runtime.sessions import execution_provider, run, session
 from .batching import choose_batch, relax_batch
 from .data import (
     CalibrationData,
+    Place,
+    Places,
     batches,
     model_inputs,
     padding_input,
-    padding_mask,
     real_positions,
     sample_shapes,
 )
@@ -276,23 +276,7 @@ def collect(
     if not consumers and not taps:
         return stats
     stats.mask = padding_input(model, data)
-    for consumer in consumers:
-        stats.moments.setdefault(consumer.channel_key, Moments())
-        key = consumer.feature_key
-        if key is None:
-            continue
-        if consumer.geometry is not None:
-            features = _feature_count(analysis, consumer)
-            keep = scatter and features <= MAX_PATCH_FEATURES
-            if scatter and not keep:
-                stats.notes.append(
-                    f"'{consumer.node}': {features} patch features, X^T X not kept (bias only)"
-                )
-            stats.moments.setdefault(key, Moments(scatter=keep))
-        elif scatter:
-            stats.moments[key].keep_scatter = True
-        if folds > 1 and stats.moments[key].keep_scatter and key not in stats.folds:
-            stats.folds[key] = [Moments(scatter=True) for _ in range(folds)]
+    add_moments(stats, analysis, scatter=scatter, folds=folds)
     chosen = choose_batch(model, data, batch, provider)
     stats.batch, stats.batch_note = chosen.size, chosen.note
     per_sample = _bytes_per_sample(model, data, consumers)
@@ -315,16 +299,6 @@ def collect(
             f"'{node}': input not laid out [batch, sequence, ...]; its padding positions count"
         )
     return stats
-
-
-@dataclass(frozen=True)
-class _Batch:
-    """Where a batch sits in the data: its index, first sample, size and padding mask."""
-
-    index: int
-    first: int
-    size: int
-    mask: np.ndarray | None  # [batch, sequence], True where a position is real
 
 
 def _run_chunk(stats, model, chunk, data, batch, provider, progress, count) -> int:
@@ -355,7 +329,7 @@ def _run_chunk(stats, model, chunk, data, batch, provider, progress, count) -> i
 
 
 def _fold(stats: CalibrationStats, consumer: Consumer, value: np.ndarray, done: set[str],
-          where: _Batch) -> None:  # fmt: skip
+          where: Place) -> None:  # fmt: skip
     """Update the moments of one consumer input with one batch (each key once per batch)."""
     for key in (consumer.channel_key, consumer.feature_key):
         if key is None or key in done:
@@ -373,7 +347,7 @@ def _fold(stats: CalibrationStats, consumer: Consumer, value: np.ndarray, done: 
 
 
 def _parts(stats: CalibrationStats, key: str, consumer: Consumer, value: np.ndarray,
-           where: _Batch):  # fmt: skip
+           where: Place):  # fmt: skip
     """(moments, values, mask) to fold: the whole batch, or with folds the samples of each
     fold (by sample index when axis 0 is the batch, else the whole batch by its index)."""
     folds = stats.folds.get(key)
@@ -461,7 +435,33 @@ def _feature_count(analysis: Analysis, consumer: Consumer) -> int:
     return int(np.prod(shape[1:]))
 
 
-def fold_values(stats: CalibrationStats, values: dict[str, np.ndarray], where: _Batch) -> None:
+def add_moments(
+    stats: CalibrationStats, analysis: Analysis, *, scatter: bool = False, folds: int = 0
+) -> None:
+    """Empty moments for every consumer of `stats` to fold into: channel statistics, and
+    with `scatter` the X^T X of its features (not for convolutions of more than
+    MAX_PATCH_FEATURES patch features: bias compensation only), in `folds` parts when
+    `--damp auto` chooses the damping by held-out error."""
+    for consumer in stats.consumers:
+        stats.moments.setdefault(consumer.channel_key, Moments())
+        key = consumer.feature_key
+        if key is None:
+            continue
+        if consumer.geometry is not None:
+            features = _feature_count(analysis, consumer)
+            keep = scatter and features <= MAX_PATCH_FEATURES
+            if scatter and not keep:
+                stats.notes.append(
+                    f"'{consumer.node}': {features} patch features, X^T X not kept (bias only)"
+                )
+            stats.moments.setdefault(key, Moments(scatter=keep))
+        elif scatter:
+            stats.moments[key].keep_scatter = True
+        if folds > 1 and stats.moments[key].keep_scatter and key not in stats.folds:
+            stats.folds[key] = [Moments(scatter=True) for _ in range(folds)]
+
+
+def fold_values(stats: CalibrationStats, values: dict[str, np.ndarray], where: Place) -> None:
     """Fold one batch of consumer inputs (by tensor name) into `stats`, for callers that
     run the model themselves (`graphprune.posttrain.sequential`: one layer at a time);
     `where` is the batch's place in the data (`Places`)."""
@@ -469,28 +469,6 @@ def fold_values(stats: CalibrationStats, values: dict[str, np.ndarray], where: _
     for consumer in stats.consumers:
         if consumer.tensor in values:
             _fold(stats, consumer, values[consumer.tensor], done, where)
-
-
-class Places:
-    """The place in the data (`_Batch`: index, first sample, size, padding mask of input
-    `mask`) of every batch that `track` passes on, and the samples and padding positions
-    counted (callers that feed the batches once fold their values later, layer by layer)."""
-
-    def __init__(self, mask: str | None) -> None:
-        self.mask = mask
-        self.batches: list[_Batch] = []
-        self.samples = self.positions = self.padding = 0
-
-    def track(self, feeds: Iterable[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
-        for values in feeds:
-            size = next(iter(values.values())).shape[0]
-            mask = padding_mask(values, self.mask)
-            if mask is not None:
-                self.positions += mask.size
-                self.padding += int(mask.size - mask.sum())
-            self.batches.append(_Batch(len(self.batches), self.samples, size, mask))
-            self.samples += size
-            yield values
 
 
 def merge_folds(stats: CalibrationStats) -> None:
