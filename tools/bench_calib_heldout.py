@@ -45,13 +45,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import text_corpus
-from bench_posttrain_minilm import export
+from bench_posttrain_minilm import embed, export
 
 import graphprune as gp
 from graphprune.posttrain.compensation import compensated_model, least_squares
 from graphprune.posttrain.damping import FOLDS, choose_damp, residual_error
 from graphprune.posttrain.statistics import collect, find_consumers
-from graphprune.runtime.sessions import run, session
 
 MAX_TOKENS = 256  # sentence-transformers' max_seq_length for this model
 
@@ -101,17 +100,6 @@ def write_calibration(tokenizer, sentences: list[str], folder: Path, layout: str
     for length, rows in sorted(by_length.items()):
         ids = np.stack(rows)
         np.savez(folder / f"len{length:03d}.npz", input_ids=ids, attention_mask=np.ones_like(ids))
-
-
-def embed(model, feeds_list) -> np.ndarray:
-    sess = session(model, "CPUExecutionProvider")
-    out = []
-    for feed in feeds_list:
-        hidden = run(sess, feed)[0]
-        mask = feed["attention_mask"][..., None].astype(np.float32)
-        pooled = (hidden * mask).sum(1) / mask.sum(1)
-        out.append(pooled / np.linalg.norm(pooled, axis=1, keepdims=True))
-    return np.concatenate(out)
 
 
 def parse_damp(text: str) -> float | str:
