@@ -94,7 +94,7 @@ class PruneOptions:
     inputs: str | None = None
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     seed: int = 0
-    bench: bool = False
+    bench: str | None = None  # time both models: "device" or "end-to-end" (runtime.binding)
     validate: bool = True  # False: onnxruntime runs neither model (checks without it only)
     output: str | None = None
     progress: bool = False
@@ -357,7 +357,7 @@ def prune_model(options: PruneOptions) -> PruneResult:
     if recovery is not None:
         report["recovery"] = recovery
     if options.bench and probed.unrun is None:
-        report["bench"] = bench(model, pruned, feeds)
+        report["bench"] = bench(model, pruned, feeds, timing=options.bench)
     report["timings"] = {k: round(v, 4) for k, v in timings.items()}
     return PruneResult(
         pruned, model, analysis, chosen, report, shapes, given.checks, given.interface

@@ -141,12 +141,15 @@ def test_loop_corrects_the_goal_until_the_measurement_is_on_target(tiny, monkeyp
     shapes = input_shapes(model)
     total = count_macs(model, shapes)
 
-    def fake_bench(original, pruned, feeds, repeats, provider, threads):
+    def fake_bench(original, pruned, feeds, repeats, provider, threads, **_):
         fraction = 0.2 + 0.8 * (count_macs(pruned, shapes) / total) ** 0.6
         return {
             "latency_ms_before": 10.0,
             "latency_ms_after": 10.0 * fraction,
             "paired_fraction": fraction,
+            "repeats": 1,
+            "copies_ms_before": {"upload_ms": 0.0, "download_ms": 0.0},
+            "copies_ms_after": {"upload_ms": 0.0, "download_ms": 0.0},
         }
 
     monkeypatch.setattr(target_module, "bench", fake_bench)
@@ -212,7 +215,8 @@ def test_profile_of_a_real_model_and_its_json(tiny):
     assert json.dumps(again.to_json()) == text
     with pytest.raises(GraphpruneError, match="threads"):
         again.check_matches("t.json", machine=table.machine, provider=table.provider,
-                            threads=2, shapes=input_shapes(model), model=table.model)  # fmt: skip
+                            threads=2, shapes=input_shapes(model), model=table.model,
+                            timing=table.timing)  # fmt: skip
     with pytest.raises(GraphpruneError, match="not a valid latency table"):
         LatencyTable.from_json({"format": "graphprune.latency-table/1"}, "t.json")
 

@@ -11,6 +11,7 @@ from ..errors import GraphpruneError
 from ..io.saving import write_text_atomically
 from ..planning.latency import LatencyCostModel, snap_steps
 from ..planning.target import LatencyTarget
+from ..runtime.binding import TIMINGS
 from ..runtime.inputs import check_given_shapes
 from ..runtime.probe import choose_inputs
 from ..runtime.profile import (
@@ -25,6 +26,11 @@ from ..runtime.sessions import DEFAULT_RUN_TIMEOUT_S, limit_runs
 from .common import RUN_TIMEOUT_HELP, check_number, check_outputs, parse_shapes, read_json
 
 PROVIDER_HELP = "onnxruntime execution provider to time on (default cpu)"
+TIMING_HELP = (
+    "device: inputs and outputs bound in the provider's memory (onnxruntime IO binding), "
+    "the model's latency alone; end-to-end: host arrays, the copies to and from the "
+    "device included (default device; the copies are reported apart either way)"
+)
 
 
 def add_parser(commands) -> None:
@@ -45,7 +51,11 @@ def add_parser(commands) -> None:
 def add_timing_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--provider", default="cpu", choices=sorted(PROVIDERS), help=PROVIDER_HELP)
     p.add_argument("--threads", type=int, help="intra-op threads (default: every usable core)")
-    p.add_argument("--repeats", type=int, default=15, help="alternated timing rounds")
+    p.add_argument(
+        "--repeats", type=int, default=15,
+        help="at most this many alternated timing rounds (fewer once the medians are stable)",
+    )  # fmt: skip
+    p.add_argument("--timing", choices=TIMINGS, default="device", help=TIMING_HELP)
 
 
 def add_latency_options(p: argparse.ArgumentParser) -> None:
@@ -89,8 +99,9 @@ def _profile_options(args: argparse.Namespace) -> ProfileOptions:
     check_number("--threads", args.threads, 1)
     check_number("--repeats", args.repeats, 1)
     return ProfileOptions(
-        provider=check_provider(args.provider), threads=args.threads, repeats=args.repeats
-    )
+        provider=check_provider(args.provider), threads=args.threads, repeats=args.repeats,
+        timing=args.timing,
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -109,8 +120,8 @@ def run(args: argparse.Namespace) -> int:
     profiled = sum(full for full, _ in cost.layers)
     snapped = sorted({s for s in steps.values() if s > 1})
     print(
-        f"profiled {len(table.layers)} layers on {table.provider} ({table.threads} threads) "
-        f"-> {args.output}"
+        f"profiled {len(table.layers)} layers on {table.provider} ({table.threads} threads, "
+        f"{table.timing} timing) -> {args.output}"
     )
     print(
         f"model {table.measured_ms:.3f} ms measured; profiled layers {profiled:.3f} ms alone, "

@@ -2,7 +2,8 @@
 save the model, write the report and the HTML diff, and print a summary. When barriers
 leave the prune with nothing (or less than half of what was asked), the summary names the
 commonest barrier and the option that lifts it; `--strict` then fails on nothing pruned
-(exit code `NOTHING_PRUNED`, nothing written)."""
+(exit code `NOTHING_PRUNED`, nothing written), and on a latency target the loop ended
+outside its tolerance (exit code `LATENCY_MISSED`, nothing written)."""
 
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ from .common import (
 from .profile import add_latency_options, latency_from
 
 NOTHING_PRUNED = 4  # --strict and the prune removed nothing
+LATENCY_MISSED = 5  # --strict and the latency loop ended outside its tolerance
 
 
 def add_parser(commands) -> None:
@@ -146,7 +148,8 @@ def add_parser(commands) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument(
         "--strict", action="store_true",
-        help=f"exit with code {NOTHING_PRUNED} and write nothing when nothing was pruned",
+        help=f"exit with code {NOTHING_PRUNED} and write nothing when nothing was pruned, "
+        f"with {LATENCY_MISSED} when a latency target ended outside its tolerance",
     )  # fmt: skip
 
     calib = p.add_argument_group("post-training pruning (calibration data)")
@@ -251,7 +254,7 @@ def options_from(args: argparse.Namespace) -> PruneOptions:
         inputs=args.inputs,
         input_shapes=parse_shapes(args.input_shape),
         seed=args.seed,
-        bench=args.bench,
+        bench=args.timing if args.bench else None,
         validate=args.validate,
         output=args.output,
         # Bars redraw a line with carriage returns: only a terminal shows that cleanly.
@@ -322,6 +325,11 @@ def run(args: argparse.Namespace) -> int:
         why = _shortfall(result.report) or "nothing pruned"
         print(f"graphprune: error: {why} (--strict: nothing written)", file=sys.stderr)
         return NOTHING_PRUNED
+    latency = result.report.get("latency")
+    if args.strict and latency is not None and not latency["within_tolerance"]:
+        print(f"graphprune: error: {_latency_line(latency)} (--strict: nothing written)",
+              file=sys.stderr)  # fmt: skip
+        return LATENCY_MISSED
     report = json.dumps(result.report, indent=2) + "\n"
     html = _html(args, result) if args.html else ""
     genai = _genai(args, result) if args.genai_config else None
@@ -404,15 +412,7 @@ def _print_summary(report: PruneReport) -> None:
     for note in filter(None, notes):  # choices the user did not make: said, not silent
         print(f"note: {note}")
     if "latency" in report:
-        lat = report["latency"]
-        print(
-            f"latency target {lat['target_ms']:.3f} ms ({lat['target_fraction']:.1%}): "
-            f"predicted {lat['predicted_ms']:.3f} ms, "
-            f"measured {lat['measured_ms']:.3f} ms of {lat['original_ms']:.3f} ms "
-            f"({lat['measured_fraction']:.1%}, {len(lat['attempts'])} rounds"
-            + ("" if lat["within_tolerance"] else f", outside ±{lat['tolerance']:.0%}")
-            + ")"
-        )
+        print(_latency_line(report["latency"]))
     if "recovery" in report:
         r = report["recovery"]
         print(f"recovered: {r['steps']} steps of distillation, loss "
@@ -422,8 +422,29 @@ def _print_summary(report: PruneReport) -> None:
         b = report["bench"]
         print(
             f"latency {b['latency_ms_before']:.3f} ms -> {b['latency_ms_after']:.3f} ms "
-            f"({b['speedup']:.2f}x)"
+            f"({b['speedup']:.2f}x, {_timed(b['timing'], b['copies_ms_before'])})"
         )
+
+
+def _latency_line(lat: dict) -> str:
+    return (
+        f"latency target {lat['target_ms']:.3f} ms ({lat['target_fraction']:.1%}): "
+        f"predicted {lat['predicted_ms']:.3f} ms, "
+        f"measured {lat['measured_ms']:.3f} ms of {lat['original_ms']:.3f} ms "
+        f"({lat['measured_fraction']:.1%}, {len(lat['attempts'])} rounds, "
+        f"{_timed(lat['timing'], lat['copies_ms'])}"
+        + ("" if lat["within_tolerance"] else f", outside ±{lat['tolerance']:.0%}")
+        + ")"
+    )
+
+
+def _timed(timing: str, copies: dict) -> str:
+    """Which latency was timed, and the original's copies it leaves out or includes."""
+    how = "copies excluded" if timing == "device" else "copies included"
+    return (
+        f"{timing} timing, {how}: inputs in {copies['upload_ms']:.3f} ms, "
+        f"outputs out {copies['download_ms']:.3f} ms"
+    )
 
 
 def _nothing_pruned(report: PruneReport) -> bool:

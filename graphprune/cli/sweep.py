@@ -277,7 +277,7 @@ def _measure(original: onnx.ModelProto, results: list[dict], shared: Shared, opt
                 continue
             pruned = onnx.load_from_string(result["model"])
             timing = bench(original, pruned, feeds, shared.repeats, options.provider,
-                           options.resolved_threads)  # fmt: skip
+                           options.resolved_threads, timing=options.timing)  # fmt: skip
             runs[0]["latency_ms"] = runs[0]["latency_ms"] or timing["latency_ms_before"]
             quality = _score(pruned, reference, feeds, command, Path(folder))
             runs.append({

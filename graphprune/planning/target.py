@@ -1,7 +1,8 @@
 """Plan to a measured latency: the prediction (`planning.latency`) is a model, the
 target a measurement. `plan_to_latency` plans to the target, prunes, times the result
-alternately with the original on the table's provider and threads, and re-plans with the
-goal corrected by target/measured until the measured fraction is within the tolerance.
+alternately with the original on the table's provider, threads and timing mode (the
+original's session built and warmed once for every round), and re-plans with the goal
+corrected by target/measured until the measured fraction is within the tolerance.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import onnx
 from ..core.analysis import Analysis
 from ..errors import GraphpruneError
 from ..posttrain.statistics import CalibrationStats
-from ..runtime.latency import bench
+from ..runtime.latency import bench, runner
 from ..runtime.profile import LatencyTable, ProfileOptions, fingerprint, machine_id, profile
 from .plan import Plan, PlanOptions, make_plan
 
@@ -49,14 +50,17 @@ def plan_to_latency(
     """Plan to keep `target` of the measured latency, build it (`build(plan)`), measure it
     against the original alternately on the table's provider and threads, and re-plan
     with the goal corrected by measured/target until within `tolerance`."""
-    original = analysis.view.model
+    original = runner(analysis.view.model, feeds, table.provider, table.threads, table.timing)
+    original()  # its one warm-up
+    copies = original.copies()
     goal, attempts, best = target, [], None
     below, above = None, None  # (goal, measured) that measured under and over the target
     for _ in range(iterations):
         budget = dataclasses.replace(options.budget, keep=min(goal, 1.0), table=table)
         chosen = make_plan(analysis, dataclasses.replace(options, budget=budget), stats=stats)
         pruned = build(chosen)
-        timing = bench(original, pruned, feeds, repeats, table.provider, table.threads)
+        timing = bench(original, pruned, feeds, repeats, table.provider, table.threads,
+                       timing=table.timing, copies=copies)  # fmt: skip
         measured = timing["paired_fraction"]
         attempt = {
             "goal": round(goal, 6),
@@ -65,12 +69,13 @@ def plan_to_latency(
             "measured_ms": timing["latency_ms_after"],
             "original_ms": timing["latency_ms_before"],
             "measured_fraction": round(measured, 6),
+            "repeats": timing["repeats"],
         }
         attempts.append(attempt)
         logger.info("latency attempt %s", attempt)
         error = abs(measured / target - 1)
         if best is None or error < best[0]:
-            best = (error, chosen, pruned, attempt)
+            best = (error, chosen, pruned, attempt, timing)
         if error <= tolerance:
             break
         if measured < target:
@@ -80,13 +85,16 @@ def plan_to_latency(
         goal = _next_goal(goal, measured, target, below, above)
         if goal == attempts[-1]["goal"]:
             break  # the whole model is already faster than needed: nothing left to undo
-    error, chosen, pruned, attempt = best
+    error, chosen, pruned, attempt, timing = best
     summary = {
         "target_fraction": target,
         "target_ms": round(target * table.measured_ms, 5),
         "tolerance": tolerance,
         "provider": table.provider,
         "threads": table.threads,
+        "timing": table.timing,
+        "copies_ms": timing["copies_ms_before"],
+        "copies_ms_pruned": timing["copies_ms_after"],
         "profiled_ms": table.measured_ms,
         "predicted_ms": attempt["predicted_ms"],
         "measured_ms": attempt["measured_ms"],
@@ -143,7 +151,7 @@ class LatencyTarget:
         self.table.check_matches(
             self.table_source or "<given>", machine=machine_id(),
             provider=self.profile.provider, threads=self.profile.resolved_threads,
-            shapes=shapes, model=fingerprint(analysis.view.model),
+            shapes=shapes, model=fingerprint(analysis.view.model), timing=self.profile.timing,
         )  # fmt: skip
         return self.table
 

@@ -13,8 +13,12 @@ swept alone, the other at full width, over
   than its size (onnxruntime's blocked NCHWc kernels, tensor-core tiles).
 
 Every session of one axis is timed in alternated rounds (order reversed every round)
-after warm-up, and medians are kept, so that a busy machine disturbs all widths alike.
-Layers with the same signature (op, shapes, attributes, neighbour) are timed once.
+after one warm-up run, and medians are kept, so that a busy machine disturbs all widths
+alike. Rounds stop as soon as every median is known to within `ProfileOptions.spread`
+(`binding.stable`), at most `repeats` of them: a quiet machine needs a few, a busy one
+gets more. Layers with the same signature (op, shapes, attributes, neighbour) are timed
+once. On a provider with device memory, every timing binds inputs and outputs on the
+device (`binding.Runner`, `timing="device"`): the latency of the model, not of copies.
 
 The whole model is timed too (`measured_ms`): the planner scales its prediction to it, and
 the rest (ops that no table covers) is assumed to scale with the kept activation volume.
@@ -40,8 +44,9 @@ from onnx import helper
 from ..core.analysis import Analysis
 from ..errors import GraphpruneError
 from ..io.shapes import infer_shapes
+from .binding import Runner, check_timing, is_gpu, stable
 from .layers import LayerSpec, layer_axes
-from .sessions import execution_provider, onnxruntime, run, session
+from .sessions import execution_provider, onnxruntime, session
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +56,10 @@ PROVIDERS = {
     "cuda": "CUDAExecutionProvider",
     "tensorrt": "TensorrtExecutionProvider",
 }
-ALIGNMENTS = (64, 32, 16, 8, 1)
+# Channel multiples a width can be aligned to. CPU kernels step on blocks of 8 or 16
+# (onnxruntime's NCHWc), GPU kernels on tiles of 8 to 128 (tensor-core fragments, CTA
+# tiles): the probes of a GPU provider cover 128 too.
+ALIGNMENTS = (128, 64, 32, 16, 8, 1)
 CHUNK = 48  # sessions timed together: a burst of load hits some, not a whole axis
 
 
@@ -100,6 +108,7 @@ class LatencyTable:
     repeats: int
     layers: dict[str, LayerTiming]
     onnxruntime: str = ""
+    timing: str = "end-to-end"  # tables older than `--timing` timed copies too
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -152,6 +161,7 @@ class LatencyTable:
         threads: int,
         shapes: dict[str, tuple[int, ...]],
         model: str,
+        timing: str,
     ) -> None:
         """One-line refusal when the table was measured for anything else than this run."""
         wanted = {
@@ -160,6 +170,7 @@ class LatencyTable:
             "threads": threads,
             "shapes": {k: list(v) for k, v in shapes.items()},
             "model": model,
+            "timing": timing,
         }
         for key, value in wanted.items():
             if getattr(self, key) != value:
@@ -172,19 +183,26 @@ class LatencyTable:
 @dataclass(frozen=True)
 class ProfileOptions:
     """How to time: the onnxruntime `provider`, intra-op `threads` (None: every usable
-    core), alternated `repeats` after `warmup` runs per session."""
+    core), `timing` ("device": inputs and outputs bound on the provider's device;
+    "end-to-end": host arrays, copies included), at most `repeats` alternated rounds
+    after `warmup` runs per session, fewer once every median is within `spread`."""
 
     provider: str = "CPUExecutionProvider"
     threads: int | None = None
     repeats: int = 15
-    warmup: int = 3
+    warmup: int = 1
     seed: int = 0
+    timing: str = "device"
+    spread: float = 0.03
 
     def __post_init__(self) -> None:
         if self.threads is not None and self.threads < 1:
             raise GraphpruneError(f"--threads must be at least 1, got {self.threads}")
         if self.repeats < 1 or self.warmup < 0:
             raise GraphpruneError("repeats must be at least 1 and warm-up at least 0")
+        if not 0.0 <= self.spread < 1.0:
+            raise GraphpruneError(f"the timing spread must be in [0, 1), got {self.spread}")
+        check_timing(self.timing)
 
     @property
     def resolved_threads(self) -> int:
@@ -225,8 +243,9 @@ def profile(
     view = analysis.view
     provider, threads = options.provider, options.resolved_threads
     concrete = infer_shapes(view.model, shapes)
-    measured_ms = statistics.median(_times_ms([session(view.model, provider, threads)], [feeds],
-                                              options)[0])  # fmt: skip
+    whole = Runner(session(view.model, provider, threads), feeds, provider=provider,
+                   timing=options.timing)  # fmt: skip
+    measured_ms = statistics.median(_times_ms([whole], options)[0])
     specs: dict[str, tuple[LayerSpec, list[str]]] = {}  # one per signature
     layers: dict[str, tuple[str, list[str], int]] = {}
     for name, roles in sorted(layer_axes(analysis).items()):
@@ -262,19 +281,26 @@ def profile(
         repeats=options.repeats,
         layers=timings,
         onnxruntime=onnxruntime().__version__,
+        timing=options.timing,
     )
 
 
-def grid(channels: int) -> tuple[list[int], list[int]]:
+def grid(channels: int, gpu: bool = False) -> tuple[list[int], list[int]]:
     """The aligned widths (a power-of-two step of at least 16, about ten points, and the
-    full width) and the alignment probes (multiples of 64, 32, 16, 8, 1 near the middle)."""
+    full width) and the alignment probes near the middle: one width that is a multiple
+    of each of 32, 16, 8, 1 and of nothing larger. On a GPU provider the aligned step is
+    at least 64 where the axis has 256 channels or more (its kernels step on tiles of 64
+    and more: the curve is the tile-aligned one) and the probes sit below a multiple of
+    128, so every multiple GPU kernels step on (8, 16, 32, 64) is either probed or on the
+    aligned curve."""
     if channels <= 16:
         return list(range(1, channels + 1)), []
-    step = 16
+    step = 64 if gpu and channels >= 256 else 16
     while channels / step > 10:
         step *= 2
     aligned = sorted({*range(step, channels + 1, step), channels})
-    middle = max(64, (channels // 2) // 64 * 64)
+    top = 128 if gpu and channels >= 256 else 64
+    middle = max(top, (channels // 2) // top * top)
     probes = [w for w in (middle - 32, middle - 16, middle - 8, middle - 1) if 0 < w < channels]
     return aligned, [w for w in probes if w not in aligned]
 
@@ -289,7 +315,7 @@ def _time_layers(
     for index, (spec, roles) in enumerate(specs):
         for role in roles:
             channels = spec.channels(role)
-            aligned, probes = grid(channels)
+            aligned, probes = grid(channels, is_gpu(provider))
             jobs += [(index, role, w, channels, True) for w in aligned]
             jobs += [(index, role, w, channels, False) for w in probes]
     measured: dict[tuple[int, str, int], float] = {}
@@ -297,8 +323,12 @@ def _time_layers(
         chunk = jobs[start : start + CHUNK]
         built = [specs[i][0].model(role, w, rng) for i, role, w, _, _ in chunk]
         built.append(_empty_model())
-        sessions = [session(m, provider, threads) for m, _ in built]
-        rounds = _times_ms(sessions, [{"x": x} for _, x in built], options)
+        runners = [
+            Runner(session(m, provider, threads), {"x": x}, provider=provider,
+                   timing=options.timing)
+            for m, x in built
+        ]  # fmt: skip
+        rounds = _times_ms(runners, options)
         # The fastest empty run is the cost of a call itself; its median would include
         # the load of a busy machine, which the layers' medians share only in part.
         overhead = min(rounds.pop())
@@ -352,18 +382,21 @@ def _nondecreasing(values: list[float]) -> list[float]:
     return [mean for mean, count in blocks for _ in range(int(count))]
 
 
-def _times_ms(sessions: list, feeds: list[dict], options: ProfileOptions) -> list[list[float]]:
-    """The ms of every run of each session, timed in alternated rounds after warm-up."""
-    for sess, feed in zip(sessions, feeds, strict=True):
+def _times_ms(runners: list[Runner], options: ProfileOptions) -> list[list[float]]:
+    """The ms of every run of each runner, timed in alternated rounds after warm-up; a
+    runner leaves the rounds once its median is stable (`options.spread`), all of them
+    after `options.repeats` rounds."""
+    for runner in runners:
         for _ in range(options.warmup):
-            run(sess, feed)
-    times: list[list[float]] = [[] for _ in sessions]
-    order = list(range(len(sessions)))
+            runner()
+    times: list[list[float]] = [[] for _ in runners]
+    active = list(range(len(runners)))
     for repeat in range(options.repeats):
-        for which in order if repeat % 2 == 0 else order[::-1]:
-            started = time.perf_counter()
-            run(sessions[which], feeds[which])
-            times[which].append((time.perf_counter() - started) * 1000)
+        for which in active if repeat % 2 == 0 else active[::-1]:
+            times[which].append(runners[which]())
+        active = [which for which in active if not stable(times[which], options.spread)]
+        if not active:
+            break
     return times
 
 

@@ -190,6 +190,19 @@ def try_run(sess, feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], str |
         return [], _ORT_PREFIX.sub("", first_line(error))
 
 
+def run_bound(sess, binding) -> None:
+    """Run with an onnxruntime IO binding (inputs and outputs where it bound them),
+    synchronised before and after so that the call returns with the outputs ready."""
+    try:
+        binding.synchronize_inputs()
+        _limited(lambda options: sess.run_with_iobinding(binding, options))
+        binding.synchronize_outputs()
+    except GraphpruneError:
+        raise
+    except Exception as error:
+        raise GraphpruneError(f"onnxruntime failed to run the model: {first_line(error)}") from None
+
+
 def _timed_run(sess, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     """Run with exactly the model's inputs fed, stopped after the time limit."""
     names = {i.name for i in sess.get_inputs()}
@@ -199,13 +212,18 @@ def _timed_run(sess, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     unknown = set(feeds) - names
     if unknown:
         raise GraphpruneError(f"inputs that the model does not have: {', '.join(sorted(unknown))}")
+    return _limited(lambda options: sess.run(None, feeds, options))
+
+
+def _limited(call):
+    """`call(run_options)`, terminated after the time limit with a one-line error."""
     limit = _run_timeout_s
     options = onnxruntime().RunOptions()
     timer = threading.Timer(limit, setattr, (options, "terminate", True))
     timer.daemon = True
     timer.start()
     try:
-        return sess.run(None, feeds, options)
+        return call(options)
     except Exception:
         if options.terminate:
             message = f"onnxruntime ran past the {limit:g} s limit (--run-timeout)"
