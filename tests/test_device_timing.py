@@ -99,6 +99,7 @@ def test_stable_median():
     assert not stable([1.0] * 4, 0.5)  # too few to know
     assert not stable([1.0, 2.0] * 10, 0.1)
     assert stable([1.0, 1.01] * 20, 0.02)
+    assert stable([1.0, 2.0] * 10, 0.1, floor=0.5) and not stable([1.0, 2.0] * 10, 0.1, 0.4)
 
 
 class FakeRunner:

@@ -124,10 +124,10 @@ class Runner:
         return Copies(statistics.median(uploads) * 1000, statistics.median(downloads) * 1000)
 
 
-def stable(times: list[float], spread: float) -> bool:
-    """Whether the median of `times` is known to within `spread` of itself: the order
-    statistics that bound a 95% confidence interval of the median (distribution-free,
-    binomial) lie within +-spread of it."""
+def stable(times: list[float], spread: float, floor: float = 0.0) -> bool:
+    """Whether the median of `times` is known to within `spread` of itself (or within
+    `floor`, in the units of `times`): the order statistics that bound a 95% confidence
+    interval of the median (distribution-free, binomial) lie within that of it."""
     n = len(times)
     if n < 5:
         return False
@@ -135,4 +135,4 @@ def stable(times: list[float], spread: float) -> bool:
     half = 0.98 * n**0.5  # 1.96 * sqrt(n) / 2
     low, high = ordered[max(int(n / 2 - half), 0)], ordered[min(int(np.ceil(n / 2 + half)), n - 1)]
     middle = statistics.median(ordered)
-    return middle > 0 and (high - low) / 2 <= spread * middle
+    return middle > 0 and (high - low) / 2 <= max(spread * middle, floor)

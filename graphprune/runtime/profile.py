@@ -8,17 +8,21 @@ that a group shrinks ("out": the layer's output channels, "in": its input channe
 swept alone, the other at full width, over
 
 * an aligned grid: multiples of a power-of-two step of at least 16 (about ten points), and
-* alignment probes around the middle of the axis: widths that are multiples of 64, 32,
-  16, 8 and of nothing, so that the table shows where a width off a multiple costs more
-  than its size (onnxruntime's blocked NCHWc kernels, tensor-core tiles).
+* alignment probes around the middle of the axis: widths that are multiples of 32, 16,
+  8 and of nothing larger, so that the table shows where a width off a multiple costs
+  more than its size (onnxruntime's blocked NCHWc kernels, tensor-core tiles; on a GPU
+  provider the grid is in multiples of 64 from 256 channels on: `grid`).
 
 Every session of one axis is timed in alternated rounds (order reversed every round)
 after one warm-up run, and medians are kept, so that a busy machine disturbs all widths
-alike. Rounds stop as soon as every median is known to within `ProfileOptions.spread`
-(`binding.stable`), at most `repeats` of them: a quiet machine needs a few, a busy one
-gets more. Layers with the same signature (op, shapes, attributes, neighbour) are timed
-once. On a provider with device memory, every timing binds inputs and outputs on the
-device (`binding.Runner`, `timing="device"`): the latency of the model, not of copies.
+alike. A width leaves the rounds as soon as its median is known to within
+`ProfileOptions.spread` of itself or within FLOOR of the whole model's latency
+(`binding.stable`), after `repeats` rounds at most: a quiet machine needs a few, a busy
+one gets more, and a layer that costs a sliver of the model is not timed to a precision
+that the loop's tolerance (5% of the model) never sees. Layers with the same signature
+(op, shapes, attributes, neighbour) are timed once. On a provider with device memory,
+every timing binds inputs and outputs on the device (`binding.Runner`, timing "device"):
+the latency of the model, not of copies.
 
 The whole model is timed too (`measured_ms`): the planner scales its prediction to it, and
 the rest (ops that no table covers) is assumed to scale with the kept activation volume.
@@ -61,6 +65,7 @@ PROVIDERS = {
 # tiles): the probes of a GPU provider cover 128 too.
 ALIGNMENTS = (128, 64, 32, 16, 8, 1)
 CHUNK = 48  # sessions timed together: a burst of load hits some, not a whole axis
+FLOOR = 0.002  # a layer's median known within 0.2% of the model's latency is enough
 
 
 @dataclass
@@ -246,6 +251,7 @@ def profile(
     whole = Runner(session(view.model, provider, threads), feeds, provider=provider,
                    timing=options.timing)  # fmt: skip
     measured_ms = statistics.median(_times_ms([whole], options)[0])
+    floor_ms = FLOOR * measured_ms
     specs: dict[str, tuple[LayerSpec, list[str]]] = {}  # one per signature
     layers: dict[str, tuple[str, list[str], int]] = {}
     for name, roles in sorted(layer_axes(analysis).items()):
@@ -258,7 +264,8 @@ def profile(
             layers[name] = (spec.signature, sorted(roles), spec.output_elements)
     started = time.perf_counter()
     timed = dict(
-        zip(specs, _time_layers(list(specs.values()), options, provider, threads), strict=True)
+        zip(specs, _time_layers(list(specs.values()), options, provider, threads, floor_ms),
+            strict=True)
     )
     logger.info("profiled %d layers in %.1f s", len(specs), time.perf_counter() - started)
     timings = {
@@ -306,7 +313,11 @@ def grid(channels: int, gpu: bool = False) -> tuple[list[int], list[int]]:
 
 
 def _time_layers(
-    specs: list[tuple[LayerSpec, list[str]]], options: ProfileOptions, provider: str, threads: int
+    specs: list[tuple[LayerSpec, list[str]]],
+    options: ProfileOptions,
+    provider: str,
+    threads: int,
+    floor_ms: float,
 ) -> list[tuple[float, dict[str, AxisCurve]]]:
     """Every (layer, axis, width) timed, CHUNK sessions at a time in alternated rounds
     with an empty model among them: its time (the cost of a run call) is subtracted."""
@@ -328,7 +339,7 @@ def _time_layers(
                    timing=options.timing)
             for m, x in built
         ]  # fmt: skip
-        rounds = _times_ms(runners, options)
+        rounds = _times_ms(runners, options, floor_ms)
         # The fastest empty run is the cost of a call itself; its median would include
         # the load of a busy machine, which the layers' medians share only in part.
         overhead = min(rounds.pop())
@@ -382,10 +393,12 @@ def _nondecreasing(values: list[float]) -> list[float]:
     return [mean for mean, count in blocks for _ in range(int(count))]
 
 
-def _times_ms(runners: list[Runner], options: ProfileOptions) -> list[list[float]]:
+def _times_ms(
+    runners: list[Runner], options: ProfileOptions, floor_ms: float = 0.0
+) -> list[list[float]]:
     """The ms of every run of each runner, timed in alternated rounds after warm-up; a
-    runner leaves the rounds once its median is stable (`options.spread`), all of them
-    after `options.repeats` rounds."""
+    runner leaves the rounds once its median is stable (`options.spread`, `floor_ms`),
+    all of them after `options.repeats` rounds."""
     for runner in runners:
         for _ in range(options.warmup):
             runner()
@@ -394,7 +407,7 @@ def _times_ms(runners: list[Runner], options: ProfileOptions) -> list[list[float
     for repeat in range(options.repeats):
         for which in active if repeat % 2 == 0 else active[::-1]:
             times[which].append(runners[which]())
-        active = [which for which in active if not stable(times[which], options.spread)]
+        active = [w for w in active if not stable(times[w], options.spread, floor_ms)]
         if not active:
             break
     return times
