@@ -29,6 +29,7 @@ Commands (BENCHMARKS.md, "Latency targets on a GPU, timed independently (issue 2
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -67,11 +68,13 @@ def export(name: str, path: Path) -> None:
 
         config = BertConfig(num_hidden_layers=4, hidden_size=512, num_attention_heads=8,
                             intermediate_size=2048)  # fmt: skip
-        bert = BertModel(config).eval()
-
         class Hidden(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.bert = BertModel(config)
+
             def forward(self, input_ids, attention_mask):
-                return bert(input_ids=input_ids, attention_mask=attention_mask)[0]
+                return self.bert(input_ids=input_ids, attention_mask=attention_mask)[0]
 
         ids = torch.randint(0, 1000, (2, 16))
         args, names = (ids, torch.ones_like(ids)), ["input_ids", "attention_mask"]
@@ -306,6 +309,10 @@ def main() -> int:
         return 0
     from benchkit import records
     from benchkit.tables import markdown
+
+    if args.provider == "cuda":
+        with contextlib.suppress(ImportError):  # torch first: it loads CUDA's libraries
+            import torch  # noqa: F401
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-gpu-latency-") as tmp:
