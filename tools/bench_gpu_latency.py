@@ -232,13 +232,15 @@ def measure(name, path: Path, shapes, args, folder: Path) -> dict:
         common += ["--threads", str(args.threads)]
     table, out, report = folder / "table.json", folder / "out.onnx", folder / "report.json"
     started = time.perf_counter()
-    assert graphprune_main(["profile", str(source), "-o", str(table), *common]) == 0
+    if graphprune_main(["profile", str(source), "-o", str(table), *common]) != 0:
+        raise SystemExit(f"{name}: graphprune profile failed (its error is above)")
     profile_s = time.perf_counter() - started
     started = time.perf_counter()
-    assert graphprune_main([
+    if graphprune_main([
         "prune", str(source), "-o", str(out), "--target-latency", str(args.target),
         "--latency-table", str(table), "--report", str(report), "--quiet", *common,
-    ]) == 0  # fmt: skip
+    ]) != 0:  # fmt: skip
+        raise SystemExit(f"{name}: graphprune prune failed (its error is above)")
     loop_s = time.perf_counter() - started
     latency = json.loads(report.read_text())["latency"]
     pruned = onnx.load(out)
