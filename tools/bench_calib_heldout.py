@@ -49,8 +49,10 @@ from bench_posttrain_minilm import embed, export
 
 import graphprune as gp
 from graphprune.posttrain.compensation import compensated_model, least_squares
+from graphprune.posttrain.criteria import OUTPUT_AWARE
 from graphprune.posttrain.damping import FOLDS, choose_damp, residual_error
 from graphprune.posttrain.statistics import collect, find_consumers
+from graphprune.recovery.fisher import output_sensitivity
 
 MAX_TOKENS = 256  # sentence-transformers' max_seq_length for this model
 
@@ -169,6 +171,11 @@ def main() -> int:
         help="per-layer reconstruction error on calibration vs held-out statistics",
     )  # fmt: skip
     parser.add_argument("--sequential", action="store_true", help="layer-by-layer statistics")
+    parser.add_argument(
+        "--allocation", nargs="+", default=["uniform"], choices=("uniform", "global"),
+        help="per layer: every MLP at --ratio, or all ranked together (normalization none)",
+    )  # fmt: skip
+    parser.add_argument("--projections", type=int, default=1, help="fisher: random outputs")
     args = parser.parse_args()
     if args.quick:
         args.criteria, args.damps = ["l2", "flap"], [0.01, "auto"]
@@ -189,6 +196,11 @@ def main() -> int:
         t0 = time.perf_counter()
         stats = collect(analysis, data, consumers=consumers, batch=32, scatter=True, folds=FOLDS)
         calib_s = time.perf_counter() - t0
+        if set(args.criteria) & set(OUTPUT_AWARE):
+            t0 = time.perf_counter()
+            output_sensitivity(analysis, data, stats, batch=32, projections=args.projections)
+            print(f"output gradients (fisher, {args.projections} projection(s)): "
+                  f"{time.perf_counter() - t0:.1f} s")  # fmt: skip
         summary = stats.summary()
         padding = summary.get("padding_positions", 0)
         tokens = {
@@ -205,9 +217,16 @@ def main() -> int:
         print("\nembedding cosine vs the dense model, mean and min per set")
         print(f"{'criterion':<11} {'compensate':<16} {head}")
         plans = {}
-        for criterion in args.criteria:
-            options = gp.PlanOptions(ratio=args.ratio, criterion=criterion, only=("mlp",))
+        for criterion, allocation in [(c, a) for c in args.criteria for a in args.allocation]:
+            together = allocation == "global"
+            options = gp.PlanOptions(ratio=args.ratio, criterion=criterion, only=("mlp",),
+                                     global_ranking=together,
+                                     normalization="none" if together else None)  # fmt: skip
             plans[criterion] = plan = gp.plan(analysis, options, stats=stats)
+            if together:
+                kept = [len(c.kept) for c in plan.choices]
+                print(f"{criterion} global: MLP widths kept {' '.join(map(str, kept))}")
+            label_c = criterion + ("/g" if together else "")
             variants = [(m, 0.0) for m in args.methods if m != "lsq"]
             if "lsq" in args.methods:
                 variants += [("lsq", d) for d in args.damps]
@@ -221,7 +240,7 @@ def main() -> int:
                     cells.append(f"{cosine.mean():>7.4f} {cosine.min():>7.4f}")
                 label = method if method != "lsq" else f"lsq {damp}"
                 chosen = " ".join(_short(c["damp"]) for c in damping)  # auto, per layer
-                print(f"{criterion:<11} {label:<16} " + " ".join(cells) + f"  {chosen}".rstrip())
+                print(f"{label_c:<11} {label:<16} " + " ".join(cells) + f"  {chosen}".rstrip())
         if args.errors:
             held = {}
             for name, path in _held_out_files(tokenizer, sets, folder).items():

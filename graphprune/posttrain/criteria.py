@@ -48,7 +48,8 @@ from ..errors import GraphpruneError
 from .compensation import weight_matrix
 from .statistics import CalibrationStats, Consumer, Moments
 
-CALIBRATED = ("activation", "wanda", "flap", "obs")
+OUTPUT_AWARE = ("fisher", "obs-fisher")  # need `stats.fisher` (gradients: `recovery.fisher`)
+CALIBRATED = ("activation", "wanda", "flap", "obs", *OUTPUT_AWARE)
 OBS_DAMP = 0.01  # the damping of the saliency's inverse, x mean(diag C) (lsq's default)
 
 
@@ -136,6 +137,15 @@ def _position_scores(
             f"calibration statistics of '{consumer.node}' do not match its weight"
         )
     features = stats.features(consumer)
+    if criterion in OUTPUT_AWARE:
+        if consumer.node not in stats.fisher:
+            raise GraphpruneError(
+                f"criterion {criterion!r} needs the output gradients of '{consumer.node}' "
+                "(graphprune.api.sensitivity; whole-model calibration: --calib-mode whole)"
+            )
+        if criterion == "fisher" or features is None or features.scatter is None:
+            return stats.fisher[consumer.node]
+        return obs_scores(analysis, consumer, features, stats.output_gram[consumer.node])
     if criterion == "obs" and features is not None and features.scatter is not None:
         return obs_scores(analysis, consumer, features)
     if criterion in ("flap", "obs"):
@@ -145,9 +155,14 @@ def _position_scores(
     return moments.rms * np.sqrt(columns)
 
 
-def obs_scores(analysis: Analysis, consumer: Consumer, features: Moments) -> np.ndarray:
-    """The OBS saliency of each class, shared out evenly over its positions."""
+def obs_scores(
+    analysis: Analysis, consumer: Consumer, features: Moments, metric: np.ndarray | None = None
+) -> np.ndarray:
+    """The OBS saliency of each class, shared out evenly over its positions. `metric`: the
+    (outputs, outputs) cost of the consumer's output error, G (`obs-fisher`); identity
+    when None: tr(W_c^T [C^-1]_cc^-1 W_c G)."""
     weight, _ = weight_matrix(analysis, consumer)
+    weighted = weight if metric is None else weight @ metric
     covariance = features.covariance
     scale = float(np.mean(np.diag(covariance)))
     system = covariance + OBS_DAMP * (scale if scale > 0 else 1e-12) * np.eye(len(covariance))
@@ -158,13 +173,14 @@ def obs_scores(analysis: Analysis, consumer: Consumer, features: Moments) -> np.
     classes = analysis.class_of[consumer.positions.ravel()]
     size = consumer.geometry.size if consumer.geometry is not None else 1
     if size == 1 and np.unique(classes).size == classes.size:  # one feature per class
-        return np.einsum("ij,ij->i", weight, weight) / np.diag(inverse)
+        return np.einsum("ij,ij->i", weight, weighted) / np.diag(inverse)
     of_feature = np.repeat(classes, size)
     scores = np.zeros(classes.size)
     for value in np.unique(classes):
         rows = np.nonzero(of_feature == value)[0]
         block = weight[rows]
-        saliency = np.trace(block.T @ scipy.linalg.solve(inverse[np.ix_(rows, rows)], block))
+        solved = scipy.linalg.solve(inverse[np.ix_(rows, rows)], block)
+        saliency = np.einsum("ij,ij->", weighted[rows], solved)
         positions = classes == value
         scores[positions] = saliency / positions.sum()
     return scores
