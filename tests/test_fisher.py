@@ -4,6 +4,7 @@ its definition, and the CLI end to end against the masking oracle."""
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -18,6 +19,7 @@ from graphprune.api import sensitivity
 from graphprune.cli import main
 from graphprune.planning.plan import plan_from_json
 from graphprune.posttrain.criteria import calibrated_scores
+from graphprune.posttrain.output_allocation import allocate, cost_curves
 
 SAMPLES, TOKENS, HIDDEN = 4, 6, 12
 
@@ -156,3 +158,43 @@ def test_an_op_the_lowering_lacks_is_a_one_line_error(tmp_path, capsys):
     assert code == 1 and error.count("\n") == 1
     assert "criterion 'fisher' needs gradients" in error and "Det" in error
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_cost_curves_are_the_repaired_output_error_in_the_output_metric(tmp_path):
+    """Removing the r lowest-scored channels and repairing by least squares leaves
+    tr(E[e e^T] G), e the centred residual: computed here from the activations themselves."""
+    model = mlp()
+    x = np.random.default_rng(6).standard_normal((16, TOKENS, 8)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x)
+    data = gp.CalibrationData(path=str(tmp_path / "calib.npz"))
+    analysis, stats = _statistics(model, data)
+    group = analysis.groups[0]
+    scores = calibrated_scores(analysis, stats, "obs-fisher")
+    (curve,) = cost_curves(analysis, stats, [group], scores, step=4, damp=1e-10).values()
+    assert curve.shape == (3,) and curve[0] == 0 and curve[1] < curve[2]
+    h = np.maximum(x.astype(np.float64) @ _weight(model, "w1") + _weight(model, "b1"), 0)
+    h = h.reshape(-1, HIDDEN) - h.reshape(-1, HIDDEN).mean(0)
+    w2, gram = _weight(model, "w2"), stats.output_gram["fc2"]
+    order = np.argsort(scores[group.classes], kind="stable")
+    for index, count in enumerate((4, 8), start=1):
+        removed = np.zeros(HIDDEN, dtype=bool)
+        removed[order[:count]] = True
+        lost = h[:, removed] @ w2[removed]
+        delta = np.linalg.lstsq(h[:, ~removed], lost, rcond=None)[0]
+        residual = h[:, ~removed] @ delta - lost
+        expected = np.trace(residual.T @ residual @ gram) / len(h)
+        np.testing.assert_allclose(curve[index], expected, rtol=1e-5)
+
+
+def test_allocation_is_the_cheapest_split_of_the_total():
+    rng = np.random.default_rng(0)
+    curves = {g: np.concatenate([[0.0], np.cumsum(rng.random(5))]) for g in range(3)}
+    counts = allocate(curves, total=14, step=2)
+    assert sum(counts.values()) == 14 and all(c % 2 == 0 for c in counts.values())
+    best = min(
+        (sum(curves[g][s] for g, s in enumerate(split)), split)
+        for split in itertools.product(range(6), repeat=3) if sum(split) == 7
+    )  # fmt: skip
+    assert tuple(counts[g] // 2 for g in range(3)) == best[1]
+    with pytest.raises(gp.GraphpruneError, match="cannot lose"):
+        allocate(curves, total=32, step=2)

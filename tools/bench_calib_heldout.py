@@ -49,8 +49,9 @@ from bench_posttrain_minilm import embed, export
 
 import graphprune as gp
 from graphprune.posttrain.compensation import compensated_model, least_squares
-from graphprune.posttrain.criteria import OUTPUT_AWARE
+from graphprune.posttrain.criteria import OUTPUT_AWARE, calibrated_scores
 from graphprune.posttrain.damping import FOLDS, choose_damp, residual_error
+from graphprune.posttrain.output_allocation import allocate, cost_curves
 from graphprune.posttrain.statistics import collect, find_consumers
 from graphprune.recovery.fisher import output_sensitivity
 
@@ -172,8 +173,9 @@ def main() -> int:
     )  # fmt: skip
     parser.add_argument("--sequential", action="store_true", help="layer-by-layer statistics")
     parser.add_argument(
-        "--allocation", nargs="+", default=["uniform"], choices=("uniform", "global"),
-        help="per layer: every MLP at --ratio, or all ranked together (normalization none)",
+        "--allocation", nargs="+", default=["uniform"], choices=("uniform", "global", "output"),
+        help="per layer: every MLP at --ratio; all ranked together (normalization none); "
+        "or by the output cost curves of the layers (posttrain.output_allocation)",
     )  # fmt: skip
     parser.add_argument("--projections", type=int, default=1, help="fisher: random outputs")
     args = parser.parse_args()
@@ -223,10 +225,13 @@ def main() -> int:
                                      global_ranking=together,
                                      normalization="none" if together else None)  # fmt: skip
             plans[criterion] = plan = gp.plan(analysis, options, stats=stats)
+            if allocation == "output":
+                plans[criterion] = plan = output_plan(analysis, mlp, stats, criterion, args.ratio)
+                together = True
             if together:
                 kept = [len(c.kept) for c in plan.choices]
-                print(f"{criterion} global: MLP widths kept {' '.join(map(str, kept))}")
-            label_c = criterion + ("/g" if together else "")
+                print(f"{criterion} {allocation}: MLP widths kept {' '.join(map(str, kept))}")
+            label_c = criterion + {"uniform": "", "global": "/g", "output": "/o"}[allocation]
             variants = [(m, 0.0) for m in args.methods if m != "lsq"]
             if "lsq" in args.methods:
                 variants += [("lsq", d) for d in args.damps]
@@ -290,6 +295,20 @@ def sequential(model, data, ratio: float, criterion: str, damp):
         record["groups"].append(entry)
         model = gp.mask(again, gp.plan_from_json(again, record))
         yield index, model
+
+
+def output_plan(analysis, groups, stats, criterion: str, ratio: float, step: int = 64):
+    """Each layer's removal count from the output cost curves, its lowest-scored channels."""
+    scores = calibrated_scores(analysis, stats, criterion)
+    curves = cost_curves(analysis, stats, groups, scores, step=step)
+    total = int(sum(g.channels for g in groups) * ratio)
+    counts = allocate(curves, total, step)
+    entries = []
+    for group in groups:
+        order = np.argsort(scores[group.classes], kind="stable")
+        entries.append({"name": group.name, "sources": group.sources, "channels": group.channels,
+                        "removed": sorted(order[: counts[group.id]].tolist())})  # fmt: skip
+    return gp.plan_from_json(analysis, {"groups": entries})
 
 
 def _mlp(analysis) -> list:

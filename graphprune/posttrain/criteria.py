@@ -30,6 +30,15 @@ slice that multiplies it (all outputs, all kernel positions):
   covariance taken diagonal it is flap's score. Needs X^T X statistics (as lsq does);
   consumers without them (grouped Convs, patches too wide) score by flap.
 
+- "fisher" and "obs-fisher" look at the model's *output* (Kwon et al., "A Fast Post-Training
+  Pruning Framework for Transformers", 2022): "fisher" is the empirical Fisher of a mask on
+  the channel, the expected squared change of the outputs when it goes, sum over samples of
+  (dL/dm_c)^2 for random projections L of the outputs; "obs-fisher" is obs with the
+  consumer's output error weighted by G, the Gram matrix of dL/dy at its output:
+  tr(W_c^T [C^-1]_cc^-1 W_c G). Both come from gradients through the torch lowering
+  (`recovery.fisher`, via `api.sensitivity`), in units of the output, so that layers rank
+  together (`--global --normalization none`).
+
 A class touching several consumers (a residual stream read by many convs) sums their
 scores (`reduction` "mean" or "max" as for the magnitude criteria); positions of one
 class (the features a Flatten makes of one channel) are summed.
