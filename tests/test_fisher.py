@@ -18,6 +18,7 @@ import graphprune as gp
 from graphprune.api import sensitivity
 from graphprune.cli import main
 from graphprune.planning.plan import plan_from_json
+from graphprune.posttrain.compensation import compensated_model
 from graphprune.posttrain.criteria import calibrated_scores
 from graphprune.posttrain.output_allocation import allocate, cost_curves
 
@@ -198,3 +199,23 @@ def test_allocation_is_the_cheapest_split_of_the_total():
     assert tuple(counts[g] // 2 for g in range(3)) == best[1]
     with pytest.raises(gp.GraphpruneError, match="cannot lose"):
         allocate(curves, total=32, step=2)
+
+
+def test_conv_network_with_repair_matches_the_oracle(tmp_path):
+    """A ResNet (Conv consumers: the mask and the output metric on channel axis 1) pruned by
+    obs-fisher with lsq repair equals the repaired dense model with the channels masked."""
+    model = gp.load("models/example/resnet_tiny.onnx")
+    (name,) = [i.name for i in model.graph.input]
+    images = np.random.default_rng(2).standard_normal((16, 3, 32, 32)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", **{name: images})
+    data = gp.CalibrationData(path=str(tmp_path / "calib.npz"))
+    analysis, stats = _statistics(model, data)
+    assert {c.op for c in stats.consumers} == {"Conv", "Gemm"}
+    assert all(np.all(stats.fisher[c.node] >= 0) for c in stats.consumers)
+    plan = gp.plan(analysis, gp.PlanOptions(ratio=0.3, criterion="obs-fisher"), stats=stats)
+    pruned = gp.compensate(analysis, plan, stats, method="lsq")
+    dense, _ = compensated_model(analysis, plan.keep_atom(analysis), stats, method="lsq")
+    again = gp.analyze(dense)
+    oracle = gp.mask(again, plan_from_json(again, plan.to_json(analysis)))
+    feeds = {name: images[:1]}  # the model's batch is 1
+    assert_same_outputs(outputs(oracle, feeds), outputs(pruned, feeds))

@@ -49,7 +49,7 @@ def output_sensitivity(
     except Unsupported as error:
         raise GraphpruneError(f"criterion {criterion!r} needs gradients: {error}") from None
     lowered.eval()
-    consumers = [c for c in stats.consumers if c.op in ("MatMul", "Gemm", "Conv")]
+    consumers = stats.consumers
     outputs = [o.name for o in model.graph.output]
     inputs = [c.tensor for c in consumers]
     results = [analysis.view.nodes[c.node].output[0] for c in consumers]
@@ -59,7 +59,8 @@ def output_sensitivity(
     fisher = {c.node: np.zeros(c.positions.size) for c in consumers}
     gram: dict[str, np.ndarray] = {}
     samples = 0
-    for feeds in batches(model, data, batch):
+    # The batch size calibration ran at: the one the model accepts (a fixed 1, say).
+    for feeds in batches(model, data, stats.batch or batch):
         real = padding_mask(feeds, mask_name)
         values = dict(zip(names, lowered(feeds_to_torch(feeds, lowered.device), names),
                           strict=True))  # fmt: skip
@@ -112,7 +113,7 @@ def _gram(grad: torch.Tensor | None, consumer: Consumer):
     """sum over positions of g g^T, g the gradient at the consumer's output channels."""
     if grad is None:
         return 0.0
-    axis = 1 if consumer.op == "Conv" else -1
+    axis = 1 if consumer.op in ("Conv", "ConvTranspose") else -1  # MatMul, Gemm: the last
     rows = grad.detach().double().movedim(axis, -1)
     rows = rows.reshape(-1, rows.shape[-1])
     return (rows.T @ rows).numpy()
