@@ -131,6 +131,7 @@ def sensitivity(
     batch: int = 32,
     seed: int = 0,
     projections: int = 1,
+    shared_axes: tuple[int, ...] = (),
 ) -> None:
     """Add the output-aware statistics ("fisher", "obs-fisher") to `stats`: gradients of
     random projections of the outputs, through the torch lowering (`recovery.fisher`)."""
@@ -140,7 +141,7 @@ def sensitivity(
     from .recovery.fisher import output_sensitivity  # imports torch
 
     output_sensitivity(analysis, data, stats, criterion=criterion, batch=batch, seed=seed,
-                       projections=projections)  # fmt: skip
+                       projections=projections, shared_axes=shared_axes)  # fmt: skip
 
 
 def compensate(

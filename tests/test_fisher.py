@@ -88,18 +88,9 @@ def test_mask_fisher_and_output_metric_match_finite_differences(tmp_path):
     # The random direction of the one batch and output, drawn as `output_sensitivity` does.
     r = torch.randn((SAMPLES, TOKENS, 6), generator=torch.Generator().manual_seed(7)).numpy()
     x = dict(np.load(tmp_path / "calib.npz"))
-    w2, eps = _weight(model, "w2"), 1e-3
-    expected, jacobian = np.zeros(HIDDEN), np.zeros(HIDDEN)
-    for channel in range(HIDDEN):
-        # Mask m_c on fc2's input channel c = scaling row c of its weight by m_c.
-        ys = []
-        for sign in (1, -1):
-            scaled = w2.copy()
-            scaled[channel] *= 1 + sign * eps
-            ys.append(outputs(_with_weight(model, "w2", scaled), x)[0].astype(np.float64))
-        dy = (ys[0] - ys[1]) / (2 * eps)  # d out / d m_c
-        expected[channel] = ((r * dy).sum(axis=(1, 2)) ** 2).sum() / SAMPLES  # (dL/dm_c)^2
-        jacobian[channel] = (dy**2).sum() / SAMPLES  # ||d out / d m_c||^2, E_r of the above
+    w2, dy = _weight(model, "w2"), _mask_derivatives(model, x)
+    expected = ((r * dy).sum(axis=(2, 3)) ** 2).sum(1) / SAMPLES  # (dL/dm_c)^2
+    jacobian = (dy**2).sum(axis=(1, 2, 3)) / SAMPLES  # ||d out / d m_c||^2, E_r of the above
     np.testing.assert_allclose(stats.fisher["fc2"], expected, rtol=2e-2)
     # dL/dz = r * tanh'(z): its Gram matrix over every position, per sample.
     h = np.maximum(x["x"].astype(np.float64) @ _weight(model, "w1") + _weight(model, "b1"), 0)
@@ -110,6 +101,31 @@ def test_mask_fisher_and_output_metric_match_finite_differences(tmp_path):
     _, many = _statistics(model, data, projections=256)
     np.testing.assert_allclose(many.fisher["fc2"], jacobian, rtol=0.25)
     assert not np.allclose(stats.fisher["fc2"], jacobian, rtol=0.25)
+
+
+def test_a_shared_axis_projects_the_sum_over_it(tmp_path):
+    """shared_axes=(1,): one direction per sample, L = r . sum over the sequence of the
+    output (a mean-pooled sentence embedding's change, up to 1/T)."""
+    model, data = mlp(), _data(tmp_path)
+    _, stats = _statistics(model, data, shared_axes=(1,))
+    r = torch.randn((SAMPLES, 1, 6), generator=torch.Generator().manual_seed(7)).numpy()
+    dy = _mask_derivatives(model, dict(np.load(tmp_path / "calib.npz")))
+    expected = ((r * dy).sum(axis=(2, 3)) ** 2).sum(1) / SAMPLES
+    np.testing.assert_allclose(stats.fisher["fc2"], expected, rtol=2e-2)
+
+
+def _mask_derivatives(model: onnx.ModelProto, feeds: dict, eps: float = 1e-3) -> np.ndarray:
+    """d out / d m_c by central differences in onnxruntime, [channel, *out.shape]: a mask
+    m_c on fc2's input channel c is row c of its weight scaled by m_c."""
+    w2, found = _weight(model, "w2"), []
+    for channel in range(HIDDEN):
+        ys = []
+        for sign in (1, -1):
+            scaled = w2.copy()
+            scaled[channel] *= 1 + sign * eps
+            ys.append(outputs(_with_weight(model, "w2", scaled), feeds)[0].astype(np.float64))
+        found.append((ys[0] - ys[1]) / (2 * eps))
+    return np.stack(found)
 
 
 def test_obs_fisher_is_obs_in_the_output_metric(tmp_path):

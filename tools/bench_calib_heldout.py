@@ -178,6 +178,8 @@ def main() -> int:
         "or by the output cost curves of the layers (posttrain.output_allocation)",
     )  # fmt: skip
     parser.add_argument("--projections", type=int, default=1, help="fisher: random outputs")
+    parser.add_argument("--pooled", action="store_true",
+                        help="fisher: project the sequence sum (the pooled embedding)")  # fmt: skip
     args = parser.parse_args()
     if args.quick:
         args.criteria, args.damps = ["l2", "flap"], [0.01, "auto"]
@@ -200,7 +202,8 @@ def main() -> int:
         calib_s = time.perf_counter() - t0
         if set(args.criteria) & set(OUTPUT_AWARE):
             t0 = time.perf_counter()
-            output_sensitivity(analysis, data, stats, batch=32, projections=args.projections)
+            output_sensitivity(analysis, data, stats, batch=32, projections=args.projections,
+                               shared_axes=(1,) if args.pooled else ())  # fmt: skip
             print(f"output gradients (fisher, {args.projections} projection(s)): "
                   f"{time.perf_counter() - t0:.1f} s")  # fmt: skip
         summary = stats.summary()

@@ -152,9 +152,10 @@ def _position_scores(
                 f"criterion {criterion!r} needs the output gradients of '{consumer.node}' "
                 "(graphprune.api.sensitivity; whole-model calibration: --calib-mode whole)"
             )
-        if criterion == "fisher" or features is None or features.scatter is None:
+        gram = stats.output_gram.get(consumer.node)  # None: no output depends on it
+        if criterion == "fisher" or features is None or features.scatter is None or gram is None:
             return stats.fisher[consumer.node]
-        return obs_scores(analysis, consumer, features, stats.output_gram[consumer.node])
+        return obs_scores(analysis, consumer, features, gram)
     if criterion == "obs" and features is not None and features.scatter is not None:
         return obs_scores(analysis, consumer, features)
     if criterion in ("flap", "obs"):

@@ -40,9 +40,12 @@ def output_sensitivity(
     batch: int = 32,
     seed: int = 0,
     projections: int = 1,
+    shared_axes: tuple[int, ...] = (),
 ) -> None:
     """Fill `stats.fisher` and `stats.output_gram` for every consumer of `stats`, from the
-    gradients of `projections` random projections of the outputs per calibration batch."""
+    gradients of `projections` random projections of the outputs per calibration batch.
+    `shared_axes`: output axes along which the direction is one, so that L projects the
+    sum over them (axis 1 of a sentence encoder: the mean-pooled embedding's change)."""
     model = analysis.view.model
     try:
         lowered = LoweredModel(model)
@@ -69,7 +72,7 @@ def output_sensitivity(
         if not all(v.is_floating_point() and v.requires_grad for v in wanted):
             raise GraphpruneError(f"criterion {criterion!r}: a consumer's input has no gradient")
         for draw in range(projections):
-            loss = sum(_projection(values[o], real, generator) for o in outputs
+            loss = sum(_projection(values[o], real, generator, shared_axes) for o in outputs
                        if values[o].is_floating_point())  # fmt: skip
             if not isinstance(loss, torch.Tensor):
                 raise GraphpruneError(f"criterion {criterion!r}: the model has no float output")
@@ -80,17 +83,20 @@ def output_sensitivity(
                 value, grad = values[consumer.tensor], by_name[consumer.tensor]
                 fisher[consumer.node] += _mask_fisher(value, grad, consumer)
                 step = _gram(by_name[result], consumer)
-                gram[consumer.node] = gram.get(consumer.node, 0) + step
+                if step is not None:
+                    gram[consumer.node] = gram.get(consumer.node, 0) + step
     if samples == 0:
         raise GraphpruneError("the calibration data holds no samples")
     stats.fisher = {k: v / (samples * projections) for k, v in fisher.items()}
     stats.output_gram = {k: v / (samples * projections) for k, v in gram.items()}
 
 
-def _projection(output: torch.Tensor, real: np.ndarray | None, generator) -> torch.Tensor:
-    """r . output, r standard normal, zero where the output's leading [batch, sequence]
-    positions are padding."""
-    direction = torch.randn(output.shape, generator=generator, dtype=output.dtype)
+def _projection(output: torch.Tensor, real: np.ndarray | None, generator,
+                shared_axes: tuple[int, ...] = ()) -> torch.Tensor:  # fmt: skip
+    """r . output, r standard normal (one value along `shared_axes`), zero where the
+    output's leading [batch, sequence] positions are padding."""
+    shape = [1 if axis in shared_axes else n for axis, n in enumerate(output.shape)]
+    direction = torch.randn(shape, generator=generator, dtype=output.dtype)
     if real is not None and tuple(output.shape[:2]) == real.shape:
         keep = torch.from_numpy(real).to(output.dtype)
         direction = direction * keep.reshape(*real.shape, *[1] * (output.dim() - 2))
@@ -109,10 +115,10 @@ def _mask_fisher(value: torch.Tensor, grad: torch.Tensor | None, consumer: Consu
     return (per_sample**2).sum(0).numpy()
 
 
-def _gram(grad: torch.Tensor | None, consumer: Consumer):
+def _gram(grad: torch.Tensor | None, consumer: Consumer) -> np.ndarray | None:
     """sum over positions of g g^T, g the gradient at the consumer's output channels."""
-    if grad is None:
-        return 0.0
+    if grad is None:  # no output depends on the consumer
+        return None
     axis = 1 if consumer.op in ("Conv", "ConvTranspose") else -1  # MatMul, Gemm: the last
     rows = grad.detach().double().movedim(axis, -1)
     rows = rows.reshape(-1, rows.shape[-1])
