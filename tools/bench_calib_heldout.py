@@ -30,6 +30,11 @@ layer by layer with each layer's statistics taken from the model whose earlier l
 already pruned and repaired (sequential calibration, as SparseGPT/SlimGPT do it), printed
 after each layer.
 
+Output-aware criteria (`fisher`, `obs-fisher`: gradients through the torch lowering,
+`graphprune.recovery.fisher`) and `--allocation`: every MLP at --ratio (uniform), all
+channels ranked together by raw score (global), or per-layer counts from output-weighted
+cost curves (output, `graphprune.posttrain.output_allocation`); same total.
+
 Run: python tools/bench_calib_heldout.py [--quick]
 """
 
