@@ -122,6 +122,28 @@ def calibrate(
     )  # fmt: skip
 
 
+def sensitivity(
+    analysis: Analysis,
+    data: CalibrationData,
+    stats: CalibrationStats,
+    *,
+    criterion: str = "fisher",
+    batch: int = 32,
+    seed: int = 0,
+    projections: int = 1,
+    shared_axes: tuple[int, ...] = (),
+) -> None:
+    """Add the output-aware statistics ("fisher", "obs-fisher") to `stats`: gradients of
+    random projections of the outputs, through the torch lowering (`recovery.fisher`)."""
+    from .recovery import require_torch
+
+    require_torch()
+    from .recovery.fisher import output_sensitivity  # imports torch
+
+    output_sensitivity(analysis, data, stats, criterion=criterion, batch=batch, seed=seed,
+                       projections=projections, shared_axes=shared_axes)  # fmt: skip
+
+
 def compensate(
     analysis: Analysis,
     plan: Plan,

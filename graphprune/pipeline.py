@@ -32,7 +32,7 @@ from .planning.budget import Budget
 from .planning.plan import Plan, PlanOptions, plan_from_json
 from .planning.target import LatencyTarget, plan_to_latency
 from .posttrain.compensation import DEFAULT_DAMP, METHODS, check_damp
-from .posttrain.criteria import CALIBRATED
+from .posttrain.criteria import CALIBRATED, OUTPUT_AWARE
 from .posttrain.damping import FOLDS
 from .posttrain.data import CalibrationData, describe
 from .posttrain.sequential import collect_sequential
@@ -430,28 +430,28 @@ def _statistics(
         if not options.needs_channel_statistics:
             what = "block criterion 'influence' (--block-criterion magnitude needs none)"
         raise GraphpruneError(f"{what} needs calibration data (--calib FILE or --calib-random N)")
+    data, criterion = _calibration_data(options, shapes), options.plan.criterion
     if layerwise:
         if options.needs_block_influence:
-            raise GraphpruneError(
-                "block criterion 'influence' needs the whole model's session "
-                "(--calib-mode whole); --block-criterion magnitude needs none"
-            )
-        return collect_sequential(
-            analysis, _calibration_data(options, shapes), batch=options.calibration.batch,
-            scatter=options.plan.criterion == "obs", progress=options.progress,
-        )  # fmt: skip
-    return collect(
-        analysis,
-        _calibration_data(options, shapes),
+            raise GraphpruneError("block criterion 'influence' needs the whole model's session "
+                                  "(--calib-mode whole); --block-criterion magnitude needs none")
+        return collect_sequential(analysis, data, batch=options.calibration.batch,
+                                  scatter=criterion == "obs", progress=options.progress)
+    stats = collect(
+        analysis, data, batch=options.calibration.batch, progress=options.progress,
         # Only the Block Influence pass runs when no channel criterion needs statistics.
         consumers=None if options.needs_channel_statistics else [],
-        batch=options.calibration.batch,
         # X^T X: for least squares, and for the OBS saliency (the repair it assumes).
-        scatter=options.compensate == "lsq" or options.plan.criterion == "obs",
+        scatter=options.compensate == "lsq" or criterion in ("obs", "obs-fisher"),
         folds=FOLDS if options.compensate == "lsq" and options.damp == "auto" else 0,
         blocks=options.needs_block_influence,
-        progress=options.progress,
-    )
+    )  # fmt: skip
+    if criterion in OUTPUT_AWARE:  # gradients of the outputs, through the torch lowering
+        from .api import sensitivity  # the one verb that needs torch
+
+        sensitivity(analysis, data, stats, criterion=criterion, batch=options.calibration.batch,
+                    seed=options.seed)  # fmt: skip
+    return stats
 
 
 def _recover(options: PruneOptions, original, pruned, shapes) -> tuple[onnx.ModelProto, dict]:

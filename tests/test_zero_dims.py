@@ -14,8 +14,9 @@ from fuzz_models import ZERO_DIMS, attention_net
 from oracle import assert_same_outputs, outputs, prune_and_check
 
 import graphprune as gp
+from graphprune.api import sensitivity
 from graphprune.planning.importance import CRITERIA, NORMALIZATIONS, REDUCTIONS, class_scores
-from graphprune.posttrain.criteria import CALIBRATED
+from graphprune.posttrain.criteria import CALIBRATED, OUTPUT_AWARE
 from graphprune.runtime.inputs import input_shapes, random_inputs
 
 
@@ -43,8 +44,10 @@ def test_a_layer_of_no_channels_is_a_group_that_says_why():
 def test_every_criterion_scores_around_an_empty_group(criterion):
     model = gp.load(attention_net(hidden=0))
     analysis = gp.analyze(model)
-    stats = gp.calibrate(analysis, _calibration(model), scatter=criterion == "obs") if (
+    stats = gp.calibrate(analysis, _calibration(model), scatter="obs" in criterion) if (
         criterion in CALIBRATED) else None  # fmt: skip
+    if criterion in OUTPUT_AWARE:  # the output gradients, through the torch lowering
+        sensitivity(analysis, _calibration(model), stats)
     for reduction in REDUCTIONS:
         for normalization in NORMALIZATIONS:
             scores, _ = class_scores(analysis, criterion, reduction, normalization, stats=stats)

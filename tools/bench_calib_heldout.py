@@ -30,6 +30,11 @@ layer by layer with each layer's statistics taken from the model whose earlier l
 already pruned and repaired (sequential calibration, as SparseGPT/SlimGPT do it), printed
 after each layer.
 
+Output-aware criteria (`fisher`, `obs-fisher`: gradients through the torch lowering,
+`graphprune.recovery.fisher`) and `--allocation`: every MLP at --ratio (uniform), all
+channels ranked together by raw score (global), or per-layer counts from output-weighted
+cost curves (output, `graphprune.posttrain.output_allocation`); same total.
+
 Run: python tools/bench_calib_heldout.py [--quick]
 """
 
@@ -49,8 +54,11 @@ from bench_posttrain_minilm import embed, export
 
 import graphprune as gp
 from graphprune.posttrain.compensation import compensated_model, least_squares
+from graphprune.posttrain.criteria import OUTPUT_AWARE, calibrated_scores
 from graphprune.posttrain.damping import FOLDS, choose_damp, residual_error
+from graphprune.posttrain.output_allocation import allocate, cost_curves
 from graphprune.posttrain.statistics import collect, find_consumers
+from graphprune.recovery.fisher import output_sensitivity
 
 MAX_TOKENS = 256  # sentence-transformers' max_seq_length for this model
 
@@ -169,6 +177,14 @@ def main() -> int:
         help="per-layer reconstruction error on calibration vs held-out statistics",
     )  # fmt: skip
     parser.add_argument("--sequential", action="store_true", help="layer-by-layer statistics")
+    parser.add_argument(
+        "--allocation", nargs="+", default=["uniform"], choices=("uniform", "global", "output"),
+        help="per layer: every MLP at --ratio; all ranked together (normalization none); "
+        "or by the output cost curves of the layers (posttrain.output_allocation)",
+    )  # fmt: skip
+    parser.add_argument("--projections", type=int, default=1, help="fisher: random outputs")
+    parser.add_argument("--pooled", action="store_true",
+                        help="fisher: project the sequence sum (the pooled embedding)")  # fmt: skip
     args = parser.parse_args()
     if args.quick:
         args.criteria, args.damps = ["l2", "flap"], [0.01, "auto"]
@@ -189,6 +205,12 @@ def main() -> int:
         t0 = time.perf_counter()
         stats = collect(analysis, data, consumers=consumers, batch=32, scatter=True, folds=FOLDS)
         calib_s = time.perf_counter() - t0
+        if set(args.criteria) & set(OUTPUT_AWARE):
+            t0 = time.perf_counter()
+            output_sensitivity(analysis, data, stats, batch=32, projections=args.projections,
+                               shared_axes=(1,) if args.pooled else ())  # fmt: skip
+            print(f"output gradients (fisher, {args.projections} projection(s)): "
+                  f"{time.perf_counter() - t0:.1f} s")  # fmt: skip
         summary = stats.summary()
         padding = summary.get("padding_positions", 0)
         tokens = {
@@ -205,9 +227,19 @@ def main() -> int:
         print("\nembedding cosine vs the dense model, mean and min per set")
         print(f"{'criterion':<11} {'compensate':<16} {head}")
         plans = {}
-        for criterion in args.criteria:
-            options = gp.PlanOptions(ratio=args.ratio, criterion=criterion, only=("mlp",))
+        for criterion, allocation in [(c, a) for c in args.criteria for a in args.allocation]:
+            together = allocation == "global"
+            options = gp.PlanOptions(ratio=args.ratio, criterion=criterion, only=("mlp",),
+                                     global_ranking=together,
+                                     normalization="none" if together else None)  # fmt: skip
             plans[criterion] = plan = gp.plan(analysis, options, stats=stats)
+            if allocation == "output":
+                plans[criterion] = plan = output_plan(analysis, mlp, stats, criterion, args.ratio)
+                together = True
+            if together:
+                kept = [len(c.kept) for c in plan.choices]
+                print(f"{criterion} {allocation}: MLP widths kept {' '.join(map(str, kept))}")
+            label_c = criterion + {"uniform": "", "global": "/g", "output": "/o"}[allocation]
             variants = [(m, 0.0) for m in args.methods if m != "lsq"]
             if "lsq" in args.methods:
                 variants += [("lsq", d) for d in args.damps]
@@ -221,7 +253,7 @@ def main() -> int:
                     cells.append(f"{cosine.mean():>7.4f} {cosine.min():>7.4f}")
                 label = method if method != "lsq" else f"lsq {damp}"
                 chosen = " ".join(_short(c["damp"]) for c in damping)  # auto, per layer
-                print(f"{criterion:<11} {label:<16} " + " ".join(cells) + f"  {chosen}".rstrip())
+                print(f"{label_c:<11} {label:<16} " + " ".join(cells) + f"  {chosen}".rstrip())
         if args.errors:
             held = {}
             for name, path in _held_out_files(tokenizer, sets, folder).items():
@@ -271,6 +303,20 @@ def sequential(model, data, ratio: float, criterion: str, damp):
         record["groups"].append(entry)
         model = gp.mask(again, gp.plan_from_json(again, record))
         yield index, model
+
+
+def output_plan(analysis, groups, stats, criterion: str, ratio: float, step: int = 64):
+    """Each layer's removal count from the output cost curves, its lowest-scored channels."""
+    scores = calibrated_scores(analysis, stats, criterion)
+    curves = cost_curves(analysis, stats, groups, scores, step=step)
+    total = int(sum(g.channels for g in groups) * ratio)
+    counts = allocate(curves, total, step)
+    entries = []
+    for group in groups:
+        order = np.argsort(scores[group.classes], kind="stable")
+        entries.append({"name": group.name, "sources": group.sources, "channels": group.channels,
+                        "removed": sorted(order[: counts[group.id]].tolist())})  # fmt: skip
+    return gp.plan_from_json(analysis, {"groups": entries})
 
 
 def _mlp(analysis) -> list:

@@ -30,6 +30,15 @@ slice that multiplies it (all outputs, all kernel positions):
   covariance taken diagonal it is flap's score. Needs X^T X statistics (as lsq does);
   consumers without them (grouped Convs, patches too wide) score by flap.
 
+- "fisher" and "obs-fisher" look at the model's *output* (Kwon et al., "A Fast Post-Training
+  Pruning Framework for Transformers", 2022): "fisher" is the empirical Fisher of a mask on
+  the channel, the expected squared change of the outputs when it goes, sum over samples of
+  (dL/dm_c)^2 for random projections L of the outputs; "obs-fisher" is obs with the
+  consumer's output error weighted by G, the Gram matrix of dL/dy at its output:
+  tr(W_c^T [C^-1]_cc^-1 W_c G). Both come from gradients through the torch lowering
+  (`recovery.fisher`, via `api.sensitivity`), in units of the output, so that layers rank
+  together (`--global --normalization none`).
+
 A class touching several consumers (a residual stream read by many convs) sums their
 scores (`reduction` "mean" or "max" as for the magnitude criteria); positions of one
 class (the features a Flatten makes of one channel) are summed.
@@ -48,7 +57,8 @@ from ..errors import GraphpruneError
 from .compensation import weight_matrix
 from .statistics import CalibrationStats, Consumer, Moments
 
-CALIBRATED = ("activation", "wanda", "flap", "obs")
+OUTPUT_AWARE = ("fisher", "obs-fisher")  # need `stats.fisher` (gradients: `recovery.fisher`)
+CALIBRATED = ("activation", "wanda", "flap", "obs", *OUTPUT_AWARE)
 OBS_DAMP = 0.01  # the damping of the saliency's inverse, x mean(diag C) (lsq's default)
 
 
@@ -136,6 +146,16 @@ def _position_scores(
             f"calibration statistics of '{consumer.node}' do not match its weight"
         )
     features = stats.features(consumer)
+    if criterion in OUTPUT_AWARE:
+        if consumer.node not in stats.fisher:
+            raise GraphpruneError(
+                f"criterion {criterion!r} needs the output gradients of '{consumer.node}' "
+                "(graphprune.api.sensitivity; whole-model calibration: --calib-mode whole)"
+            )
+        gram = stats.output_gram.get(consumer.node)  # None: no output depends on it
+        if criterion == "fisher" or features is None or features.scatter is None or gram is None:
+            return stats.fisher[consumer.node]
+        return obs_scores(analysis, consumer, features, gram)
     if criterion == "obs" and features is not None and features.scatter is not None:
         return obs_scores(analysis, consumer, features)
     if criterion in ("flap", "obs"):
@@ -145,9 +165,14 @@ def _position_scores(
     return moments.rms * np.sqrt(columns)
 
 
-def obs_scores(analysis: Analysis, consumer: Consumer, features: Moments) -> np.ndarray:
-    """The OBS saliency of each class, shared out evenly over its positions."""
+def obs_scores(
+    analysis: Analysis, consumer: Consumer, features: Moments, metric: np.ndarray | None = None
+) -> np.ndarray:
+    """The OBS saliency of each class, shared out evenly over its positions. `metric`: the
+    (outputs, outputs) cost of the consumer's output error, G (`obs-fisher`); identity
+    when None: tr(W_c^T [C^-1]_cc^-1 W_c G)."""
     weight, _ = weight_matrix(analysis, consumer)
+    weighted = weight if metric is None else weight @ metric
     covariance = features.covariance
     scale = float(np.mean(np.diag(covariance)))
     system = covariance + OBS_DAMP * (scale if scale > 0 else 1e-12) * np.eye(len(covariance))
@@ -158,13 +183,14 @@ def obs_scores(analysis: Analysis, consumer: Consumer, features: Moments) -> np.
     classes = analysis.class_of[consumer.positions.ravel()]
     size = consumer.geometry.size if consumer.geometry is not None else 1
     if size == 1 and np.unique(classes).size == classes.size:  # one feature per class
-        return np.einsum("ij,ij->i", weight, weight) / np.diag(inverse)
+        return np.einsum("ij,ij->i", weight, weighted) / np.diag(inverse)
     of_feature = np.repeat(classes, size)
     scores = np.zeros(classes.size)
     for value in np.unique(classes):
         rows = np.nonzero(of_feature == value)[0]
         block = weight[rows]
-        saliency = np.trace(block.T @ scipy.linalg.solve(inverse[np.ix_(rows, rows)], block))
+        solved = scipy.linalg.solve(inverse[np.ix_(rows, rows)], block)
+        saliency = np.einsum("ij,ij->", weighted[rows], solved)
         positions = classes == value
         scores[positions] = saliency / positions.sum()
     return scores

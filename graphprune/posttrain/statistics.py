@@ -167,6 +167,9 @@ class CalibrationStats:
     padding: int = 0  # positions left out as padding (mask 0)
     positions: int = 0  # positions of the mask in all
     unmasked: set[str] = field(default_factory=set)  # consumers whose positions were all kept
+    # Consumer node -> output-aware statistics from gradients (`recovery.fisher`).
+    fisher: dict[str, np.ndarray] = field(default_factory=dict)  # per input position
+    output_gram: dict[str, np.ndarray] = field(default_factory=dict)  # (outputs, outputs)
 
     def channels(self, consumer: Consumer) -> Moments:
         return self.moments[consumer.channel_key]
