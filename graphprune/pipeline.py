@@ -438,7 +438,7 @@ def _statistics(
             )
         return collect_sequential(
             analysis, _calibration_data(options, shapes), batch=options.calibration.batch,
-            scatter=options.plan.criterion == "obs", progress=options.progress,
+            scatter=options.plan.criterion in ("obs", "obs-greedy"), progress=options.progress,
         )  # fmt: skip
     return collect(
         analysis,
@@ -447,7 +447,7 @@ def _statistics(
         consumers=None if options.needs_channel_statistics else [],
         batch=options.calibration.batch,
         # X^T X: for least squares, and for the OBS saliency (the repair it assumes).
-        scatter=options.compensate == "lsq" or options.plan.criterion == "obs",
+        scatter=options.compensate == "lsq" or options.plan.criterion in ("obs", "obs-greedy"),
         folds=FOLDS if options.compensate == "lsq" and options.damp == "auto" else 0,
         blocks=options.needs_block_influence,
         progress=options.progress,

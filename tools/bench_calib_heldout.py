@@ -48,6 +48,7 @@ import text_corpus
 from bench_posttrain_minilm import embed, export
 
 import graphprune as gp
+from graphprune.posttrain import greedy_obs
 from graphprune.posttrain.compensation import compensated_model, least_squares
 from graphprune.posttrain.damping import FOLDS, choose_damp, residual_error
 from graphprune.posttrain.statistics import collect, find_consumers
@@ -147,7 +148,10 @@ def main() -> int:
     parser.add_argument("--held-out", type=int, default=300, help="sentences per held-out set")
     parser.add_argument("--long", type=int, default=64, help="long passages")
     criteria = ["l2", "activation", "wanda", "flap", "obs"]
-    parser.add_argument("--criteria", nargs="+", default=criteria)
+    parser.add_argument("--criteria", nargs="+", default=criteria,
+                        help="NAME or NAME:global (ranked across the layers, --global)")
+    parser.add_argument("--select-damp", type=float, default=greedy_obs.SELECT_DAMP,
+                        help="obs-greedy: the damping of H while choosing")  # fmt: skip
     parser.add_argument("--damps", nargs="+", type=parse_damp, default=[0.01, 0.1, 1.0, "auto"])
     parser.add_argument("--ratio", type=float, default=0.5)
     parser.add_argument(
@@ -172,6 +176,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.criteria, args.damps = ["l2", "flap"], [0.01, "auto"]
+    greedy_obs.SELECT_DAMP = args.select_damp
     started = time.perf_counter()
     sets = texts(args.calib, args.held_out, args.long, tuple(args.calib_kinds))
     with tempfile.TemporaryDirectory() as tmp:
@@ -203,11 +208,17 @@ def main() -> int:
         names = list(sets)
         head = " ".join(f"{n:>15}" for n in names)
         print("\nembedding cosine vs the dense model, mean and min per set")
-        print(f"{'criterion':<11} {'compensate':<16} {head}")
-        plans = {}
+        print(f"{'criterion':<18} {'compensate':<16} {head}")
+        plans, widths = {}, {}
         for criterion in args.criteria:
-            options = gp.PlanOptions(ratio=args.ratio, criterion=criterion, only=("mlp",))
+            name, _, scope = criterion.partition(":")
+            options = gp.PlanOptions(ratio=args.ratio, criterion=name, only=("mlp",),
+                                     global_ranking=scope == "global")  # fmt: skip
+            t0 = time.perf_counter()
             plans[criterion] = plan = gp.plan(analysis, options, stats=stats)
+            kept = {c.group: len(c.kept) for c in plan.choices}
+            widths[criterion] = (" ".join(str(kept.get(g.id, g.channels)) for g in mlp),
+                                 time.perf_counter() - t0)  # fmt: skip
             variants = [(m, 0.0) for m in args.methods if m != "lsq"]
             if "lsq" in args.methods:
                 variants += [("lsq", d) for d in args.damps]
@@ -221,7 +232,10 @@ def main() -> int:
                     cells.append(f"{cosine.mean():>7.4f} {cosine.min():>7.4f}")
                 label = method if method != "lsq" else f"lsq {damp}"
                 chosen = " ".join(_short(c["damp"]) for c in damping)  # auto, per layer
-                print(f"{criterion:<11} {label:<16} " + " ".join(cells) + f"  {chosen}".rstrip())
+                print(f"{criterion:<18} {label:<16} " + " ".join(cells) + f"  {chosen}".rstrip())
+        print("\nMLP widths kept per layer (and the plan's time)")
+        for criterion, (kept, seconds) in widths.items():
+            print(f"{criterion:<20} {kept}  ({seconds:.1f} s)")
         if args.errors:
             held = {}
             for name, path in _held_out_files(tokenizer, sets, folder).items():

@@ -16,7 +16,7 @@ from ..errors import GraphpruneError
 from ..posttrain.statistics import CalibrationStats
 from .budget import Budget, budget_counts
 from .depth import BLOCK_CRITERIA, block_units, choose_units
-from .importance import class_scores
+from .importance import class_scores, default_normalization
 from .latency import LatencyCostModel, cost_weights, snap_steps
 
 
@@ -91,7 +91,7 @@ class PlanOptions:
     max_group_ratio: float = 0.9
     ignore: tuple[str, ...] = ()
     reduction: str = "mean"
-    normalization: str | None = None  # None: "standard" for flap, "mean" otherwise
+    normalization: str | None = None  # None: importance.default_normalization(criterion)
     seed: int = 0
     budget: Budget | None = None
     only: tuple[Kind, ...] = ()
@@ -128,7 +128,7 @@ class PlanOptions:
     def resolved_normalization(self) -> str:
         if self.normalization is not None:
             return self.normalization
-        return "standard" if self.criterion == "flap" else "mean"
+        return default_normalization(self.criterion)
 
     def to_json(self) -> dict:
         """The options as the plan records them (in reports and the model's metadata)."""

@@ -29,6 +29,10 @@ slice that multiplies it (all outputs, all kernel positions):
   if it is large, which is what the least-squares compensation then exploits; with the
   covariance taken diagonal it is flap's score. Needs X^T X statistics (as lsq does);
   consumers without them (grouped Convs, patches too wide) score by flap.
+- "obs-greedy": the same saliency, but classes removed one at a time with the repair and
+  the inverse updated after each (ZipLM's greedy structured OBS, `greedy_obs`); scores are
+  the slopes of each layer's error path, comparable across layers, so `--global` with the
+  default normalization "none" allocates the removal between layers.
 
 A class touching several consumers (a residual stream read by many convs) sums their
 scores (`reduction` "mean" or "max" as for the magnitude criteria); positions of one
@@ -46,9 +50,10 @@ import scipy.linalg
 from ..core.analysis import Analysis
 from ..errors import GraphpruneError
 from .compensation import weight_matrix
+from .greedy_obs import greedy_scores
 from .statistics import CalibrationStats, Consumer, Moments
 
-CALIBRATED = ("activation", "wanda", "flap", "obs")
+CALIBRATED = ("activation", "wanda", "flap", "obs", "obs-greedy")
 OBS_DAMP = 0.01  # the damping of the saliency's inverse, x mean(diag C) (lsq's default)
 
 
@@ -136,9 +141,11 @@ def _position_scores(
             f"calibration statistics of '{consumer.node}' do not match its weight"
         )
     features = stats.features(consumer)
-    if criterion == "obs" and features is not None and features.scatter is not None:
+    if criterion.startswith("obs") and features is not None and features.scatter is not None:
+        if criterion == "obs-greedy":  # removal one class at a time (greedy_obs)
+            return greedy_scores(analysis, consumer, features)
         return obs_scores(analysis, consumer, features)
-    if criterion in ("flap", "obs"):
+    if criterion in ("flap", "obs", "obs-greedy"):
         return moments.variance * columns
     if criterion == "wanda":
         return moments.rms * columns
