@@ -14,6 +14,7 @@ from oracle import assert_same_outputs, outputs
 
 import graphprune as gp
 from graphprune.cli import main
+from graphprune.planning.importance import class_scores
 from graphprune.planning.plan import plan_from_json
 from graphprune.posttrain.compensation import compensated_model, least_squares
 from graphprune.posttrain.greedy_obs import greedy_path, hull_slopes, path_scores
@@ -197,3 +198,35 @@ def test_obs_greedy_global_through_the_command_line(tmp_path):
     # Deterministic: the same options give the same bytes.
     assert main([*args[:3], str(tmp_path / "q.onnx"), *args[4:]]) == 0
     assert (tmp_path / "q.onnx").read_bytes() == (tmp_path / "p.onnx").read_bytes()
+
+
+def test_group_weights_scale_the_global_ranking(tmp_path):
+    # Weighted global ranking: the removed channels are the lowest weight x score of all
+    # groups together (brute force), so weighting a layer up makes it keep more.
+    model = _two_layer_model()
+    np.savez(tmp_path / "c.npz", x=rng.standard_normal((256, 8)).astype(np.float32))
+    analysis = gp.analyze(model)
+    stats = gp.calibrate(analysis, gp.CalibrationData(path=str(tmp_path / "c.npz")), scatter=True)
+    scores, _ = class_scores(analysis, "obs-greedy", "mean", "none", 0, stats)
+    groups = [g for g in analysis.groups if g.prunable]
+    counts = {}
+    for weights in ({}, {"fc3": 0.2}, {"fc1": 0.5, "fc3": 2.0}):
+        options = gp.PlanOptions(ratio=0.5, criterion="obs-greedy", global_ranking=True,
+                                 group_weights=weights)  # fmt: skip
+        plan = gp.plan(analysis, options, stats=stats)
+        ranked = sorted(
+            (scores[c] * weights.get(g.name, 1.0), g.id, i)
+            for g in groups for i, c in enumerate(g.classes)
+        )  # fmt: skip
+        expected = {(gid, i) for _, gid, i in ranked[:12]}
+        assert {(c.group, i) for c in plan.choices for i in c.removed} == expected
+        if weights:
+            assert plan.options["group_weights"] == weights
+        removed = {analysis.groups[c.group].name: len(c.removed) for c in plan.choices}
+        counts[tuple(weights.items())] = removed.get("fc3", 0)
+    assert counts[(("fc3", 0.2),)] > counts[()]  # weighted down: fc3 gives more
+    for bad, message in (({"nope": 1.0}, "name no group"), ({"fc1": 0.0}, "positive")):
+        with pytest.raises(gp.GraphpruneError, match=message):
+            gp.plan(analysis, gp.PlanOptions(ratio=0.5, criterion="obs-greedy",
+                                             global_ranking=True, group_weights=bad),
+                    stats=stats)  # fmt: skip

@@ -48,6 +48,7 @@ import text_corpus
 from bench_posttrain_minilm import embed, export
 
 import graphprune as gp
+from graphprune.planning.importance import class_scores
 from graphprune.posttrain import greedy_obs
 from graphprune.posttrain.compensation import compensated_model, least_squares
 from graphprune.posttrain.damping import FOLDS, choose_damp, residual_error
@@ -215,7 +216,12 @@ def main() -> int:
             options = gp.PlanOptions(ratio=args.ratio, criterion=name, only=("mlp",),
                                      global_ranking=scope == "global")  # fmt: skip
             t0 = time.perf_counter()
-            plans[criterion] = plan = gp.plan(analysis, options, stats=stats)
+            if scope == "measured":  # sensitivities from the calibration embedding
+                plan = measured_plan(analysis, stats, mlp, name, args.ratio,
+                                     evaluation["calib"], dense["calib"])  # fmt: skip
+            else:
+                plan = gp.plan(analysis, options, stats=stats)
+            plans[criterion] = plan
             kept = {c.group: len(c.kept) for c in plan.choices}
             widths[criterion] = (" ".join(str(kept.get(g.id, g.channels)) for g in mlp),
                                  time.perf_counter() - t0)  # fmt: skip
@@ -260,6 +266,47 @@ def main() -> int:
                 print(f"{'layer ' + str(index):<28} " + " ".join(scores))
         print(f"total time {time.perf_counter() - started:.0f} s")
     return 0
+
+
+MEASURE_FRACTIONS = (0.25, 0.5, 0.75)
+
+
+def measured_plan(analysis, stats, mlp, criterion: str, ratio: float, feeds, dense):
+    """`ratio` of all MLP channels removed, shared between the layers by their measured
+    effect on the embedding: each layer pruned alone (lowest scores first, lsq auto) at
+    MEASURE_FRACTIONS, distortion d = mean(1 - cosine) on the calibration sentences; with
+    E(k) the layer's relative error path (the cumulated sorted scores, obs-greedy's hull),
+    the fit d ~ alpha E gives the layer's sensitivity alpha, and alpha x score ranked over
+    all layers (`PlanOptions.group_weights`, --global) is the marginal-embedding-cost
+    allocation."""
+    scores, _ = class_scores(analysis, criterion, "mean", "none", 0, stats)
+    alphas = {}
+    for group in mlp:
+        values = scores[group.classes]
+        order = np.argsort(values, kind="stable")  # removal order
+        path = np.cumsum(values[order])
+        fitted = []
+        for fraction in MEASURE_FRACTIONS:
+            k = round(fraction * group.channels)
+            plan = _plan_removing(analysis, {group.id: order[:k]})
+            pruned = gp.compensate(analysis, plan, stats, method="lsq", damp="auto")
+            distortion = 1.0 - float((embed(pruned, feeds) * dense).sum(1).mean())
+            fitted.append((path[k - 1], distortion))
+        e, d = np.array(fitted).T
+        alphas[group.name] = float((e * d).sum() / (e * e).sum())
+        print(f"  {group.name}: alpha {alphas[group.name]:.4g} (E, d: "
+              + ", ".join(f"{a:.3g} {b:.3g}" for a, b in fitted) + ")")  # fmt: skip
+    options = gp.PlanOptions(ratio=ratio, criterion=criterion, only=("mlp",), normalization="none",
+                             global_ranking=True, group_weights=alphas)  # fmt: skip
+    return gp.plan(analysis, options, stats=stats)
+
+
+def _plan_removing(analysis, removed: dict) -> object:
+    groups = [analysis.groups[g] for g in removed]
+    return gp.plan_from_json(analysis, {"groups": [
+        {"name": g.name, "sources": g.sources, "channels": g.channels,
+         "removed": sorted(int(i) for i in removed[g.id])} for g in groups
+    ]})  # fmt: skip
 
 
 def sequential(model, data, ratio: float, criterion: str, damp):
