@@ -19,6 +19,7 @@ from graphprune.planning.plan import plan_from_json
 from graphprune.posttrain.compensation import compensated_model, least_squares
 from graphprune.posttrain.greedy_obs import greedy_path, hull_slopes, path_scores
 from graphprune.posttrain.statistics import Moments
+from graphprune.runtime.inputs import input_shapes, random_inputs
 
 rng = np.random.default_rng(0)
 
@@ -230,3 +231,24 @@ def test_group_weights_scale_the_global_ranking(tmp_path):
             gp.plan(analysis, gp.PlanOptions(ratio=0.5, criterion="obs-greedy",
                                              global_ranking=True, group_weights=bad),
                     stats=stats)  # fmt: skip
+
+
+def test_obs_greedy_on_convolutions_matches_the_oracle(tmp_path):
+    # A real architecture with Conv consumers: a class is a block of patch features
+    # (channel x kernel offset), removed together; the pruned model is the compensated one
+    # masked by the plan.
+    model = gp.load("models/example/resnet_tiny.onnx")
+    analysis = gp.analyze(model)
+    shapes = {name: shape[1:] for name, shape in input_shapes(model).items()}
+    data = gp.CalibrationData(random=16, shapes=shapes, seed=0)
+    stats = gp.calibrate(analysis, data, scatter=True)
+    options = gp.PlanOptions(ratio=0.3, criterion="obs-greedy", global_ranking=True)
+    plan = gp.plan(analysis, options, stats=stats)
+    kept = {c.group: len(c.kept) for c in plan.choices}
+    assert len(set(kept.values())) > 1  # the layers keep different widths
+    dense, _ = compensated_model(analysis, plan.keep_atom(analysis), stats, damp=0.01)
+    again = gp.analyze(dense)
+    same = plan_from_json(again, plan.to_json(analysis))
+    pruned = gp.prune(again, same)
+    feeds = random_inputs(model, input_shapes(model), seed=1)
+    assert_same_outputs(outputs(gp.mask(again, same), feeds), outputs(pruned, feeds))

@@ -67,6 +67,8 @@ def greedy_path(
     """(order, costs): the blocks (each an array of feature indices, rows of `weight`) in
     greedy removal order, and the error each step adds (damped, see module doc)."""
     n = covariance.shape[0]
+    if not blocks:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
     scale = float(np.mean(np.diag(covariance))) if n else 0.0
     system = covariance + damp * (scale if scale > 0 else 1e-12) * np.eye(n)
     if not (np.isfinite(system).all() and np.isfinite(weight).all()):
