@@ -30,6 +30,11 @@ layer by layer with each layer's statistics taken from the model whose earlier l
 already pruned and repaired (sequential calibration, as SparseGPT/SlimGPT do it), printed
 after each layer.
 
+A criterion `NAME:global` ranks the channels of all six layers together (`--global`:
+obs-greedy's scores allocate by relative reconstruction error); `NAME:measured` allocates
+by the measured effect of each layer on the calibration embedding (`measured_plan`), the
+total removed the same.
+
 Run: python tools/bench_calib_heldout.py [--quick]
 """
 
