@@ -32,7 +32,7 @@ from .planning.budget import Budget
 from .planning.plan import Plan, PlanOptions, plan_from_json
 from .planning.target import LatencyTarget, plan_to_latency
 from .posttrain.compensation import DEFAULT_DAMP, METHODS, check_damp
-from .posttrain.criteria import CALIBRATED, OUTPUT_AWARE
+from .posttrain.criteria import CALIBRATED, OUTPUT_AWARE, SCATTER
 from .posttrain.damping import FOLDS
 from .posttrain.data import CalibrationData, describe
 from .posttrain.sequential import collect_sequential
@@ -436,13 +436,13 @@ def _statistics(
             raise GraphpruneError("block criterion 'influence' needs the whole model's session "
                                   "(--calib-mode whole); --block-criterion magnitude needs none")
         return collect_sequential(analysis, data, batch=options.calibration.batch,
-                                  scatter=criterion == "obs", progress=options.progress)
+                                  scatter=criterion in SCATTER, progress=options.progress)
     stats = collect(
         analysis, data, batch=options.calibration.batch, progress=options.progress,
         # Only the Block Influence pass runs when no channel criterion needs statistics.
         consumers=None if options.needs_channel_statistics else [],
         # X^T X: for least squares, and for the OBS saliency (the repair it assumes).
-        scatter=options.compensate == "lsq" or criterion in ("obs", "obs-fisher"),
+        scatter=options.compensate == "lsq" or criterion in SCATTER,
         folds=FOLDS if options.compensate == "lsq" and options.damp == "auto" else 0,
         blocks=options.needs_block_influence,
     )  # fmt: skip

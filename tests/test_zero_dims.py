@@ -44,7 +44,7 @@ def test_a_layer_of_no_channels_is_a_group_that_says_why():
 def test_every_criterion_scores_around_an_empty_group(criterion):
     model = gp.load(attention_net(hidden=0))
     analysis = gp.analyze(model)
-    stats = gp.calibrate(analysis, _calibration(model), scatter="obs" in criterion) if (
+    stats = gp.calibrate(analysis, _calibration(model), scatter=criterion.startswith("obs")) if (
         criterion in CALIBRATED) else None  # fmt: skip
     if criterion in OUTPUT_AWARE:  # the output gradients, through the torch lowering
         sensitivity(analysis, _calibration(model), stats)

@@ -31,9 +31,13 @@ already pruned and repaired (sequential calibration, as SparseGPT/SlimGPT do it)
 after each layer.
 
 Output-aware criteria (`fisher`, `obs-fisher`: gradients through the torch lowering,
-`graphprune.recovery.fisher`) and `--allocation`: every MLP at --ratio (uniform), all
-channels ranked together by raw score (global), or per-layer counts from output-weighted
-cost curves (output, `graphprune.posttrain.output_allocation`); same total.
+`graphprune.recovery.fisher`). How the total removal is shared between the six MLPs: a
+criterion `NAME` keeps every MLP at --ratio; `NAME:global` ranks the channels of all six
+layers together (`--global --normalization none`: obs-greedy's scores allocate by relative
+reconstruction error); `NAME:output` takes per-layer counts from output-weighted cost
+curves (`graphprune.posttrain.output_allocation`); `NAME:measured` allocates by the
+measured effect of each layer on the calibration embedding (`measured_plan`). The total
+removed is the same. `--allocation A ...` adds `:A` to every criterion given without one.
 
 Run: python tools/bench_calib_heldout.py [--quick]
 """
@@ -53,6 +57,8 @@ import text_corpus
 from bench_posttrain_minilm import embed, export
 
 import graphprune as gp
+from graphprune.planning.importance import class_scores
+from graphprune.posttrain import greedy_obs
 from graphprune.posttrain.compensation import compensated_model, least_squares
 from graphprune.posttrain.criteria import OUTPUT_AWARE, calibrated_scores
 from graphprune.posttrain.damping import FOLDS, choose_damp, residual_error
@@ -155,7 +161,10 @@ def main() -> int:
     parser.add_argument("--held-out", type=int, default=300, help="sentences per held-out set")
     parser.add_argument("--long", type=int, default=64, help="long passages")
     criteria = ["l2", "activation", "wanda", "flap", "obs"]
-    parser.add_argument("--criteria", nargs="+", default=criteria)
+    parser.add_argument("--criteria", nargs="+", default=criteria,
+                        help="NAME or NAME:global (ranked across the layers, --global)")
+    parser.add_argument("--select-damp", type=float, default=greedy_obs.SELECT_DAMP,
+                        help="obs-greedy: the damping of H while choosing")  # fmt: skip
     parser.add_argument("--damps", nargs="+", type=parse_damp, default=[0.01, 0.1, 1.0, "auto"])
     parser.add_argument("--ratio", type=float, default=0.5)
     parser.add_argument(
@@ -178,9 +187,11 @@ def main() -> int:
     )  # fmt: skip
     parser.add_argument("--sequential", action="store_true", help="layer-by-layer statistics")
     parser.add_argument(
-        "--allocation", nargs="+", default=["uniform"], choices=("uniform", "global", "output"),
+        "--allocation", nargs="+", default=["uniform"],
+        choices=("uniform", "global", "output", "measured"),
         help="per layer: every MLP at --ratio; all ranked together (normalization none); "
-        "or by the output cost curves of the layers (posttrain.output_allocation)",
+        "by the output cost curves of the layers (posttrain.output_allocation); by the "
+        "measured embedding sensitivities (the same as NAME:SCOPE in --criteria)",
     )  # fmt: skip
     parser.add_argument("--projections", type=int, default=1, help="fisher: random outputs")
     parser.add_argument("--pooled", action="store_true",
@@ -188,6 +199,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.criteria, args.damps = ["l2", "flap"], [0.01, "auto"]
+    greedy_obs.SELECT_DAMP = args.select_damp
     started = time.perf_counter()
     sets = texts(args.calib, args.held_out, args.long, tuple(args.calib_kinds))
     with tempfile.TemporaryDirectory() as tmp:
@@ -205,7 +217,7 @@ def main() -> int:
         t0 = time.perf_counter()
         stats = collect(analysis, data, consumers=consumers, batch=32, scatter=True, folds=FOLDS)
         calib_s = time.perf_counter() - t0
-        if set(args.criteria) & set(OUTPUT_AWARE):
+        if {c.partition(":")[0] for c in args.criteria} & set(OUTPUT_AWARE):
             t0 = time.perf_counter()
             output_sensitivity(analysis, data, stats, batch=32, projections=args.projections,
                                shared_axes=(1,) if args.pooled else ())  # fmt: skip
@@ -225,21 +237,30 @@ def main() -> int:
         names = list(sets)
         head = " ".join(f"{n:>15}" for n in names)
         print("\nembedding cosine vs the dense model, mean and min per set")
-        print(f"{'criterion':<11} {'compensate':<16} {head}")
-        plans = {}
-        for criterion, allocation in [(c, a) for c in args.criteria for a in args.allocation]:
-            together = allocation == "global"
-            options = gp.PlanOptions(ratio=args.ratio, criterion=criterion, only=("mlp",),
-                                     global_ranking=together,
-                                     normalization="none" if together else None)  # fmt: skip
-            plans[criterion] = plan = gp.plan(analysis, options, stats=stats)
-            if allocation == "output":
-                plans[criterion] = plan = output_plan(analysis, mlp, stats, criterion, args.ratio)
-                together = True
-            if together:
-                kept = [len(c.kept) for c in plan.choices]
-                print(f"{criterion} {allocation}: MLP widths kept {' '.join(map(str, kept))}")
-            label_c = criterion + {"uniform": "", "global": "/g", "output": "/o"}[allocation]
+        print(f"{'criterion':<18} {'compensate':<16} {head}")
+        plans, widths = {}, {}
+        runs = dict.fromkeys(  # each criterion under each allocation, in order, once
+            c if ":" in c or a == "uniform" else f"{c}:{a}"
+            for c in args.criteria for a in args.allocation
+        )
+        for criterion in runs:
+            name, _, scope = criterion.partition(":")
+            t0 = time.perf_counter()
+            if scope == "measured":  # sensitivities from the calibration embedding
+                plan = measured_plan(analysis, stats, mlp, name, args.ratio,
+                                     evaluation["calib"], dense["calib"])  # fmt: skip
+            elif scope == "output":  # the layers' output cost curves
+                plan = output_plan(analysis, mlp, stats, name, args.ratio)
+            else:
+                together = scope == "global"
+                options = gp.PlanOptions(ratio=args.ratio, criterion=name, only=("mlp",),
+                                         global_ranking=together,
+                                         normalization="none" if together else None)  # fmt: skip
+                plan = gp.plan(analysis, options, stats=stats)
+            plans[criterion] = plan
+            kept = {c.group: len(c.kept) for c in plan.choices}
+            widths[criterion] = (" ".join(str(kept.get(g.id, g.channels)) for g in mlp),
+                                 time.perf_counter() - t0)  # fmt: skip
             variants = [(m, 0.0) for m in args.methods if m != "lsq"]
             if "lsq" in args.methods:
                 variants += [("lsq", d) for d in args.damps]
@@ -253,7 +274,10 @@ def main() -> int:
                     cells.append(f"{cosine.mean():>7.4f} {cosine.min():>7.4f}")
                 label = method if method != "lsq" else f"lsq {damp}"
                 chosen = " ".join(_short(c["damp"]) for c in damping)  # auto, per layer
-                print(f"{label_c:<11} {label:<16} " + " ".join(cells) + f"  {chosen}".rstrip())
+                print(f"{criterion:<18} {label:<16} " + " ".join(cells) + f"  {chosen}".rstrip())
+        print("\nMLP widths kept per layer (and the plan's time)")
+        for criterion, (kept, seconds) in widths.items():
+            print(f"{criterion:<20} {kept}  ({seconds:.1f} s)")
         if args.errors:
             held = {}
             for name, path in _held_out_files(tokenizer, sets, folder).items():
@@ -278,6 +302,47 @@ def main() -> int:
                 print(f"{'layer ' + str(index):<28} " + " ".join(scores))
         print(f"total time {time.perf_counter() - started:.0f} s")
     return 0
+
+
+MEASURE_FRACTIONS = (0.25, 0.5, 0.75)
+
+
+def measured_plan(analysis, stats, mlp, criterion: str, ratio: float, feeds, dense):
+    """`ratio` of all MLP channels removed, shared between the layers by their measured
+    effect on the embedding: each layer pruned alone (lowest scores first, lsq auto) at
+    MEASURE_FRACTIONS, distortion d = mean(1 - cosine) on the calibration sentences; with
+    E(k) the layer's relative error path (the cumulated sorted scores, obs-greedy's hull),
+    the fit d ~ alpha E gives the layer's sensitivity alpha, and alpha x score ranked over
+    all layers (`PlanOptions.group_weights`, --global) is the marginal-embedding-cost
+    allocation."""
+    scores, _ = class_scores(analysis, criterion, "mean", "none", 0, stats)
+    alphas = {}
+    for group in mlp:
+        values = scores[group.classes]
+        order = np.argsort(values, kind="stable")  # removal order
+        path = np.cumsum(values[order])
+        fitted = []
+        for fraction in MEASURE_FRACTIONS:
+            k = round(fraction * group.channels)
+            plan = _plan_removing(analysis, {group.id: order[:k]})
+            pruned = gp.compensate(analysis, plan, stats, method="lsq", damp="auto")
+            distortion = 1.0 - float((embed(pruned, feeds) * dense).sum(1).mean())
+            fitted.append((path[k - 1], distortion))
+        e, d = np.array(fitted).T
+        alphas[group.name] = float((e * d).sum() / (e * e).sum())
+        print(f"  {group.name}: alpha {alphas[group.name]:.4g} (E, d: "
+              + ", ".join(f"{a:.3g} {b:.3g}" for a, b in fitted) + ")")  # fmt: skip
+    options = gp.PlanOptions(ratio=ratio, criterion=criterion, only=("mlp",), normalization="none",
+                             global_ranking=True, group_weights=alphas)  # fmt: skip
+    return gp.plan(analysis, options, stats=stats)
+
+
+def _plan_removing(analysis, removed: dict) -> object:
+    groups = [analysis.groups[g] for g in removed]
+    return gp.plan_from_json(analysis, {"groups": [
+        {"name": g.name, "sources": g.sources, "channels": g.channels,
+         "removed": sorted(int(i) for i in removed[g.id])} for g in groups
+    ]})  # fmt: skip
 
 
 def sequential(model, data, ratio: float, criterion: str, damp):

@@ -63,7 +63,8 @@ def add_parser(commands) -> None:
         choices=NORMALIZATIONS,
         default=None,
         help="score normalization: mean/max/sum divide each group's scores, standard "
-        "standardises each layer's channel scores (default: standard for flap, mean otherwise)",
+        "standardises each layer's channel scores (default: standard for flap, none for "
+        "obs-greedy, mean otherwise)",
     )
     p.add_argument(
         "--global",

@@ -30,6 +30,12 @@ REDUCTIONS = ("sum", "mean", "max")
 NORMALIZATIONS = ("mean", "max", "sum", "standard", "none")
 
 
+def default_normalization(criterion: str) -> str:
+    """FLAP's "standard" for "flap"; "none" for "obs-greedy", whose scores are already
+    comparable across layers (relative error slopes); "mean" otherwise."""
+    return {"flap": "standard", "obs-greedy": "none"}.get(criterion, "mean")
+
+
 def class_scores(
     analysis: Analysis,
     criterion: str = "l2",
@@ -40,9 +46,9 @@ def class_scores(
 ) -> tuple[np.ndarray, list[int]]:
     """Scores indexed by class id, and the groups where "bn" or a calibrated criterion
     fell back to "l2". `stats` (`graphprune.calibration.collect`) feeds the calibrated
-    criteria; `normalization=None` means "standard" for "flap" and "mean" otherwise."""
+    criteria; `normalization=None` means `default_normalization(criterion)`."""
     if normalization is None:
-        normalization = "standard" if criterion == "flap" else "mean"
+        normalization = default_normalization(criterion)
     for value, allowed, what in (
         (criterion, CRITERIA, "criterion"),
         (reduction, REDUCTIONS, "reduction"),

@@ -16,7 +16,7 @@ from ..errors import GraphpruneError
 from ..posttrain.statistics import CalibrationStats
 from .budget import Budget, budget_counts
 from .depth import BLOCK_CRITERIA, block_units, choose_units
-from .importance import class_scores
+from .importance import class_scores, default_normalization
 from .latency import LatencyCostModel, cost_weights, snap_steps
 
 
@@ -81,7 +81,10 @@ class PlanOptions:
     pruning to group kinds; `kind_ratios` gives a kind its own per-group ratio.
     `drop_blocks` residual units (groups of kind "blocks", found when the analysis looks
     for them) go, the lowest by `block_criterion` (`graphprune.planning.depth`), before
-    any channel is chosen; ratios and budgets never drop a unit by themselves."""
+    any channel is chosen; ratios and budgets never drop a unit by themselves.
+    `group_weights` (group name -> factor > 0) multiply that group's scores before they
+    are ranked together: measured sensitivities of the model's output to each layer's
+    error (with "obs-greedy", whose scores are relative error slopes)."""
 
     ratio: float = 0.0
     criterion: str = "l2"
@@ -91,11 +94,12 @@ class PlanOptions:
     max_group_ratio: float = 0.9
     ignore: tuple[str, ...] = ()
     reduction: str = "mean"
-    normalization: str | None = None  # None: "standard" for flap, "mean" otherwise
+    normalization: str | None = None  # None: importance.default_normalization(criterion)
     seed: int = 0
     budget: Budget | None = None
     only: tuple[Kind, ...] = ()
     kind_ratios: Mapping[str, float] = field(default_factory=dict)
+    group_weights: Mapping[str, float] = field(default_factory=dict)
     drop_blocks: int = 0
     block_criterion: str = "influence"
 
@@ -103,6 +107,9 @@ class PlanOptions:
         object.__setattr__(self, "ignore", tuple(self.ignore))
         object.__setattr__(self, "only", tuple(self.only))
         object.__setattr__(self, "kind_ratios", dict(self.kind_ratios))
+        object.__setattr__(self, "group_weights", dict(self.group_weights))
+        if any(not 0.0 < w < math.inf for w in self.group_weights.values()):
+            raise GraphpruneError("group weights must be positive and finite")
         if self.budget is None and not 0.0 <= self.ratio < 1.0:
             raise GraphpruneError(f"ratio must be in [0, 1), got {self.ratio}")
         if not 0.0 <= self.max_group_ratio <= 1.0:
@@ -128,7 +135,7 @@ class PlanOptions:
     def resolved_normalization(self) -> str:
         if self.normalization is not None:
             return self.normalization
-        return "standard" if self.criterion == "flap" else "mean"
+        return default_normalization(self.criterion)
 
     def to_json(self) -> dict:
         """The options as the plan records them (in reports and the model's metadata)."""
@@ -140,6 +147,8 @@ class PlanOptions:
         }  # fmt: skip
         if self.budget is not None:
             options[f"target_{self.budget.metric}"] = self.budget.keep
+        if self.group_weights:
+            options["group_weights"] = dict(self.group_weights)
         if self.drop_blocks:
             options["drop_blocks"] = self.drop_blocks
             options["block_criterion"] = self.block_criterion
@@ -161,6 +170,7 @@ def make_plan(
         analysis, criterion, options.reduction, normalization, options.seed, stats
     )
     fallback = [g for g in fallback if analysis.groups[g].kind != "blocks"]  # scored apart
+    scores = _weighted(analysis, scores, options.group_weights)
     lacks = "BatchNorm scale" if criterion == "bn" else "calibrated consumer"
     notes = [f"group '{analysis.groups[g].name}' has no {lacks}: scored by l2" for g in fallback]
     excluded = _ignored(analysis, options.ignore)
@@ -222,6 +232,20 @@ def make_plan(
     plan.budget = summary
     plan.blocks = block_rows
     return plan
+
+
+def _weighted(analysis: Analysis, scores: np.ndarray, weights: Mapping[str, float]):
+    """Each weighted group's class scores times its weight (`PlanOptions.group_weights`)."""
+    if not weights:
+        return scores
+    by_name = {g.name: g for g in analysis.groups}
+    unknown = sorted(set(weights) - set(by_name))
+    if unknown:
+        raise GraphpruneError(f"group weights name no group of this model: {', '.join(unknown)}")
+    scores = scores.copy()
+    for name, weight in weights.items():
+        scores[by_name[name].classes] *= weight
+    return scores
 
 
 def _dropped_blocks(analysis: Analysis, options: PlanOptions, stats, excluded: set[int], notes):

@@ -29,6 +29,10 @@ slice that multiplies it (all outputs, all kernel positions):
   if it is large, which is what the least-squares compensation then exploits; with the
   covariance taken diagonal it is flap's score. Needs X^T X statistics (as lsq does);
   consumers without them (grouped Convs, patches too wide) score by flap.
+- "obs-greedy": the same saliency, but classes removed one at a time with the repair and
+  the inverse updated after each (ZipLM's greedy structured OBS, `greedy_obs`); scores are
+  the slopes of each layer's error path, comparable across layers, so `--global` with the
+  default normalization "none" allocates the removal between layers.
 
 - "fisher" and "obs-fisher" look at the model's *output* (Kwon et al., "A Fast Post-Training
   Pruning Framework for Transformers", 2022): "fisher" is the empirical Fisher of a mask on
@@ -55,10 +59,13 @@ import scipy.linalg
 from ..core.analysis import Analysis
 from ..errors import GraphpruneError
 from .compensation import weight_matrix
+from .greedy_obs import greedy_scores
 from .statistics import CalibrationStats, Consumer, Moments
 
 OUTPUT_AWARE = ("fisher", "obs-fisher")  # need `stats.fisher` (gradients: `recovery.fisher`)
-CALIBRATED = ("activation", "wanda", "flap", "obs", *OUTPUT_AWARE)
+# Need X^T X of the consumer's input (the repair the OBS saliency assumes).
+SCATTER = ("obs", "obs-greedy", "obs-fisher")
+CALIBRATED = ("activation", "wanda", "flap", "obs", "obs-greedy", *OUTPUT_AWARE)
 OBS_DAMP = 0.01  # the damping of the saliency's inverse, x mean(diag C) (lsq's default)
 
 
@@ -156,9 +163,11 @@ def _position_scores(
         if criterion == "fisher" or features is None or features.scatter is None or gram is None:
             return stats.fisher[consumer.node]
         return obs_scores(analysis, consumer, features, gram)
-    if criterion == "obs" and features is not None and features.scatter is not None:
+    if criterion.startswith("obs") and features is not None and features.scatter is not None:
+        if criterion == "obs-greedy":  # removal one class at a time (greedy_obs)
+            return greedy_scores(analysis, consumer, features)
         return obs_scores(analysis, consumer, features)
-    if criterion in ("flap", "obs"):
+    if criterion in ("flap", "obs", "obs-greedy"):
         return moments.variance * columns
     if criterion == "wanda":
         return moments.rms * columns
