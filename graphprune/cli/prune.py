@@ -434,7 +434,7 @@ def _latency_line(lat: dict) -> str:
         f"measured {lat['measured_ms']:.3f} ms of {lat['original_ms']:.3f} ms "
         f"({lat['measured_fraction']:.1%}, {len(lat['attempts'])} rounds, "
         f"{_timed(lat['timing'], lat['copies_ms'])}"
-        + ("" if lat["within_tolerance"] else f", outside ±{lat['tolerance']:.0%}")
+        + ("" if lat["within_tolerance"] else f", outside ±{lat['tolerance'] * 100:g}%")
         + ")"
     )
 
