@@ -432,11 +432,15 @@ def _latency_line(lat: dict) -> str:
         f"latency target {lat['target_ms']:.3f} ms ({lat['target_fraction']:.1%}): "
         f"predicted {lat['predicted_ms']:.3f} ms, "
         f"measured {lat['measured_ms']:.3f} ms of {lat['original_ms']:.3f} ms "
-        f"({lat['measured_fraction']:.1%}, {len(lat['attempts'])} rounds, "
+        f"({lat['measured_fraction']:.1%}, {_count(len(lat['attempts']), 'round')}, "
         f"{_timed(lat['timing'], lat['copies_ms'])}"
         + ("" if lat["within_tolerance"] else f", outside ±{lat['tolerance'] * 100:g}%")
         + ")"
     )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _timed(timing: str, copies: dict) -> str:
