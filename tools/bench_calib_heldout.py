@@ -53,6 +53,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fold_mlp
 import text_corpus
 from bench_posttrain_minilm import embed, export
 
@@ -185,6 +186,9 @@ def main() -> int:
         "--errors", action="store_true",
         help="per-layer reconstruction error on calibration vs held-out statistics",
     )  # fmt: skip
+    parser.add_argument("--fold", nargs="+", default=[], metavar="METHOD[:METRIC]",
+                        help="also fold the MLPs (tools/fold_mlp.py): kmeans or pairs, "
+                        "metric pre or post; at each --damps value (lsq in --methods)")  # fmt: skip
     parser.add_argument("--sequential", action="store_true", help="layer-by-layer statistics")
     parser.add_argument(
         "--allocation", nargs="+", default=["uniform"],
@@ -214,6 +218,7 @@ def main() -> int:
         mlp = [g for g in analysis.prunable_groups if g.kind == "mlp"]
         data = gp.CalibrationData(path=str(folder / "calib"), mask=args.mask)
         consumers = find_consumers(analysis, [g.id for g in mlp])
+        mlps, inputs = fold_mlp.find_mlps(analysis), []
         t0 = time.perf_counter()
         stats = collect(analysis, data, consumers=consumers, batch=32, scatter=True, folds=FOLDS)
         calib_s = time.perf_counter() - t0
@@ -275,6 +280,33 @@ def main() -> int:
                 label = method if method != "lsq" else f"lsq {damp}"
                 chosen = " ".join(_short(c["damp"]) for c in damping)  # auto, per layer
                 print(f"{criterion:<18} {label:<16} " + " ".join(cells) + f"  {chosen}".rstrip())
+        for spec in args.fold:  # neurons merged instead of removed (tools/fold_mlp.py)
+            method, _, metric = spec.partition(":")
+            t0 = time.perf_counter()
+            if not inputs:
+                inputs.extend(fold_mlp.capture(model, mlps, evaluation["calib"]))
+            for damp in args.damps if "lsq" in args.methods else [None]:
+                folded, layers = fold_mlp.fold_model(model, mlps, inputs, args.ratio,
+                                                     method=method, metric=metric or "pre",
+                                                     damp=damp)  # fmt: skip
+                cells = []
+                for name in names:
+                    cosine = (embed(folded, evaluation[name]) * dense[name]).sum(1)
+                    cells.append(f"{cosine.mean():>7.4f} {cosine.min():>7.4f}")
+                label = "sum" if damp is None else f"lsq {damp}"
+                chosen = " ".join(_short(f.damp) for f in layers) if damp == "auto" else ""
+                row = f"{'fold ' + spec:<18} {label:<16} " + " ".join(cells)
+                print(row + f"  {chosen}".rstrip())
+            error = np.mean([f.error for f in layers])
+            widths[f"fold {spec}"] = (" ".join(str(len(f.up_bias)) for f in layers),
+                                      time.perf_counter() - t0)  # fmt: skip
+            print(f"  (fold {spec}: k-fold relative error of the re-fit {error:.4f})")
+        if args.fold and "lsq" in args.methods:  # the same error for the plans' kept neurons
+            for criterion, plan in plans.items():
+                atoms = plan.keep_atom(analysis)  # per consumer, its weight's kept rows
+                kept = [atoms[c.positions.ravel()] for c in consumers]
+                error = fold_mlp.pruned_error(mlps, model, inputs, kept, "auto")
+                print(f"  ({criterion} kept, the same re-fit at auto: k-fold error {error:.4f})")
         print("\nMLP widths kept per layer (and the plan's time)")
         for criterion, (kept, seconds) in widths.items():
             print(f"{criterion:<20} {kept}  ({seconds:.1f} s)")
