@@ -39,6 +39,11 @@ curves (`graphprune.posttrain.output_allocation`); `NAME:measured` allocates by 
 measured effect of each layer on the calibration embedding (`measured_plan`). The total
 removed is the same. `--allocation A ...` adds `:A` to every criterion given without one.
 
+`--fold METHOD:METRIC ...` merges each MLP's neurons into the same 768 instead of removing
+half (tools/fold_mlp.py: k-means or greedy pairs on pre- or post-activation distances,
+then the down-projection re-fit by damped least squares at each --damps value); the
+k-fold error of that re-fit is printed for the folds and for each plan's kept neurons.
+
 Run: python tools/bench_calib_heldout.py [--quick]
 """
 
