@@ -85,6 +85,7 @@ def test_distinct_neurons_do_not_fold_exactly():
 def test_pairs_match_the_copies():
     w_up, b_up, w_down, _ = _weights(paired=True)
     x = np.random.default_rng(1).normal(size=(ROWS, D))
+    assert fold_mlp.nearest(x, w_up, b_up).max() < 1e-6  # each has its copy
     labels = fold_mlp.cluster(x, w_up, b_up, w_down, K, method="pairs")
     for label in range(K):
         a, b = np.nonzero(labels == label)[0]

@@ -56,6 +56,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from onnx import numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fold_mlp
@@ -305,7 +306,17 @@ def main() -> int:
             error = np.mean([f.error for f in layers])
             widths[f"fold {spec}"] = (" ".join(str(len(f.up_bias)) for f in layers),
                                       time.perf_counter() - t0)  # fmt: skip
-            print(f"  (fold {spec}: k-fold relative error of the re-fit {error:.4f})")
+            print(f"  (fold {spec}: k-fold relative error of the re-fit {error:.4f}; clusters "
+                  "of one neuron per layer: " + " ".join(str((f.sizes == 1).sum()) for f in layers)
+                  + "; largest: " + " ".join(str(f.sizes.max()) for f in layers) + ")")
+        if args.fold:  # how far each neuron is from being a duplicate of another
+            inits = {i.name: i for i in model.graph.initializer}
+            print("  nearest other neuron (RMS activation distance / RMS activation), median "
+                  "and share < 0.3 per layer: " + ", ".join(
+                      f"{np.median(r):.3f} {np.mean(r < 0.3):.3f}" for r in (
+                          fold_mlp.nearest(x, *(numpy_helper.to_array(inits[n]).astype(float)
+                                                for n in (m.up_weight, m.up_bias)))
+                          for m, x in zip(mlps, inputs, strict=True))))  # fmt: skip
         if args.fold and "lsq" in args.methods:  # the same error for the plans' kept neurons
             for criterion, plan in plans.items():
                 atoms = plan.keep_atom(analysis)  # per consumer, its weight's kept rows

@@ -28,6 +28,7 @@ calibration tokens, padding left out). The folded model has the shapes of a prun
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -65,6 +66,7 @@ class Folded:
     down_bias_shift: np.ndarray
     damp: float
     error: float  # relative k-fold held-out error of the re-fit output
+    sizes: np.ndarray | None = None  # the clusters' sizes
 
 
 def find_mlps(analysis) -> list[Mlp]:
@@ -237,9 +239,22 @@ def fold_layer(
     the down-projection (damp None: no re-fit, the summed rows as they are)."""
     labels = cluster(x, w_up, b_up, w_down, k, method=method, metric=metric)
     up, bias, down = merge(w_up, b_up, w_down, labels)
+    sizes = np.bincount(labels)
     if damp is None:
-        return Folded(up, bias, down, np.zeros(w_down.shape[1]), math.nan, math.nan)
-    return narrowed(x, w_up, b_up, w_down, up, bias, down, damp)
+        return Folded(up, bias, down, np.zeros(w_down.shape[1]), math.nan, math.nan, sizes)
+    layer = narrowed(x, w_up, b_up, w_down, up, bias, down, damp)
+    return dataclasses.replace(layer, sizes=sizes)
+
+
+def nearest(x: np.ndarray, w_up: np.ndarray, b_up: np.ndarray) -> np.ndarray:
+    """Per neuron: the RMS distance of its GELU activation to the nearest other neuron's,
+    relative to its own RMS activation (0: a duplicate, ~1: nothing like it)."""
+    h = gelu(x @ w_up + b_up)
+    second = h.T @ h / len(h)
+    diag = np.diag(second)
+    dist = np.sqrt(np.clip(diag[:, None] + diag[None] - 2 * second, 0, None))
+    np.fill_diagonal(dist, np.inf)
+    return dist.min(1) / np.sqrt(diag + 1e-30)
 
 
 def narrowed(x, w_up, b_up, w_down, up, bias, down, damp: float | str) -> Folded:
