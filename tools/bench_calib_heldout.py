@@ -39,6 +39,11 @@ curves (`graphprune.posttrain.output_allocation`); `NAME:measured` allocates by 
 measured effect of each layer on the calibration embedding (`measured_plan`). The total
 removed is the same. `--allocation A ...` adds `:A` to every criterion given without one.
 
+`--fold METHOD:METRIC ...` merges each MLP's neurons into the same 768 instead of removing
+half (tools/fold_mlp.py: k-means or greedy pairs on pre- or post-activation distances,
+then the down-projection re-fit by damped least squares at each --damps value); the
+k-fold error of that re-fit is printed for the folds and for each plan's kept neurons.
+
 Run: python tools/bench_calib_heldout.py [--quick]
 """
 
@@ -51,8 +56,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from onnx import numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fold_mlp
 import text_corpus
 from bench_posttrain_minilm import embed, export
 
@@ -185,6 +192,9 @@ def main() -> int:
         "--errors", action="store_true",
         help="per-layer reconstruction error on calibration vs held-out statistics",
     )  # fmt: skip
+    parser.add_argument("--fold", nargs="+", default=[], metavar="METHOD[:METRIC]",
+                        help="also fold the MLPs (tools/fold_mlp.py): kmeans or pairs, "
+                        "metric pre or post; at each --damps value (lsq in --methods)")  # fmt: skip
     parser.add_argument("--sequential", action="store_true", help="layer-by-layer statistics")
     parser.add_argument(
         "--allocation", nargs="+", default=["uniform"],
@@ -214,6 +224,7 @@ def main() -> int:
         mlp = [g for g in analysis.prunable_groups if g.kind == "mlp"]
         data = gp.CalibrationData(path=str(folder / "calib"), mask=args.mask)
         consumers = find_consumers(analysis, [g.id for g in mlp])
+        mlps, inputs = fold_mlp.find_mlps(analysis), []
         t0 = time.perf_counter()
         stats = collect(analysis, data, consumers=consumers, batch=32, scatter=True, folds=FOLDS)
         calib_s = time.perf_counter() - t0
@@ -275,6 +286,43 @@ def main() -> int:
                 label = method if method != "lsq" else f"lsq {damp}"
                 chosen = " ".join(_short(c["damp"]) for c in damping)  # auto, per layer
                 print(f"{criterion:<18} {label:<16} " + " ".join(cells) + f"  {chosen}".rstrip())
+        for spec in args.fold:  # neurons merged instead of removed (tools/fold_mlp.py)
+            method, _, metric = spec.partition(":")
+            t0 = time.perf_counter()
+            if not inputs:
+                inputs.extend(fold_mlp.capture(model, mlps, evaluation["calib"]))
+            for damp in args.damps if "lsq" in args.methods else [None]:
+                folded, layers = fold_mlp.fold_model(model, mlps, inputs, args.ratio,
+                                                     method=method, metric=metric or "pre",
+                                                     damp=damp)  # fmt: skip
+                cells = []
+                for name in names:
+                    cosine = (embed(folded, evaluation[name]) * dense[name]).sum(1)
+                    cells.append(f"{cosine.mean():>7.4f} {cosine.min():>7.4f}")
+                label = "sum" if damp is None else f"lsq {damp}"
+                chosen = " ".join(_short(f.damp) for f in layers) if damp == "auto" else ""
+                row = f"{'fold ' + spec:<18} {label:<16} " + " ".join(cells)
+                print(row + f"  {chosen}".rstrip())
+            error = np.mean([f.error for f in layers])
+            widths[f"fold {spec}"] = (" ".join(str(len(f.up_bias)) for f in layers),
+                                      time.perf_counter() - t0)  # fmt: skip
+            print(f"  (fold {spec}: k-fold relative error of the re-fit {error:.4f}; clusters "
+                  "of one neuron per layer: " + " ".join(str((f.sizes == 1).sum()) for f in layers)
+                  + "; largest: " + " ".join(str(f.sizes.max()) for f in layers) + ")")
+        if args.fold:  # how far each neuron is from being a duplicate of another
+            inits = {i.name: i for i in model.graph.initializer}
+            print("  nearest other neuron (RMS activation distance / RMS activation), median "
+                  "and share < 0.3 per layer: " + ", ".join(
+                      f"{np.median(r):.3f} {np.mean(r < 0.3):.3f}" for r in (
+                          fold_mlp.nearest(x, *(numpy_helper.to_array(inits[n]).astype(float)
+                                                for n in (m.up_weight, m.up_bias)))
+                          for m, x in zip(mlps, inputs, strict=True))))  # fmt: skip
+        if args.fold and "lsq" in args.methods:  # the same error for the plans' kept neurons
+            for criterion, plan in plans.items():
+                atoms = plan.keep_atom(analysis)  # per consumer, its weight's kept rows
+                kept = [atoms[c.positions.ravel()] for c in consumers]
+                error = fold_mlp.pruned_error(mlps, model, inputs, kept, "auto")
+                print(f"  ({criterion} kept, the same re-fit at auto: k-fold error {error:.4f})")
         print("\nMLP widths kept per layer (and the plan's time)")
         for criterion, (kept, seconds) in widths.items():
             print(f"{criterion:<20} {kept}  ({seconds:.1f} s)")
