@@ -13,6 +13,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 from oracle import assert_same_outputs, outputs
+from output_allocation import allocate, cost_curves
 
 import graphprune as gp
 from graphprune.api import sensitivity
@@ -20,7 +21,6 @@ from graphprune.cli import main
 from graphprune.planning.plan import plan_from_json
 from graphprune.posttrain.compensation import compensated_model
 from graphprune.posttrain.criteria import calibrated_scores
-from graphprune.posttrain.output_allocation import allocate, cost_curves
 
 SAMPLES, TOKENS, HIDDEN = 4, 6, 12
 

@@ -35,7 +35,7 @@ Output-aware criteria (`fisher`, `obs-fisher`: gradients through the torch lower
 criterion `NAME` keeps every MLP at --ratio; `NAME:global` ranks the channels of all six
 layers together (`--global --normalization none`: obs-greedy's scores allocate by relative
 reconstruction error); `NAME:output` takes per-layer counts from output-weighted cost
-curves (`graphprune.posttrain.output_allocation`); `NAME:measured` allocates by the
+curves (`tools/output_allocation.py`); `NAME:measured` allocates by the
 measured effect of each layer on the calibration embedding (`measured_plan`). The total
 removed is the same. `--allocation A ...` adds `:A` to every criterion given without one.
 
@@ -62,6 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fold_mlp
 import text_corpus
 from bench_posttrain_minilm import embed, export
+from output_allocation import allocate, cost_curves
 
 import graphprune as gp
 from graphprune.planning.importance import class_scores
@@ -69,7 +70,6 @@ from graphprune.posttrain import greedy_obs
 from graphprune.posttrain.compensation import compensated_model, least_squares
 from graphprune.posttrain.criteria import OUTPUT_AWARE, calibrated_scores
 from graphprune.posttrain.damping import FOLDS, choose_damp, residual_error
-from graphprune.posttrain.output_allocation import allocate, cost_curves
 from graphprune.posttrain.statistics import collect, find_consumers
 from graphprune.recovery.fisher import output_sensitivity
 
@@ -200,7 +200,7 @@ def main() -> int:
         "--allocation", nargs="+", default=["uniform"],
         choices=("uniform", "global", "output", "measured"),
         help="per layer: every MLP at --ratio; all ranked together (normalization none); "
-        "by the output cost curves of the layers (posttrain.output_allocation); by the "
+        "by the output cost curves of the layers (tools/output_allocation.py); by the "
         "measured embedding sensitivities (the same as NAME:SCOPE in --criteria)",
     )  # fmt: skip
     parser.add_argument("--projections", type=int, default=1, help="fisher: random outputs")

@@ -11,6 +11,9 @@ output at the consumer's output (`recovery.fisher`), so that the curves of diffe
 layers are in one unit, the expected squared change of the output. A dynamic program
 over the groups then picks the removal counts (multiples of `step`) with the least total
 cost under the total to remove.
+
+A benchmark tool (`bench_calib_heldout.py NAME:output`), not in the library: on MiniLM it
+only traded one held-out kind against the others (BENCHMARKS, issue 18).
 """
 
 from __future__ import annotations
@@ -18,10 +21,10 @@ from __future__ import annotations
 import numpy as np
 import scipy.linalg
 
-from ..core.analysis import Analysis, Group
-from ..errors import GraphpruneError
-from .compensation import weight_matrix
-from .statistics import CalibrationStats
+from graphprune.core.analysis import Analysis, Group
+from graphprune.errors import GraphpruneError
+from graphprune.posttrain.compensation import weight_matrix
+from graphprune.posttrain.statistics import CalibrationStats
 
 
 def cost_curves(
