@@ -11,7 +11,7 @@ standard normal per output element (zero at padding positions), so E_r[(dL/dm_c)
 empirical Fisher `fisher[consumer]` (one value per input position). Samples are
 independent along axis 0, so one backward pass per batch gives every sample's gradient.
 
-For the OBS criterion under least-squares repair (`posttrain.output_aware`), the same pass
+For the OBS criterion under least-squares repair ("obs-fisher", `posttrain.criteria`), the same pass
 accumulates G = sum over positions of g g^T, g = dL/dy the gradient at the consumer's
 output y (`output_gram[consumer]`): the metric in which the consumer's output error costs
 the model's output, E[(g . dy)^2] ~ tr(E[dy dy^T] G). Both are in units of the output, so
