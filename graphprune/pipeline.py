@@ -94,7 +94,7 @@ class PruneOptions:
     inputs: str | None = None
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     seed: int = 0
-    bench: str | None = None  # time both models: "device" or "end-to-end" (runtime.binding)
+    bench: str | bool | None = None  # time both: "device" (or True), "end-to-end" (runtime.binding)
     validate: bool = True  # False: onnxruntime runs neither model (checks without it only)
     output: str | None = None
     progress: bool = False
@@ -357,11 +357,11 @@ def prune_model(options: PruneOptions) -> PruneResult:
     if recovery is not None:
         report["recovery"] = recovery
     if options.bench and probed.unrun is None:
-        report["bench"] = bench(model, pruned, feeds, timing=options.bench)
+        report["bench"] = bench(model, pruned, feeds,
+                                timing="device" if options.bench is True else options.bench)
     report["timings"] = {k: round(v, 4) for k, v in timings.items()}
-    return PruneResult(
-        pruned, model, analysis, chosen, report, shapes, given.checks, given.interface
-    )
+    return PruneResult(pruned, model, analysis, chosen, report, shapes, given.checks,
+                       given.interface)  # fmt: skip
 
 
 def _inputs(model: onnx.ModelProto, options: PruneOptions) -> ProbedInputs:

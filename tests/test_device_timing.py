@@ -17,6 +17,7 @@ import graphprune.runtime.binding as binding_module
 from graphprune.cli import main
 from graphprune.cli.prune import LATENCY_MISSED
 from graphprune.errors import GraphpruneError
+from graphprune.pipeline import PruneOptions, prune_model
 from graphprune.planning.latency import LatencyCostModel, snap_steps
 from graphprune.runtime.binding import Runner, device_of, is_gpu, stable
 from graphprune.runtime.inputs import input_shapes, random_inputs
@@ -212,3 +213,12 @@ def test_strict_fails_a_latency_loop_outside_its_tolerance(tmp_path, capsys):
     code, out, _ = _prune(tmp_path, "--target-latency", "0.01", "--latency-iterations", "1")
     assert code == 0 and out.exists()  # without --strict: written, and said
     assert "outside ±5%" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("bench", [True, "device", "end-to-end"])
+def test_the_api_times_both_models_when_bench_is_set(bench):
+    """`PruneOptions.bench` takes the timing mode; True (the flag it was) means "device"."""
+    options = PruneOptions(model=str(EXAMPLE), plan=gp.PlanOptions(ratio=0.3), bench=bench)
+    report = prune_model(options).report["bench"]
+    assert report["timing"] == ("device" if bench is True else bench)
+    assert report["latency_ms_before"] > 0 and report["latency_ms_after"] > 0
